@@ -1,0 +1,1 @@
+"""rocmforge front ends: the Typer command line, the REPL and terminal rendering."""

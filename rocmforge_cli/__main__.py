@@ -1,0 +1,3 @@
+from rocmforge_cli.app import entry
+
+entry()

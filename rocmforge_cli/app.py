@@ -1,0 +1,195 @@
+"""The `rocmforge` command line: one Typer app whose commands live in their own modules.
+
+Each command parses its flags here and hands them to `<name>_cmd.run(...)`; heavy imports (numpy, the
+model code) happen inside those modules so that `rocmforge --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    name="rocmforge",
+    help="Run GGUF language models locally on AMD (HIP), NVIDIA (CUDA) or the CPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    hip = "hip"
+    cuda = "cuda"
+
+
+MODEL_HELP = "Path to a .gguf file or a known name (smollm2, gemma3-270m). Default: smollm2."
+ModelArg = typer.Argument(None, help=MODEL_HELP, show_default=False)
+RequiredModelArg = typer.Argument(..., help=MODEL_HELP, show_default=False)
+BackendOpt = typer.Option(Backend.auto, "--backend", help="Where the model runs.", case_sensitive=False)
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Stats on stderr; tracebacks on errors.")
+
+
+class Sampling:
+    """The SAMPLING flags of SPEC.md, shared by chat, generate and serve (llama.cpp defaults)."""
+
+    temperature = typer.Option(0.8, "--temperature", "--temp", help="0 means greedy.")
+    top_k = typer.Option(40, "--top-k", help="Keep the k most likely tokens (0 = off).")
+    top_p = typer.Option(0.95, "--top-p", help="Nucleus sampling, in (0, 1].")
+    min_p = typer.Option(0.05, "--min-p", help="Drop tokens below min-p x the top probability.")
+    repeat_penalty = typer.Option(1.0, "--repeat-penalty", help="1.0 = off.")
+    repeat_last_n = typer.Option(64, "--repeat-last-n", help="Tokens the penalty looks back over.")
+    seed = typer.Option(None, "--seed", help="Random seed (random unless given).")
+
+
+def _sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed) -> dict:
+    return dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed)
+
+
+@app.command()
+def models(json_out: bool = typer.Option(False, "--json", help="One JSON list.")) -> None:
+    """List the known model names, their cache paths and sizes, and whether they are downloaded."""
+    from rocmforge_cli import models_cmd
+
+    models_cmd.run(json_out=json_out)
+
+
+@app.command()
+def inspect(
+    model: str = RequiredModelArg,
+    json_out: bool = typer.Option(False, "--json", help="One JSON object."),
+) -> None:
+    """Show a model's architecture, parameters, context, tensor types and chat template."""
+    from rocmforge_cli import inspect_cmd
+
+    inspect_cmd.run(model=model, json_out=json_out)
+
+
+@app.command()
+def tokenize(
+    model: str = RequiredModelArg,
+    text: str = typer.Option(..., "--text", "-t", help="The text to tokenize."),
+    no_bos: bool = typer.Option(False, "--no-bos", help="Do not add the BOS token."),
+    special: bool = typer.Option(False, "--special", help="Parse special-token text like <|im_start|>."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON list of ids."),
+) -> None:
+    """Print the token ids of TEXT, as llama.cpp's tokenizer gives them."""
+    from rocmforge_cli import tokenize_cmd
+
+    tokenize_cmd.run(model=model, text=text, no_bos=no_bos, special=special, json_out=json_out)
+
+
+@app.command()
+def generate(
+    model: Optional[str] = ModelArg,
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt text (stdin is read too when piped)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt for the chat template."),
+    max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Most tokens to generate."),
+    temperature: float = Sampling.temperature,
+    top_k: int = Sampling.top_k,
+    top_p: float = Sampling.top_p,
+    min_p: float = Sampling.min_p,
+    repeat_penalty: float = Sampling.repeat_penalty,
+    repeat_last_n: int = Sampling.repeat_last_n,
+    seed: Optional[int] = Sampling.seed,
+    raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
+    stop: List[str] = typer.Option([], "--stop", help="Stop when this text appears (repeatable)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object with text, ids and timings."),
+    ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens (default: model's, max 4096)."),
+    chat_template_file: Optional[str] = typer.Option(None, "--chat-template-file", help="Jinja template to use instead of the model's."),
+    backend: Backend = BackendOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Answer one prompt and exit. Streams the text to stdout."""
+    from rocmforge_cli import generate_cmd
+
+    generate_cmd.run(
+        model=model, prompt=prompt, system=system, max_tokens=max_tokens,
+        sampling=_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
+        raw=raw, stop=stop, json_out=json_out, ctx=ctx, chat_template_file=chat_template_file,
+        backend=backend.value, verbose=verbose,
+    )
+
+
+@app.command()
+def bench(
+    model: Optional[str] = ModelArg,
+    n_prompt: int = typer.Option(512, "--n-prompt", "-p", help="Prompt tokens processed as one batch."),
+    n_gen: int = typer.Option(128, "--n-gen", "-n", help="Tokens generated one at a time."),
+    repetitions: int = typer.Option(5, "--repetitions", "-r", help="Runs; the median is reported."),
+    backend: Backend = BackendOpt,
+    json_out: bool = typer.Option(False, "--json", help="One JSON object."),
+) -> None:
+    """Measure prompt processing (pp) and generation (tg) speed in tokens/s, like llama-bench."""
+    from rocmforge_cli import bench_cmd
+
+    bench_cmd.run(model=model, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
+                  backend=backend.value, json_out=json_out)
+
+
+def _verbose_requested(argv: list[str]) -> bool:
+    return "--verbose" in argv or "-v" in argv or os.environ.get("ROCMFORGE_DEBUG") == "1"
+
+
+def _click_module():
+    """Typer >= 0.20 vendors click as typer._click; older releases use click itself."""
+    try:
+        from typer.core import _click
+    except ImportError:
+        import click as _click
+    return _click
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: every failure becomes one `error: ...` line unless --verbose."""
+    from rocmforge_core.errors import RocmforgeError
+
+    click = _click_module()
+
+    args = sys.argv[1:] if argv is None else argv
+    verbose = _verbose_requested(args)
+    code = 0
+    try:
+        result = app(args=args, prog_name="rocmforge", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except RocmforgeError as exc:
+        if verbose:
+            raise
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        code = exc.exit_code
+    except click.exceptions.NoArgsIsHelpError:
+        code = 0  # Typer has already printed the help
+    except click.ClickException as exc:
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) else "rocmforge"
+        print(f"error: {exc.format_message()} (see '{command} --help')", file=sys.stderr)
+        code = exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        print(file=sys.stderr)
+        code = 130
+    except BrokenPipeError:
+        sys.stderr.close()
+        code = 1
+    except Exception as exc:  # an internal failure: one line, the traceback only on request
+        if verbose:
+            raise
+        print(f"error: internal error: {type(exc).__name__}: {exc} "
+              "(run again with --verbose for the traceback)", file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    return code
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -167,11 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.exit_code
     except click.exceptions.NoArgsIsHelpError:
         code = 0  # Typer has already printed the help
-    except click.ClickException as exc:
+    except click.exceptions.ClickException as exc:
         command = exc.ctx.command_path if getattr(exc, "ctx", None) else "rocmforge"
         print(f"error: {exc.format_message()} (see '{command} --help')", file=sys.stderr)
         code = exc.exit_code
-    except (click.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         print(file=sys.stderr)
         code = 130
     except BrokenPipeError:

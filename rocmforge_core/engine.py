@@ -439,30 +439,45 @@ class Engine:
         state.events.put_nowait(Event(text=tail, finish_reason=reason, timings=t, error=error))
 
 
+_LOADED: dict[tuple, tuple] = {}  # one loaded model per process: (key) -> (gguf, config, tokenizer, model)
+
+
+def _load(path: Path, backend: str):
+    """Load (or reuse) the model files. Keeping the last model lets a process build engines cheaply."""
+    from rocmforge_core.config import config_from_metadata
+    from rocmforge_core.gguf_file import GGUFFile
+    from rocmforge_core.models import load_model
+    from rocmforge_core.tokenizer import Tokenizer
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, backend)
+    if key not in _LOADED:
+        _LOADED.clear()  # free the previous model before loading another
+        gguf_file = GGUFFile(path)
+        config = config_from_metadata(gguf_file.metadata)
+        tokenizer = Tokenizer.from_gguf(gguf_file)
+        _LOADED[key] = (gguf_file, config, tokenizer, load_model(gguf_file, backend=backend))
+    return _LOADED[key]
+
+
 def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_ctx: int | None = None,
                   n_slots: int = 4, max_queue: int = 64, chat_template_file: str | None = None,
                   progress=None) -> Engine:
     """The one way to build an engine: resolve and load the model, tokenizer and template (not started)."""
     from rocmforge_core.backends import select_backend
     from rocmforge_core.chat_template import ChatTemplate
-    from rocmforge_core.config import config_from_metadata
-    from rocmforge_core.gguf_file import GGUFFile
-    from rocmforge_core.models import load_model
     from rocmforge_core.store import resolve_model
-    from rocmforge_core.tokenizer import Tokenizer
 
     t0 = time.perf_counter()
     name, reason = select_backend(backend)
+    if n_ctx is not None and n_ctx < 8:
+        raise BadInputError(f"--ctx must be at least 8 (got {n_ctx})")
+    if n_slots < 1 or max_queue < 1:
+        raise BadInputError("an engine needs at least one slot and a queue of at least one")
     path = resolve_model(None if model is None else str(model), progress=progress)
-    gguf_file = GGUFFile(path)
-    config = config_from_metadata(gguf_file.metadata)
-    tokenizer = Tokenizer.from_gguf(gguf_file)
+    gguf_file, config, tokenizer, loaded = _load(path, name)
     template = ChatTemplate.for_model(gguf_file.metadata, override_file=chat_template_file)
-    ctx = n_ctx if n_ctx is not None else min(config.context_length, DEFAULT_CTX)
-    if ctx < 8:
-        raise BadInputError(f"--ctx must be at least 8 (got {ctx})")
-    ctx = min(ctx, config.context_length)
-    loaded = load_model(gguf_file, backend=name)
+    ctx = min(n_ctx if n_ctx is not None else DEFAULT_CTX, config.context_length)
     return Engine(model=loaded, tokenizer=tokenizer, chat_template=template, gguf_file=gguf_file,
                   backend=name, backend_reason=reason, n_ctx=ctx, n_slots=n_slots, max_queue=max_queue,
                   load_ms=(time.perf_counter() - t0) * 1e3)

@@ -211,27 +211,19 @@ class Decoder:
 
 # ---- helpers the architecture files share ----
 
-def head_dim_of(config) -> int:
-    return int(getattr(config, "head_dim", 0) or config.d_model // config.n_heads)
+def rope_scaling(gguf_file, config, rope_dim: int) -> dict[str, Any]:
+    """RopeSpec keywords for the scaling the file asks for, applied the way llama.cpp applies it.
 
-
-def rope_scaling(gguf_file, arch: str, rope_dim: int) -> dict[str, Any]:
-    """RopeSpec keywords for the scaling the file asks for, read the way llama.cpp reads it.
-
-    A scaling factor (`rope.scaling.factor`, or the older `rope.scale_linear`) multiplies positions
-    by 1 / factor. Llama-3.1-style scaling arrives as per-pair frequency divisors in the
-    `rope_freqs.weight` tensor that the converter writes. YaRN and LongRoPE are not supported.
+    A linear factor multiplies positions by 1 / factor. Llama-3.1-style scaling arrives as per-pair
+    frequency divisors in the `rope_freqs.weight` tensor that the converter writes. YaRN and
+    LongRoPE are refused rather than run wrong.
     """
-    meta = gguf_file.metadata
-    kind = str(meta.get(f"{arch}.rope.scaling.type", "linear") or "linear").lower()
-    if kind in ("yarn", "longrope"):
-        raise UnsupportedModelError(f"{arch}: {kind} rope scaling is not supported")
-    factor = float(meta.get(f"{arch}.rope.scaling.factor", 0.0) or 0.0)
-    if not factor:
-        factor = float(meta.get(f"{arch}.rope.scale_linear", 0.0) or 0.0)
+    kind = (config.rope_scaling_type or "none").lower()
+    if kind not in ("none", "linear"):
+        raise UnsupportedModelError(f"{config.architecture}: {kind} rope scaling is not supported")
     spec: dict[str, Any] = {}
-    if kind != "none" and factor > 0 and factor != 1.0:
-        spec["pos_scale"] = 1.0 / factor
+    if kind == "linear" and config.rope_scaling_factor not in (0.0, 1.0):
+        spec["pos_scale"] = 1.0 / config.rope_scaling_factor
     if gguf_file.has_tensor("rope_freqs.weight"):
         factors = np.asarray(gguf_file.dequant("rope_freqs.weight"), dtype=np.float64).reshape(-1)
         if len(factors) != rope_dim // 2:

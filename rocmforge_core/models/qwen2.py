@@ -1,4 +1,4 @@
-"""Qwen2 decoder: the llama layout plus biases on Q, K and V, with NeoX-layout rope (pairs i, i+d/2)."""
+"""Qwen2 decoder: the llama layout plus biases on Q, K and V; NeoX rope layout (from the config)."""
 
 from __future__ import annotations
 
@@ -9,4 +9,4 @@ from rocmforge_core.models.llama import common_args
 class Model(Decoder):
     @classmethod
     def make_args(cls, gguf_file, config) -> DecoderArgs:
-        return common_args(gguf_file, config, "qwen2", neox=True, qkv_bias=True)
+        return common_args(gguf_file, config, qkv_bias=True)

@@ -1,6 +1,6 @@
 """Qwen3 decoder: the llama layout plus an RMSNorm over each q and k head before rope; NeoX rope.
 
-head_dim comes from `qwen3.attention.key_length` (128 on Qwen3 while d_model / n_heads may differ).
+head_dim comes from `qwen3.attention.key_length` (128 on Qwen3, which need not equal d / n_heads).
 """
 
 from __future__ import annotations
@@ -12,4 +12,4 @@ from rocmforge_core.models.llama import common_args
 class Model(Decoder):
     @classmethod
     def make_args(cls, gguf_file, config) -> DecoderArgs:
-        return common_args(gguf_file, config, "qwen3", neox=True, qk_norm=True)
+        return common_args(gguf_file, config, qk_norm=True)

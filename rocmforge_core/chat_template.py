@@ -1,0 +1,173 @@
+"""Chat templates: render a model's Jinja `tokenizer.chat_template` (or an override file) into prompt text.
+
+The environment matches what Hugging Face's `apply_chat_template` gives templates (and so what template
+authors test against): a sandbox that cannot mutate its inputs, trim_blocks + lstrip_blocks, loop
+controls, `raise_exception`, `strftime_now`, and a `tojson` that keeps non-ASCII text as it is.
+
+Which template a model gets (`ChatTemplate.for_model`):
+1. `--chat-template-file` when given;
+2. else the GGUF's `tokenizer.chat_template`;
+3. else ChatML, but only for a model whose metadata marks it as tuned for chat (see
+   `looks_like_chat_model`); a base model gets None and is prompted with raw text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+from rocmforge_core.errors import BadInputError, RocmforgeError
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_HINT = "use --chat-template-file or --raw"
+
+# Words in a model's name/finetune/tags that mean it was tuned to follow a chat ("gemma-3-1b-it",
+# "Qwen2.5 0.5B Instruct", "Llama-2-7b-chat", "...-SFT"/"-DPO"). Matched as whole words.
+_CHAT_MARKERS = {"instruct", "chat", "it", "sft", "dpo", "rlhf", "conversational", "assistant"}
+_MARKER_FIELDS = ("general.finetune", "general.name", "general.basename", "general.type", "general.tags")
+
+
+class ChatTemplateError(BadInputError):
+    """A template refused the conversation through `raise_exception` (e.g. roles not alternating)."""
+
+
+def looks_like_chat_model(metadata: Mapping[str, Any]) -> bool:
+    """True when general.finetune/name/basename/type/tags contain a chat marker word.
+
+    Words are split on anything not a letter or digit and compared case-insensitively, so
+    "gemma-3-270m-it" and "Mistral-7B-Instruct-v0.2" are chat models while "Gemma 3 270m"
+    (no finetune, type "model") is a base model.
+    """
+    words: set[str] = set()
+    for key in _MARKER_FIELDS:
+        value = metadata.get(key)
+        for text in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(text, str):
+                words.update(re.split(r"[^a-z0-9]+", text.lower()))
+    return bool(words & _CHAT_MARKERS) or any(w.startswith("instruct") for w in words)
+
+
+def strip_leading_bos(rendered: str, bos_token: str) -> tuple[str, bool]:
+    """Drop a BOS the template wrote itself, so the tokenizer adds exactly one. -> (text, had_bos)"""
+    if bos_token and rendered.startswith(bos_token):
+        return rendered[len(bos_token):], True
+    return rendered, False
+
+
+def _raise_exception(message: str = "") -> None:
+    raise ChatTemplateError(f"the chat template rejected the messages: {message}")
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    # Jinja's own tojson escapes <>&' for HTML and every non-ASCII character: wrong inside a prompt.
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+def _environment():
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    env.filters["tojson"] = _tojson
+    return env
+
+
+def _origin(name: str) -> str:
+    """Where a template came from, in words for an error message."""
+    if name.startswith("file:"):
+        return name[len("file:"):]
+    return {"gguf": "the model's tokenizer.chat_template"}.get(name, "the ChatML fallback")
+
+
+def _compile(source: str, name: str):
+    from jinja2 import TemplateSyntaxError
+
+    try:
+        return _environment().from_string(source)
+    except TemplateSyntaxError as exc:
+        line = f"line {exc.lineno} of " if exc.lineno else ""
+        raise BadInputError(f"the chat template could not be parsed: {exc.message} ({line}{_origin(name)})",
+                            hint=_HINT) from None
+
+
+def _special_text(metadata: Mapping[str, Any], key: str) -> str:
+    """Token text of tokenizer.ggml.<key>_token_id from the vocabulary, '' when unknown."""
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    token_id = metadata.get(f"tokenizer.ggml.{key}_token_id")
+    if tokens is None or not isinstance(token_id, int) or not 0 <= token_id < len(tokens):
+        return ""
+    text = tokens[token_id]
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+
+
+def _read_override(path: str) -> str:
+    try:
+        source = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise BadInputError(f"cannot read the chat template file {path}: {reason}") from None
+    if not source.strip():
+        raise BadInputError(f"the chat template file {path} is empty")
+    return source
+
+
+class ChatTemplate:
+    """A parsed chat template. `name` says where it came from: "gguf", "file:<path>", "chatml-fallback"."""
+
+    def __init__(self, source: str, name: str = "gguf", bos_token: str = "", eos_token: str = ""):
+        self.source = source
+        self.name = name
+        self.bos_token = bos_token  # the model's, used when render() is not given one
+        self.eos_token = eos_token
+        self._template = _compile(source, name)  # parse now: a broken template fails at load
+
+    @classmethod
+    def for_model(cls, metadata: Mapping[str, Any], override_file: str | None = None) -> "ChatTemplate | None":
+        """The template to use for a model (see the module docstring), or None for a base model."""
+        specials = dict(bos_token=_special_text(metadata, "bos"), eos_token=_special_text(metadata, "eos"))
+        if override_file:
+            return cls(_read_override(override_file), f"file:{override_file}", **specials)
+        source = metadata.get("tokenizer.chat_template")
+        if isinstance(source, str) and source.strip():
+            return cls(source, "gguf", **specials)
+        if looks_like_chat_model(metadata):
+            return cls(CHATML_TEMPLATE, "chatml-fallback", **specials)
+        return None
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, bos_token: str | None = None,
+               eos_token: str | None = None, tools: list | None = None, **extra: Any) -> str:
+        """The prompt text for `messages` ([{"role", "content"}, ...]); BadInputError if the template fails.
+
+        bos_token/eos_token default to the model's token texts; extra keywords reach the template as
+        variables (e.g. enable_thinking).
+        """
+        context = dict(extra, messages=messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                       bos_token=self.bos_token if bos_token is None else bos_token,
+                       eos_token=self.eos_token if eos_token is None else eos_token)
+        try:
+            return self._template.render(**context)
+        except RocmforgeError:
+            raise  # raise_exception's message, meant for the user as it is
+        except Exception as exc:  # noqa: BLE001 - any template failure is bad input, never a crash
+            raise BadInputError(f"the chat template could not be rendered: {type(exc).__name__}: {exc}"
+                                f" ({_origin(self.name)})", hint=_HINT) from None
+
+    def __repr__(self) -> str:
+        return f"ChatTemplate(name={self.name!r}, {len(self.source)} chars)"

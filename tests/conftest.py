@@ -9,12 +9,12 @@ import pytest
 
 
 def _resolve(name: str) -> Path:
-    from rocmforge_core.errors import RocmforgeError
+    from rocmforge_core.errors import OfflineError
     from rocmforge_core.store import resolve_model
 
     try:
         return resolve_model(name)
-    except RocmforgeError as exc:  # no network and no cache: say so instead of failing obscurely
+    except OfflineError as exc:  # no network and no cache: say so; a bad hash still fails
         pytest.skip(f"model {name} unavailable: {exc.one_line()}")
 
 

@@ -85,6 +85,19 @@ def _bits(packed: np.ndarray, n_bits: int, count: int) -> np.ndarray:
     return (packed[..., None, :] >> shifts) & ((1 << n_bits) - 1)
 
 
+def _affine(q: np.ndarray, scale: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
+    """scale * q (+ shift) in float32, broadcasting scale/shift over the last axis of q.
+
+    Casting q to float32 first and scaling in place is ~1.5x faster than numpy's mixed int/float
+    multiply, and gives the same bits: each step is the same single float32 rounding.
+    """
+    y = q.astype(np.float32)
+    y *= scale
+    if shift is not None:
+        y += shift
+    return y
+
+
 def _k_scales_6bit(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Q4_K/Q5_K: 12 bytes -> 8 six-bit scales and 8 six-bit mins per block, each (n, 8) uint8.
 
@@ -128,13 +141,13 @@ def _bf16(blocks: np.ndarray) -> np.ndarray:
 def _q4_0(blocks: np.ndarray) -> np.ndarray:
     d = _f16(blocks, 0)
     q = _nibbles(blocks[:, 2:18]).reshape(-1, 32).astype(np.int8) - 8
-    return d * q
+    return _affine(q, d)
 
 
 def _q4_1(blocks: np.ndarray) -> np.ndarray:
     d, m = _f16(blocks, 0), _f16(blocks, 2)
     q = _nibbles(blocks[:, 4:20]).reshape(-1, 32)
-    return d * q + m
+    return _affine(q, d, m)
 
 
 def _q5_high_bits(qh: np.ndarray) -> np.ndarray:
@@ -146,17 +159,17 @@ def _q5_high_bits(qh: np.ndarray) -> np.ndarray:
 def _q5_0(blocks: np.ndarray) -> np.ndarray:
     d = _f16(blocks, 0)
     q = _nibbles(blocks[:, 6:22]).reshape(-1, 32) | _q5_high_bits(blocks[:, 2:6])
-    return d * (q.astype(np.int8) - 16)
+    return _affine(q.astype(np.int8) - 16, d)
 
 
 def _q5_1(blocks: np.ndarray) -> np.ndarray:
     d, m = _f16(blocks, 0), _f16(blocks, 2)
     q = _nibbles(blocks[:, 8:24]).reshape(-1, 32) | _q5_high_bits(blocks[:, 4:8])
-    return d * q + m
+    return _affine(q, d, m)
 
 
 def _q8_0(blocks: np.ndarray) -> np.ndarray:
-    return _f16(blocks, 0) * blocks[:, 2:34].view(np.int8)
+    return _affine(blocks[:, 2:34].view(np.int8), _f16(blocks, 0))
 
 
 # --- 256-element super-blocks (K-quants) -----------------------------------------------------------
@@ -166,7 +179,7 @@ def _q2_k(blocks: np.ndarray) -> np.ndarray:
     scales, qs = blocks[:, 0:16], blocks[:, 16:80]
     d, dmin = _f16(blocks, 80), _f16(blocks, 82)
     q = _bits(qs.reshape(-1, 2, 32), 2, 4).reshape(-1, 16, 16)  # (n, 2 halves x 4 shifts x 32) as 16x16
-    return ((d * (scales & 0x0F))[..., None] * q - (dmin * (scales >> 4))[..., None]).reshape(-1, 256)
+    return _affine(q, (d * (scales & 0x0F))[..., None], -(dmin * (scales >> 4))[..., None]).reshape(-1, 256)
 
 
 def _q3_k(blocks: np.ndarray) -> np.ndarray:
@@ -176,7 +189,7 @@ def _q3_k(blocks: np.ndarray) -> np.ndarray:
     low = _bits(qs.reshape(-1, 2, 32), 2, 4).reshape(-1, 8, 32)
     high = _bits(hmask, 1, 8)  # (n, 8, 32): bit j of hmask[l] belongs to group j
     q = low.astype(np.int8) - ((high ^ 1) << 2).astype(np.int8)
-    return ((d * scales)[..., None] * q.reshape(-1, 16, 16)).reshape(-1, 256)
+    return _affine(q.reshape(-1, 16, 16), (d * scales)[..., None]).reshape(-1, 256)
 
 
 def _q4_k(blocks: np.ndarray) -> np.ndarray:
@@ -184,7 +197,7 @@ def _q4_k(blocks: np.ndarray) -> np.ndarray:
     d, dmin = _f16(blocks, 0), _f16(blocks, 2)
     sc, mn = _k_scales_6bit(blocks[:, 4:16])
     q = _nibbles(blocks[:, 16:144].reshape(-1, 4, 32)).reshape(-1, 8, 32)
-    return ((d * sc)[..., None] * q - (dmin * mn)[..., None]).reshape(-1, 256)
+    return _affine(q, (d * sc)[..., None], -(dmin * mn)[..., None]).reshape(-1, 256)
 
 
 def _q5_k(blocks: np.ndarray) -> np.ndarray:
@@ -193,7 +206,7 @@ def _q5_k(blocks: np.ndarray) -> np.ndarray:
     sc, mn = _k_scales_6bit(blocks[:, 4:16])
     low = _nibbles(blocks[:, 48:176].reshape(-1, 4, 32)).reshape(-1, 8, 32)
     q = low | (_bits(blocks[:, 16:48], 1, 8) << 4)
-    return ((d * sc)[..., None] * q - (dmin * mn)[..., None]).reshape(-1, 256)
+    return _affine(q, (d * sc)[..., None], -(dmin * mn)[..., None]).reshape(-1, 256)
 
 
 def _q6_k(blocks: np.ndarray) -> np.ndarray:
@@ -202,7 +215,7 @@ def _q6_k(blocks: np.ndarray) -> np.ndarray:
     scales, d = blocks[:, 192:208].view(np.int8), _f16(blocks, 208)
     low = _nibbles(ql).reshape(-1, 2, 4, 32)  # groups: ql[0:32] lo, ql[32:64] lo, ql[0:32] hi, ql[32:64] hi
     q = (low | (_bits(qh, 2, 4) << 4)).astype(np.int8) - 32
-    return ((d * scales)[..., None] * q.reshape(-1, 16, 16)).reshape(-1, 256)
+    return _affine(q.reshape(-1, 16, 16), (d * scales)[..., None]).reshape(-1, 256)
 
 
 _DECODERS = {

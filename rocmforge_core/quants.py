@@ -85,6 +85,12 @@ def _bits(packed: np.ndarray, n_bits: int, count: int) -> np.ndarray:
     return (packed[..., None, :] >> shifts) & ((1 << n_bits) - 1)
 
 
+def _bit_planes(packed: np.ndarray) -> np.ndarray:
+    """(n, k) bytes -> (n, 8, k) of 0/1: plane i holds bit i of every byte (np.unpackbits: fast C)."""
+    n, k = packed.shape
+    return np.unpackbits(packed, axis=1, bitorder="little").reshape(n, k, 8).transpose(0, 2, 1)
+
+
 def _affine(q: np.ndarray, scale: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
     """scale * q (+ shift) in float32, broadcasting scale/shift over the last axis of q.
 
@@ -151,9 +157,8 @@ def _q4_1(blocks: np.ndarray) -> np.ndarray:
 
 
 def _q5_high_bits(qh: np.ndarray) -> np.ndarray:
-    """Q5_0/Q5_1: the 32-bit qh field -> bit 4 of each of the 32 quants, (n, 32) uint8."""
-    word = qh.view("<u4")  # (n, 1)
-    return (((word >> np.arange(32, dtype=np.uint32)) & 1) << 4).astype(np.uint8)
+    """Q5_0/Q5_1: the little-endian 32-bit qh field -> bit 4 of each of the 32 quants, (n, 32) uint8."""
+    return np.unpackbits(qh, axis=1, bitorder="little") << 4
 
 
 def _q5_0(blocks: np.ndarray) -> np.ndarray:
@@ -187,7 +192,7 @@ def _q3_k(blocks: np.ndarray) -> np.ndarray:
     hmask, qs = blocks[:, 0:32], blocks[:, 32:96]
     scales, d = _q3_k_scales(blocks[:, 96:108]), _f16(blocks, 108)
     low = _bits(qs.reshape(-1, 2, 32), 2, 4).reshape(-1, 8, 32)
-    high = _bits(hmask, 1, 8)  # (n, 8, 32): bit j of hmask[l] belongs to group j
+    high = _bit_planes(hmask)  # (n, 8, 32): bit j of hmask[l] belongs to group j
     q = low.astype(np.int8) - ((high ^ 1) << 2).astype(np.int8)
     return _affine(q.reshape(-1, 16, 16), (d * scales)[..., None]).reshape(-1, 256)
 
@@ -205,7 +210,7 @@ def _q5_k(blocks: np.ndarray) -> np.ndarray:
     d, dmin = _f16(blocks, 0), _f16(blocks, 2)
     sc, mn = _k_scales_6bit(blocks[:, 4:16])
     low = _nibbles(blocks[:, 48:176].reshape(-1, 4, 32)).reshape(-1, 8, 32)
-    q = low | (_bits(blocks[:, 16:48], 1, 8) << 4)
+    q = low | (_bit_planes(blocks[:, 16:48]) << 4)
     return _affine(q, (d * sc)[..., None], -(dmin * mn)[..., None]).reshape(-1, 256)
 
 

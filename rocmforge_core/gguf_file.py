@@ -251,7 +251,7 @@ def _read_metadata(cur: _Cursor, n_kv: int, path: Path) -> dict[str, Any]:
 
 def _alignment(metadata: dict[str, Any], path: Path) -> int:
     value = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(value, int) or value <= 0 or value & (value - 1):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value & (value - 1):
         raise BadInputError(f"{path.name}: general.alignment {value!r} is not a power of two")
     return value
 

@@ -1,0 +1,77 @@
+"""`rocmforge chat`: load a model, then chat in a REPL; with piped stdin, answer the text once and exit.
+
+This module checks the flags, loads the engine (spinner on a terminal) and hands over to repl.py, which
+runs the engine loop and the conversation in one asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from rocmforge_core.errors import BadInputError
+
+
+def default_history_path() -> Path:
+    """The input history file: in the user data dir, shared by every chat session."""
+    from platformdirs import user_data_path
+
+    return user_data_path("rocmforge", appauthor=False) / "chat_history"
+
+
+def _stdin_is_tty() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:  # closed stdin
+        return False
+
+
+def run(*, model, system, max_tokens, sampling, ctx, context_shift, chat_template_file, history_file,
+        backend, verbose) -> None:
+    from rocmforge_core.sampler import SamplingParams
+
+    params = SamplingParams(**sampling).validate()  # bad flags fail before the model loads
+    if max_tokens <= 0:
+        raise BadInputError(f"--max-tokens must be at least 1 (got {max_tokens})")
+    if ctx is not None and ctx < 8:
+        raise BadInputError(f"--ctx must be at least 8 (got {ctx})")
+    interactive = _stdin_is_tty()
+    piped = None if interactive else _read_piped()
+    history_path = Path(history_file).expanduser() if history_file else default_history_path()
+
+    from rocmforge_cli import repl, slash
+    from rocmforge_cli.common import resolve_model_path
+    from rocmforge_cli.render import Renderer
+    from rocmforge_core.engine import create_engine
+
+    path = resolve_model_path(model)
+    ui = Renderer(interactive=interactive)
+    with ui.loading(f"loading {path.name}"):
+        engine = create_engine(path, backend=backend, n_ctx=ctx, n_slots=1,
+                               chat_template_file=chat_template_file)
+    info = repl.model_info(engine, path)
+    if interactive:
+        ui.banner(name=path.name, backend=engine.backend, backend_reason=engine.backend_reason,
+                  n_ctx=engine.n_ctx, load_ms=engine.load_ms)
+    if verbose and not ui.tty:
+        print(f"backend: {engine.backend} ({engine.backend_reason}); model {info.name} loaded in "
+              f"{engine.load_ms:.0f} ms; ctx {engine.n_ctx}", file=sys.stderr)
+    state = slash.ChatState(model=info, sampling=slash.sampling_dict(params), max_tokens=max_tokens,
+                            system=system or None, show_stats=verbose)
+    if not interactive:
+        asyncio.run(repl.answer_once(engine, state, ui, piped, context_shift=context_shift))
+        return
+    try:
+        asyncio.run(repl.run_interactive(engine, state, ui, history_path=history_path,
+                                         context_shift=context_shift))
+    except KeyboardInterrupt:  # a SIGINT between prompts: leave as quietly as Ctrl-D does
+        pass
+
+
+def _read_piped() -> str:
+    text = sys.stdin.read() if sys.stdin is not None else ""
+    if not text.strip():
+        raise BadInputError("nothing to answer: stdin is empty",
+                            hint="run rocmforge chat in a terminal, or pipe some text into it")
+    return text.rstrip("\n")

@@ -1,0 +1,344 @@
+"""The `rocmforge chat` conversation loop: read a message, stream the reply, keep the KV cache warm.
+
+One asyncio loop runs everything: the engine's inference loop (started before the first prompt is
+read), prompt_toolkit's input (`prompt_async`, so the engine keeps running while we wait for keys) and
+the reply stream. While a reply streams, the terminal is in raw mode and Ctrl-C arrives as a key, so the
+reply stops within one decode step; a SIGINT handler covers a signal sent from elsewhere.
+
+Models without a chat template (base models such as gemma3-270m) chat in raw completion mode: the
+conversation is one growing text (system prompt, then each message followed directly by the model's
+continuation) and the model continues it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import sys
+
+from rocmforge_cli import slash
+from rocmforge_cli.render import Renderer, format_stats
+from rocmforge_core.errors import BadInputError, RocmforgeError
+
+PROMPT = ">>> "
+CONTINUATION = "... "
+
+_OVERFLOW = re.compile(r"the prompt is (\d+) tokens, but the context holds (\d+)")
+
+
+class ContextOverflow(BadInputError):
+    """The conversation no longer fits the context window."""
+
+
+class Chat:
+    """One conversation on one engine session: builds each turn's prompt and streams the reply."""
+
+    def __init__(self, engine, session, state: slash.ChatState, ui: Renderer, *, context_shift: bool):
+        self.engine = engine
+        self.session = session
+        self.state = state
+        self.ui = ui
+        self.context_shift = context_shift
+        self._draining = None  # the task still reading a reply the user stopped
+
+    # ---- the prompt ------------------------------------------------------------------------------
+
+    def _render_request(self):
+        from rocmforge_core.engine import Request
+
+        if self.engine.chat_template is None:
+            return Request(prompt=raw_document(self.state))
+        return Request(messages=self.state.conversation())
+
+    def prompt_ids(self) -> list[int]:
+        """Token ids for the next reply. With --context-shift, drops the oldest turns until the prompt
+        leaves room for a reply; without it, raises ContextOverflow saying how far over it is."""
+        n_ctx = self.engine.n_ctx
+        room = min(self.state.max_tokens, n_ctx // 4)
+        dropped = 0
+        while True:
+            try:
+                ids = self.engine.prepare_prompt(self._render_request())
+                over = len(ids) + room - n_ctx if self.context_shift else 0
+            except BadInputError as exc:
+                found = _OVERFLOW.search(exc.message)
+                if found is None:
+                    raise
+                over = int(found.group(1)) - n_ctx + 1
+                if not self.context_shift:
+                    raise ContextOverflow(
+                        f"the conversation is {found.group(1)} tokens, {over} over the context of {n_ctx}",
+                        hint="/clear starts over; or restart with a larger --ctx or with --context-shift",
+                    ) from None
+            if over <= 0:
+                break
+            if not self._drop_oldest_turn():
+                raise ContextOverflow(f"the last message alone does not fit the context of {n_ctx} tokens",
+                                      hint="send a shorter message or restart with a larger --ctx")
+            dropped += 1
+        if dropped:
+            self.ui.notice(f"context full: dropped the {dropped} oldest exchange(s); the system prompt stays")
+        return ids
+
+    def _drop_oldest_turn(self) -> bool:
+        """Remove the oldest user message and the replies after it; never the message being answered."""
+        messages = self.state.messages
+        users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        if len(users) < 2:
+            return False
+        del messages[:users[1]]
+        return True
+
+    # ---- the reply -------------------------------------------------------------------------------
+
+    async def reply(self, *, watch_keys: bool) -> str | None:
+        """Answer the last user message; returns the finish reason, or None when nothing was sent.
+
+        Ctrl-C returns at once with the reply shown so far: the engine stops the request within one
+        decode step, and `settle()` waits for that before the session is used again."""
+        from rocmforge_core.engine import Request
+
+        await self.settle()
+        try:
+            ids = self.prompt_ids()
+        except BadInputError as exc:
+            if not self.ui.interactive:
+                raise
+            self.ui.error(exc.one_line())
+            _drop_unanswered(self.state)
+            return None
+        request = Request(tokens=ids, session=self.session, max_tokens=self.state.max_tokens,
+                          sampling=self.state.sampling_params())
+        stream = self.engine.submit(request)
+        shown: list[str] = []
+        interrupted = asyncio.Event()
+        consume = asyncio.ensure_future(self._consume(stream, shown, interrupted))
+
+        def on_interrupt() -> None:
+            stream.cancel()
+            interrupted.set()  # from here on, text still queued behind the cancel is not shown
+
+        with _interrupt_watch(on_interrupt, watch_keys=watch_keys):
+            waiter = asyncio.ensure_future(interrupted.wait())
+            await asyncio.wait({consume, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        if consume.done():
+            final = consume.result()
+        else:  # stopped by the user: keep what was shown, let the stream end in the background
+            self._draining = consume
+            consume.add_done_callback(self._late_stats)
+            final = None
+        self._finish_turn("".join(shown), final)
+        return final.finish_reason if final else "cancelled"
+
+    async def _consume(self, stream, shown: list[str], interrupted: asyncio.Event):
+        final = None
+        async for event in stream:
+            if event.text and not interrupted.is_set():
+                shown.append(event.text)
+                self.ui.delta(event.text)
+            if event.finish_reason is not None:
+                final = event
+        return final
+
+    async def settle(self) -> None:
+        """Wait until a stopped reply's request has really ended (one decode step at most)."""
+        draining, self._draining = self._draining, None
+        if draining is not None:
+            await asyncio.gather(draining, return_exceptions=True)
+
+    def _late_stats(self, task) -> None:
+        if task.cancelled() or task.exception() is not None or task.result() is None:
+            return
+        final = task.result()
+        if final.timings is not None:
+            self.state.last_stats = format_stats(final.timings, final.finish_reason)
+
+    def _finish_turn(self, text: str, final) -> None:
+        reason = final.finish_reason if final else "cancelled"
+        self.ui.end_reply(reason)
+        if reason == "error":
+            message = f"generation failed: {final.error}"
+            if not self.ui.interactive:
+                raise RocmforgeError(message)
+            self.ui.error(message)
+            _drop_unanswered(self.state)
+            return
+        # a stopped reply is kept as it stands: the next turn continues the conversation after it
+        self.state.messages.append({"role": "assistant", "content": text})
+        t = final.timings if final else None
+        if t is not None:
+            self.state.last_stats = format_stats(t, reason)
+            if self.state.show_stats:
+                self.ui.stats(self.state.last_stats)
+            if reason == "length" and t.prompt_tokens + t.completion_tokens >= self.engine.n_ctx:
+                self.ui.notice("the context is full: /clear starts over (or restart with a larger --ctx "
+                               "or with --context-shift)")
+
+
+def raw_document(state: slash.ChatState) -> str:
+    """Raw completion mode's prompt: the system prompt, then each message with the model's continuation
+    appended directly; a new message starts on its own line."""
+    text = f"{state.system}\n\n" if state.system else ""
+    for message in state.messages:
+        if message["role"] == "user" and text and not text.endswith(("\n", " ")):
+            text += "\n"
+        text += message["content"]
+    return text
+
+
+def _drop_unanswered(state: slash.ChatState) -> None:
+    if state.messages and state.messages[-1]["role"] == "user":
+        state.messages.pop()
+
+
+@contextlib.contextmanager
+def _interrupt_watch(on_interrupt, *, watch_keys: bool):
+    """While a reply streams: Ctrl-C typed on the terminal (read as a key in raw mode, so it is neither
+    echoed nor a signal) or a SIGINT from elsewhere calls `on_interrupt`. Other keys are discarded."""
+    loop = asyncio.get_running_loop()
+    with contextlib.ExitStack() as stack:
+        if watch_keys:
+            from prompt_toolkit.input import create_input
+            from prompt_toolkit.keys import Keys
+
+            keys = create_input()
+
+            def keys_ready() -> None:
+                if any(k.key == Keys.ControlC for k in keys.read_keys()):
+                    on_interrupt()
+
+            stack.enter_context(keys.raw_mode())
+            stack.enter_context(keys.attach(keys_ready))
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_interrupt)
+            stack.callback(loop.remove_signal_handler, signal.SIGINT)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+            pass
+        yield
+
+
+# ---- the interactive loop ------------------------------------------------------------------------
+
+
+def model_info(engine, path) -> slash.ModelInfo:
+    gguf = engine.gguf_file
+    template = engine.chat_template
+    return slash.ModelInfo(
+        name=str(gguf.get("general.name") or path.stem), path=str(path),
+        architecture=str(gguf.get("general.architecture", "?")), backend=engine.backend,
+        backend_reason=engine.backend_reason, n_ctx=engine.n_ctx,
+        template_name=template.name if template is not None else None,
+        template_source=template.source if template is not None else None,
+    )
+
+
+async def run_interactive(engine, state: slash.ChatState, ui: Renderer, *, history_path,
+                          context_shift: bool) -> None:
+    """The REPL. The engine's loop is running before the first prompt is read (SPEC's seed race)."""
+    async with engine:
+        session = engine.open_session()
+        try:
+            chat = Chat(engine, session, state, ui, context_shift=context_shift)
+            if engine.chat_template is None:
+                ui.notice("this model has no chat template: raw completion mode (each message is added "
+                          "to the text so far and the model continues it)")
+            prompt = _prompt_session(history_path, ui)
+            await _loop(chat, prompt, ui)
+            await chat.settle()
+        finally:
+            session.close()
+
+
+async def _loop(chat: Chat, prompt, ui: Renderer) -> None:
+    assembler = slash.LineAssembler()
+    while True:
+        line = await _read_line(prompt, assembler)
+        if line is None:
+            return
+        await chat.settle()  # a reply stopped with Ctrl-C has ended before the session is touched
+        from_block = assembler.in_block or line.lstrip().startswith('"""')
+        text = assembler.feed(line)
+        if text is None or not text.strip():
+            continue
+        # a command is one typed line; a block or a paste that starts with "/" is a message
+        if not from_block and "\n" not in text.strip() and slash.is_command(text):
+            outcome = slash.dispatch(chat.state, text)
+            if outcome.message:
+                ui.message(outcome.message)
+            if outcome.error:
+                ui.error(outcome.error)
+            if outcome.action == slash.EXIT:
+                return
+            if outcome.action == slash.CLEAR:
+                chat.session.reset()
+            if outcome.action != slash.REGEN:
+                continue
+        else:
+            chat.state.messages.append({"role": "user", "content": slash.unescape(text)})
+        await chat.reply(watch_keys=True)
+        ui.gap()
+
+
+async def _read_line(prompt, assembler: slash.LineAssembler) -> str | None:
+    """One typed line; None to leave (Ctrl-D, or Ctrl-C at an empty prompt). Ctrl-C with text on the
+    line clears it; Ctrl-C inside a \"\"\" block drops the block."""
+    while True:
+        try:
+            return await prompt.prompt_async(CONTINUATION if assembler.in_block else PROMPT)
+        except EOFError:
+            return None
+        except KeyboardInterrupt:
+            if not assembler.in_block:
+                return None
+            assembler.cancel()
+
+
+def _prompt_session(history_path, ui: Renderer):
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+    from prompt_toolkit.key_binding import KeyBindings
+    from prompt_toolkit.output import create_output
+
+    history = InMemoryHistory()
+    try:
+        history_path.parent.mkdir(parents=True, exist_ok=True)
+        history_path.touch(exist_ok=True)
+        history = FileHistory(str(history_path))
+    except OSError as exc:
+        ui.notice(f"input history not saved: cannot use {history_path} ({exc.strerror or exc})")
+
+    bindings = KeyBindings()
+
+    @bindings.add("c-c")
+    def _(event) -> None:
+        # Ctrl-C with text on the line clears the line, like a shell; on an empty line it leaves
+        buffer = event.current_buffer
+        if buffer.text:
+            buffer.reset()
+        else:
+            event.app.exit(exception=KeyboardInterrupt, style="class:aborting")
+
+    # off a terminal stdout carries the replies only; the prompt is drawn on stderr
+    output = None if ui.tty else create_output(stdout=sys.stderr)
+    return PromptSession(history=history, key_bindings=bindings, output=output,
+                         enable_history_search=False, mouse_support=False)
+
+
+# ---- piped stdin ---------------------------------------------------------------------------------
+
+
+async def answer_once(engine, state: slash.ChatState, ui: Renderer, text: str, *,
+                      context_shift: bool) -> str | None:
+    """Piped stdin: answer the text once, like `generate` (the stats line follows with --verbose)."""
+    async with engine:
+        session = engine.open_session()
+        try:
+            chat = Chat(engine, session, state, ui, context_shift=context_shift)
+            state.messages.append({"role": "user", "content": text})
+            reason = await chat.reply(watch_keys=False)
+        finally:
+            session.close()
+    return reason

@@ -1,0 +1,399 @@
+"""Slash commands of `rocmforge chat`: the conversation state they act on, their parsing and dispatch,
+the `/save` file format, and the assembly of `\"\"\"` multi-line input.
+
+Nothing here touches a terminal or the engine: the REPL (repl.py) hands every line that starts with "/"
+to `dispatch`, prints the returned Outcome's message or error, and performs its action (exit, reply
+again, forget the KV cache). That keeps every command testable as plain function calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+from rocmforge_core.errors import BadInputError
+from rocmforge_core.sampler import SamplingParams
+
+SAVE_FORMAT = "rocmforge-chat"
+SAVE_VERSION = 1
+
+# Outcome actions the REPL carries out after a command.
+EXIT = "exit"
+REGEN = "regen"
+CLEAR = "clear"
+
+
+@dataclass
+class ModelInfo:
+    """What /show model and /show template report; filled in by the REPL from the loaded engine."""
+
+    name: str
+    path: str
+    architecture: str
+    backend: str
+    backend_reason: str
+    n_ctx: int
+    template_name: str | None = None  # None: no chat template, raw completion mode
+    template_source: str | None = None
+
+
+@dataclass
+class ChatState:
+    """The conversation and the settings a reply is generated with. `messages` holds the user and
+    assistant turns only; the system prompt lives apart so /clear can keep it."""
+
+    model: ModelInfo
+    sampling: dict = field(default_factory=lambda: sampling_dict(SamplingParams()))
+    max_tokens: int = 1024
+    system: str | None = None
+    messages: list[dict] = field(default_factory=list)
+    show_stats: bool = False
+    last_stats: str | None = None
+
+    def conversation(self) -> list[dict]:
+        """The messages as the chat template sees them: the system prompt first, when there is one."""
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + [dict(m) for m in self.messages]
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(**self.sampling)
+
+
+@dataclass
+class Outcome:
+    """What a command asks of the REPL: a message to print, a one-line error, and/or an action."""
+
+    message: str | None = None
+    error: str | None = None
+    action: str | None = None
+
+
+def sampling_dict(params: SamplingParams) -> dict:
+    return {f.name: getattr(params, f.name) for f in fields(SamplingParams)}
+
+
+# ---- parsing ---------------------------------------------------------------------------------------
+
+
+def is_command(line: str) -> bool:
+    """A line is a command when it starts with "/"; "//text" sends "/text" as an ordinary message."""
+    text = line.lstrip()
+    return text.startswith("/") and not text.startswith("//")
+
+
+def unescape(line: str) -> str:
+    """The message text of a non-command line ("//x" -> "/x")."""
+    text = line.lstrip()
+    return text[1:] if text.startswith("//") else line
+
+
+def parse(line: str) -> tuple[str, str]:
+    """'/set temp 0.5' -> ('set', 'temp 0.5'). The name is lower-cased; the argument keeps its case."""
+    text = line.strip()[1:]
+    name, _, arg = text.partition(" ")
+    return name.strip().lower(), arg.strip()
+
+
+def dispatch(state: ChatState, line: str) -> Outcome:
+    """Run one slash command against `state`. Bad input gives Outcome(error=...), never an exception."""
+    name, arg = parse(line)
+    command = COMMANDS.get(ALIASES.get(name, name))
+    if command is None:
+        return Outcome(error=f"unknown command /{name} (type /help for the list)")
+    try:
+        return command.handler(state, arg)
+    except BadInputError as exc:
+        return Outcome(error=exc.one_line())
+
+
+# ---- the commands ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    handler: Callable[[ChatState, str], Outcome]
+    usage: str
+    help: str
+
+
+def _help(state: ChatState, arg: str) -> Outcome:
+    width = max(len(c.usage) for c in COMMANDS.values())
+    lines = [f"  {c.usage:<{width}}  {c.help}" for c in COMMANDS.values()]
+    lines += ["", '  """ starts a multi-line message; a line ending in """ sends it. Pasted text is kept whole.',
+              "  Ctrl-C stops a reply; Ctrl-C or Ctrl-D at an empty prompt leaves. //text sends /text."]
+    return Outcome(message="\n".join(lines))
+
+
+def _exit(state: ChatState, arg: str) -> Outcome:
+    return Outcome(action=EXIT)
+
+
+def _clear(state: ChatState, arg: str) -> Outcome:
+    state.messages.clear()
+    state.last_stats = None
+    kept = " (system prompt kept)" if state.system else ""
+    return Outcome(message=f"conversation cleared{kept}", action=CLEAR)
+
+
+def _regen(state: ChatState, arg: str) -> Outcome:
+    if not any(m["role"] == "user" for m in state.messages):
+        return Outcome(error="nothing to regenerate yet: send a message first")
+    while state.messages and state.messages[-1]["role"] == "assistant":
+        state.messages.pop()
+    return Outcome(action=REGEN)
+
+
+def _system(state: ChatState, arg: str) -> Outcome:
+    if not arg:
+        current = state.system if state.system else "(none)"
+        return Outcome(message=f"system prompt: {current}")
+    text = _unquote(arg)
+    state.system = text or None
+    return Outcome(message="system prompt set" if text else "system prompt removed")
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text
+
+
+# /set names: what the user may type -> the field it sets. Flags' spellings work too (--top-k, temp).
+_SET_NAMES = {
+    "temperature": "temperature", "temp": "temperature", "top_k": "top_k", "top_p": "top_p",
+    "min_p": "min_p", "repeat_penalty": "repeat_penalty", "repeat_last_n": "repeat_last_n",
+    "seed": "seed", "max_tokens": "max_tokens", "n": "max_tokens", "system": "system",
+}
+_INT_FIELDS = {"top_k", "repeat_last_n", "seed", "max_tokens"}
+_SET_USAGE = "usage: /set PARAM VALUE (temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, max_tokens, system)"
+
+
+def _set(state: ChatState, arg: str) -> Outcome:
+    raw_name, _, value = arg.partition(" ")
+    value = value.strip()
+    if not raw_name or not value:
+        return Outcome(error=_SET_USAGE)
+    key = _SET_NAMES.get(raw_name.lower().lstrip("-").replace("-", "_"))
+    if key is None:
+        return Outcome(error=f"unknown parameter '{raw_name}' ({_SET_USAGE})")
+    if key == "system":
+        return _system(state, value)
+    parsed = _parse_value(key, value)
+    if key == "max_tokens":
+        if parsed < 1:
+            return Outcome(error=f"max_tokens must be at least 1 (got {parsed})")
+        state.max_tokens = parsed
+    else:
+        candidate = dict(state.sampling, **{key: parsed})
+        SamplingParams(**candidate).validate()  # BadInputError names the flag and the rule
+        state.sampling = candidate
+    return Outcome(message=f"{key} = {_show_value(key, parsed)}")
+
+
+def _parse_value(key: str, value: str):
+    if key == "seed" and value.lower() in ("random", "none", "-1"):
+        return None
+    try:
+        return int(value) if key in _INT_FIELDS else float(value)
+    except ValueError:
+        kind = "a whole number" if key in _INT_FIELDS else "a number"
+        raise BadInputError(f"{key} needs {kind} (got '{value}')") from None
+
+
+def _show_value(key: str, value) -> str:
+    if key == "seed" and value is None:
+        return "random"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+_SHOWN_PARAMS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed")
+
+
+def _show(state: ChatState, arg: str) -> Outcome:
+    what = arg.lower()
+    if what == "params":
+        rows = [(k, _show_value(k, state.sampling[k])) for k in _SHOWN_PARAMS]
+        rows += [("max_tokens", str(state.max_tokens)), ("ctx", str(state.model.n_ctx))]
+        return Outcome(message=_table(rows))
+    if what == "template":
+        if state.model.template_source is None:
+            return Outcome(message="no chat template: raw completion mode (the model continues the "
+                                   "conversation's text; give one with --chat-template-file)")
+        return Outcome(message=f"# chat template ({state.model.template_name})\n"
+                               f"{state.model.template_source}")
+    if what == "model":
+        m = state.model
+        template = m.template_name or "none (raw completion mode)"
+        rows = [("name", m.name), ("path", m.path), ("architecture", m.architecture),
+                ("backend", f"{m.backend} ({m.backend_reason})"), ("ctx", str(m.n_ctx)),
+                ("template", template)]
+        return Outcome(message=_table(rows))
+    return Outcome(error="usage: /show params|template|model")
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _stats(state: ChatState, arg: str) -> Outcome:
+    state.show_stats = not state.show_stats
+    if not state.show_stats:
+        return Outcome(message="stats off")
+    last = f"\nlast reply: {state.last_stats}" if state.last_stats else ""
+    return Outcome(message=f"stats on: a line after each reply{last}")
+
+
+def _save(state: ChatState, arg: str) -> Outcome:
+    path = _path_arg(arg, "/save FILE")
+    data = to_json(state)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:  # write then rename, so a failed save never leaves half a file where a good one was
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return Outcome(message=f"saved {len(data['messages'])} messages to {path}")
+
+
+def _load(state: ChatState, arg: str) -> Outcome:
+    path = _path_arg(arg, "/load FILE")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise BadInputError(f"cannot read {path}: {reason}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from None
+    from_json(state, data, source=str(path))
+    return Outcome(message=f"loaded {len(state.conversation())} messages from {path}")
+
+
+def _path_arg(arg: str, usage: str) -> Path:
+    if not arg:
+        raise BadInputError(f"usage: {usage}")
+    try:
+        parts = shlex.split(arg)
+    except ValueError:
+        parts = [arg]
+    if len(parts) != 1:
+        raise BadInputError(f"usage: {usage} (quote a path that has spaces)")
+    return Path(parts[0]).expanduser()
+
+
+COMMANDS: dict[str, Command] = {
+    "help": Command(_help, "/help", "this list"),
+    "bye": Command(_exit, "/bye, /exit", "leave (Ctrl-D does too)"),
+    "clear": Command(_clear, "/clear", "forget the conversation (keeps the system prompt)"),
+    "regen": Command(_regen, "/regen", "answer the last message again"),
+    "system": Command(_system, "/system TEXT", 'set the system prompt (/system "" removes it)'),
+    "set": Command(_set, "/set PARAM VALUE", "change a sampling parameter, max_tokens or system"),
+    "show": Command(_show, "/show params|template|model", "show settings, chat template or model"),
+    "stats": Command(_stats, "/stats", "toggle the stats line after each reply"),
+    "save": Command(_save, "/save FILE", "write the conversation and parameters as JSON"),
+    "load": Command(_load, "/load FILE", "restore a conversation written by /save"),
+}
+ALIASES = {"exit": "bye", "quit": "bye", "?": "help"}
+
+
+# ---- the /save file --------------------------------------------------------------------------------
+
+
+def to_json(state: ChatState) -> dict:
+    """The /save document: the conversation (system prompt first) and the generation parameters."""
+    return {
+        "format": SAVE_FORMAT,
+        "version": SAVE_VERSION,
+        "model": state.model.name,
+        "messages": state.conversation(),
+        "params": dict(state.sampling, max_tokens=state.max_tokens),
+    }
+
+
+def from_json(state: ChatState, data, source: str = "the file") -> None:
+    """Restore a /save document into `state`; BadInputError (state untouched) when it is not one."""
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+        raise BadInputError(f"{source} is not a rocmforge chat file (no \"messages\" list)")
+    system, messages = _check_messages(data["messages"], source)
+    sampling, max_tokens = _check_params(data.get("params") or {}, state, source)
+    state.system, state.messages = system, messages
+    state.sampling, state.max_tokens = sampling, max_tokens
+    state.last_stats = None
+
+
+def _check_messages(items: list, source: str) -> tuple[str | None, list[dict]]:
+    system, messages = None, []
+    for i, item in enumerate(items):
+        if not (isinstance(item, dict) and isinstance(item.get("content"), str)
+                and item.get("role") in ("system", "user", "assistant")):
+            raise BadInputError(f"{source}: message {i + 1} needs a role (system, user or assistant) "
+                                "and a text content")
+        if item["role"] == "system":
+            if i != 0:
+                raise BadInputError(f"{source}: a system message may only come first (message {i + 1})")
+            system = item["content"] or None
+        else:
+            messages.append({"role": item["role"], "content": item["content"]})
+    return system, messages
+
+
+def _check_params(params, state: ChatState, source: str) -> tuple[dict, int]:
+    if not isinstance(params, dict):
+        raise BadInputError(f"{source}: \"params\" must be an object")
+    known = set(state.sampling) | {"max_tokens"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise BadInputError(f"{source}: unknown parameter(s) {', '.join(unknown)}")
+    sampling = dict(state.sampling, **{k: v for k, v in params.items() if k != "max_tokens"})
+    try:
+        SamplingParams(**sampling).validate()
+    except TypeError as exc:  # e.g. a string where a number belongs
+        raise BadInputError(f"{source}: bad parameter value ({exc})") from None
+    max_tokens = params.get("max_tokens", state.max_tokens)
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise BadInputError(f"{source}: max_tokens must be a whole number >= 1 (got {max_tokens!r})")
+    return sampling, max_tokens
+
+
+# ---- multi-line input ------------------------------------------------------------------------------
+
+
+class LineAssembler:
+    '''Turns typed lines into messages: a line starting with """ opens a block that runs until a line
+    ending with """ (ollama's rule); any other line is a message on its own.'''
+
+    def __init__(self):
+        self._lines: list[str] | None = None
+
+    @property
+    def in_block(self) -> bool:
+        return self._lines is not None
+
+    def cancel(self) -> None:
+        self._lines = None
+
+    def feed(self, line: str) -> str | None:
+        """The finished message, or None while a block is still open."""
+        if self._lines is None:
+            head = line.lstrip()
+            if not head.startswith('"""'):
+                return line
+            rest = head[3:]
+            if rest.rstrip().endswith('"""'):  # """one line"""
+                return rest.rstrip()[:-3].strip("\n")
+            self._lines = [rest] if rest.strip() else []
+            return None
+        tail = line.rstrip()
+        if tail.endswith('"""'):
+            self._lines.append(tail[:-3])
+            text, self._lines = "\n".join(self._lines), None
+            return text.strip("\n")
+        self._lines.append(line)
+        return None

@@ -1,0 +1,258 @@
+// rf_prelude.h: the one portability header every kernel file in hip_kernels/ includes first.
+//
+// The same sources compile under hiprtc and hipcc (AMD), NVRTC (NVIDIA) and, for the CPU tests, a
+// plain C++ compiler in "host emulation" (RF_HOST_EMULATION: one thread per block, WARP_SIZE 1).
+// The runtime passes -DWARP_SIZE=<the device's warp size>: 64 on CDNA (gfx9), 32 on RDNA and NVIDIA.
+// Nothing here or in the kernels may assume 32 lanes.
+//
+// Half and bfloat16 values are read as raw 16-bit patterns (rf_half / rf_bf16 are uint16 typedefs)
+// and converted explicitly. Why not __half / __hip_bfloat16: NVRTC needs -I to the CUDA toolkit's
+// headers for cuda_fp16.h, which a pip-only install does not have, and ROCm 5.2 (Debian's hipcc,
+// our CI compiler) has no __hip_bfloat16 at all. Weights are only ever converted, never computed
+// on in 16 bits, so raw bits plus one conversion instruction lose nothing.
+#pragma once
+
+#ifndef WARP_SIZE
+#error "WARP_SIZE must be given by the runtime (-DWARP_SIZE=64 on CDNA, 32 on RDNA/NVIDIA)"
+#endif
+
+// ---------------------------------------------------------------- platform layer
+#if defined(RF_HOST_EMULATION)
+// Plain C++: the test harness sets the launch coordinates and calls each block in turn.
+#include <stdint.h>
+#include <math.h>
+#include <string.h>
+struct rf_dim3 { unsigned int x, y, z; };
+extern "C" {
+rf_dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
+}
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+#define __syncthreads() ((void)0)
+#define __restrict__ __restrict
+#define RF_SHFL_XOR(v, m) (v)
+#define rf_expf expf
+#define RF_PLATFORM_HOST 1
+
+#elif defined(__HIP__) || defined(__HIPCC_RTC__) || defined(__HIP_PLATFORM_AMD__)
+// HIP (hipcc or hiprtc). ROCm >= 6.2's __shfl_xor_sync wants 64-bit masks; the maskless form is the
+// one spelling every ROCm version accepts, with the width stated explicitly.
+#if !defined(__HIPCC_RTC__)
+#include <hip/hip_runtime.h>
+#endif
+#define RF_SHFL_XOR(v, m) __shfl_xor((v), (m), WARP_SIZE)
+#define RF_PLATFORM_HIP 1
+#define rf_expf expf  // the accurate one: logits must match the CPU closely
+typedef unsigned char uint8_t;
+typedef signed char int8_t;
+typedef unsigned short uint16_t;
+typedef short int16_t;
+typedef unsigned int uint32_t;
+typedef int int32_t;
+
+#elif defined(__CUDACC__)
+// NVIDIA (NVRTC). Warps are WARP_SIZE lanes; the full-warp member mask is derived from it.
+#define RF_FULL_MASK (0xffffffffu >> (32 - WARP_SIZE))
+#define RF_SHFL_XOR(v, m) __shfl_xor_sync(RF_FULL_MASK, (v), (m), WARP_SIZE)
+#define RF_PLATFORM_CUDA 1
+#define rf_expf expf  // the accurate one: logits must match the CPU closely
+typedef unsigned char uint8_t;
+typedef signed char int8_t;
+typedef unsigned short uint16_t;
+typedef short int16_t;
+typedef unsigned int uint32_t;
+typedef int int32_t;
+
+#else
+#error "rf_prelude.h: unknown compiler (expected hipcc/hiprtc, NVRTC, or RF_HOST_EMULATION)"
+#endif
+
+#if WARP_SIZE < 1 || WARP_SIZE > 64 || (WARP_SIZE & (WARP_SIZE - 1))
+#error "WARP_SIZE must be a power of two no larger than 64"
+#endif
+
+#define RF_DEV static __device__ __forceinline__
+
+// A "minus infinity" that needs no math header: expf of it minus anything finite is exactly 0.
+#define RF_NEG_BIG (-3.0e38f)
+
+// Largest block any kernel is launched with (the runtimes never ask for more).
+#define RF_MAX_THREADS 1024
+#define RF_MAX_WARPS (RF_MAX_THREADS / WARP_SIZE)
+
+// ---------------------------------------------------------------- 16-bit floats as raw bits
+typedef uint16_t rf_half;
+typedef uint16_t rf_bf16;
+
+RF_DEV float rf_bits_as_float(uint32_t u) {
+#if defined(RF_PLATFORM_HOST)
+    float f; memcpy(&f, &u, 4); return f;
+#else
+    return __uint_as_float(u);
+#endif
+}
+
+RF_DEV float rf_half2float(rf_half h) {
+#if defined(RF_PLATFORM_CUDA)
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#elif defined(RF_PLATFORM_HIP)
+    return (float)__builtin_bit_cast(_Float16, h);
+#else
+    // Portable decode (host emulation): sign, 5-bit exponent, 10-bit mantissa; subnormals scaled.
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    if (exp == 0x1f) return rf_bits_as_float(sign | 0x7f800000u | (man << 13));
+    if (exp == 0) {
+        float v = (float)man * (1.0f / 16777216.0f);  // man * 2^-24
+        return sign ? -v : v;
+    }
+    return rf_bits_as_float(sign | ((exp + 112u) << 23) | (man << 13));
+#endif
+}
+
+// bfloat16 is the top half of a float32: shifting is exact and works on every compiler.
+RF_DEV float rf_bf162float(rf_bf16 b) { return rf_bits_as_float((uint32_t)b << 16); }
+
+// Unaligned little-endian loads from packed GGUF blocks (block sizes like 18 or 34 bytes leave
+// 16-bit fields at odd-multiple-of-2 offsets and 32-bit fields unaligned).
+RF_DEV rf_half rf_load_u16(const uint8_t* p) { return (rf_half)(p[0] | (p[1] << 8)); }
+RF_DEV uint32_t rf_load_u32(const uint8_t* p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+RF_DEV float rf_load_half(const uint8_t* p) { return rf_half2float(rf_load_u16(p)); }
+
+// ---------------------------------------------------------------- int8 dot product
+// Four int8 lanes of a and b multiplied and added to c. Hardware where it exists (__dp4a on NVIDIA,
+// v_dot4_i32_i8 on the CDNA parts that have it), a portable byte loop everywhere else (RDNA2 and
+// the host emulation).
+RF_DEV int rf_dot4_i8(int a, int b, int c) {
+#if defined(RF_PLATFORM_CUDA)
+    return __dp4a(a, b, c);
+#elif defined(RF_PLATFORM_HIP) && (defined(__gfx906__) || defined(__gfx908__) || defined(__gfx90a__) || \
+                                   defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__))
+    return __builtin_amdgcn_sdot4(a, b, c, false);
+#else
+    for (int i = 0; i < 4; ++i) {
+        c += (int)(int8_t)((a >> (8 * i)) & 0xff) * (int)(int8_t)((b >> (8 * i)) & 0xff);
+    }
+    return c;
+#endif
+}
+
+// ---------------------------------------------------------------- reductions
+RF_DEV float rf_warp_sum(float v) {
+    for (int m = WARP_SIZE / 2; m > 0; m >>= 1) v += RF_SHFL_XOR(v, m);
+    return v;
+}
+
+RF_DEV float rf_warp_max(float v) {
+    for (int m = WARP_SIZE / 2; m > 0; m >>= 1) v = fmaxf(v, RF_SHFL_XOR(v, m));
+    return v;
+}
+
+// Sum over the whole block; every thread gets the result. `scratch` holds RF_MAX_WARPS floats.
+RF_DEV float rf_block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int n_warps = (blockDim.x + WARP_SIZE - 1) / WARP_SIZE;
+    v = rf_warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = 0.0f;
+    for (int w = 0; w < n_warps; ++w) v += scratch[w];
+    return v;
+}
+
+RF_DEV float rf_block_max(float v, float* scratch) {
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int n_warps = (blockDim.x + WARP_SIZE - 1) / WARP_SIZE;
+    v = rf_warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = scratch[0];
+    for (int w = 1; w < n_warps; ++w) v = fmaxf(v, scratch[w]);
+    return v;
+}
+
+// ---------------------------------------------------------------- shared weight-reading templates
+// Every weight type supplies a decoder struct D with
+//     static __device__ void deq(const uint8_t* row, int item, int n_in, float v[32]);
+// that unpacks values item*32 .. item*32+31 of one packed row (zero past n_in). The mat-vec and the
+// embedding gather below are written once over it, so each GGUF type is only its block decoder.
+#define RF_ITEM 32
+#define RF_MV_MAXB 4   // activation rows per pass: weights are read once per RF_MV_MAXB rows
+
+// y[r, row] = dot(W[row, :], x[r, :]) (+ bias[row]) for rows r of x. One warp per weight row; lanes
+// stride over 32-value items; grid = (ceil(n_out / warps per block), ceil(n_rows / RF_MV_MAXB)).
+template <class D>
+RF_DEV void rf_matvec(const uint8_t* __restrict__ w, long long row_bytes, const float* __restrict__ x,
+                      int ldx, float* __restrict__ y, int ldy, const float* __restrict__ bias,
+                      int n_in, int n_out, int n_rows) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    const int r0 = blockIdx.y * RF_MV_MAXB;
+    if (row >= n_out) return;  // row is the same for the whole warp: it leaves together
+    const int nb = n_rows - r0 < RF_MV_MAXB ? n_rows - r0 : RF_MV_MAXB;
+    const uint8_t* wr = w + (long long)row * row_bytes;
+    const int n_items = (n_in + RF_ITEM - 1) / RF_ITEM;
+    float acc[RF_MV_MAXB];
+    for (int b = 0; b < RF_MV_MAXB; ++b) acc[b] = 0.0f;
+    for (int it = lane; it < n_items; it += WARP_SIZE) {
+        float v[RF_ITEM];
+        D::deq(wr, it, n_in, v);
+        const int base = it * RF_ITEM;
+        const int len = n_in - base < RF_ITEM ? n_in - base : RF_ITEM;
+        for (int b = 0; b < RF_MV_MAXB; ++b) {
+            if (b >= nb) break;
+            const float* xb = x + (long long)(r0 + b) * ldx + base;
+            float s = 0.0f;
+            if (len == RF_ITEM) {
+                for (int i = 0; i < RF_ITEM; ++i) s += v[i] * xb[i];
+            } else {
+                for (int i = 0; i < RF_ITEM; ++i) s += i < len ? v[i] * xb[i] : 0.0f;
+            }
+            acc[b] += s;
+        }
+    }
+    for (int b = 0; b < RF_MV_MAXB; ++b) acc[b] = rf_warp_sum(acc[b]);
+    if (lane == 0) {
+        const float add = bias ? bias[row] : 0.0f;
+        for (int b = 0; b < nb; ++b) y[(long long)(r0 + b) * ldy + row] = acc[b] + add;
+    }
+}
+
+// out[t, :] = W[ids[t], :] * scale: the embedding lookup, one block per token.
+template <class D>
+RF_DEV void rf_get_rows(const uint8_t* __restrict__ w, long long row_bytes, const int* __restrict__ ids,
+                        float* __restrict__ out, int n_cols, float scale) {
+    const int t = blockIdx.x;
+    const uint8_t* wr = w + (long long)ids[t] * row_bytes;
+    float* o = out + (long long)t * n_cols;
+    const int n_items = (n_cols + RF_ITEM - 1) / RF_ITEM;
+    for (int it = threadIdx.x; it < n_items; it += blockDim.x) {
+        float v[RF_ITEM];
+        D::deq(wr, it, n_cols, v);
+        const int base = it * RF_ITEM;
+        for (int i = 0; i < RF_ITEM; ++i) {
+            if (base + i < n_cols) o[base + i] = v[i] * scale;
+        }
+    }
+}
+
+// One mat-vec and one gather entry point per type: mv_<T> and get_rows_<T>.
+#define RF_WEIGHT_KERNELS(T, D)                                                                         \
+    extern "C" __global__ void mv_##T(const uint8_t* __restrict__ w, long long row_bytes,                \
+                                      const float* __restrict__ x, int ldx, float* __restrict__ y,      \
+                                      int ldy, const float* __restrict__ bias, int n_in, int n_out,     \
+                                      int n_rows) {                                                     \
+        rf_matvec<D>(w, row_bytes, x, ldx, y, ldy, bias, n_in, n_out, n_rows);                          \
+    }                                                                                                   \
+    extern "C" __global__ void get_rows_##T(const uint8_t* __restrict__ w, long long row_bytes,          \
+                                            const int* __restrict__ ids, float* __restrict__ out,       \
+                                            int n_cols, float scale) {                                  \
+        rf_get_rows<D>(w, row_bytes, ids, out, n_cols, scale);                                          \
+    }

@@ -1,0 +1,62 @@
+// Rotary position embedding, and the K/V append into the preallocated cache.
+// Angles come from host-built cos/sin tables (tab[pos * half + i], float64 math rounded once) so the
+// rotation matches the numpy reference bit-for-bit in its inputs. NeoX layout pairs (i, i + dim/2);
+// the original layout pairs (2i, 2i + 1). Dimensions past rot_dim pass through.
+#include "rf_prelude.h"
+
+RF_DEV void rf_rope_row(const float* __restrict__ x, float* __restrict__ y, const float* __restrict__ cs,
+                        const float* __restrict__ sn, int hd, int rot_dim, int neox) {
+    const int half = rot_dim / 2;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        if (i >= rot_dim) {
+            y[i] = x[i];
+            continue;
+        }
+        const int pair = neox ? (i < half ? i : i - half) : i / 2;
+        const int first = neox ? (i < half) : (i % 2 == 0);
+        const int other = neox ? (first ? i + half : i - half) : (first ? i + 1 : i - 1);
+        const float c = cs[pair], s = sn[pair];
+        y[i] = first ? x[i] * c - x[other] * s : x[i] * c + x[other] * s;
+    }
+}
+
+// x, y: (T, heads, hd) contiguous (y may not alias x); pos: (T,). One block per (token, head).
+extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restrict__ y,
+                                   const float* __restrict__ cos_tab, const float* __restrict__ sin_tab,
+                                   const int* __restrict__ pos, int heads, int hd, int rot_dim, int neox) {
+    const int t = blockIdx.x / heads;
+    const long long off = (long long)blockIdx.x * hd;
+    const long long tab = (long long)pos[t] * (rot_dim / 2);
+    rf_rope_row(x + off, y + off, cos_tab + tab, sin_tab + tab, hd, rot_dim, neox);
+}
+
+// Cache layout per layer: (n_slots, kv_heads, n_ctx, hd). Row n of k/v (N, kv_heads, hd) goes to
+// slot row_slot[n], position row_pos[n]. One block per (row, kv head).
+extern "C" __global__ void kv_append_f32(const float* __restrict__ k, const float* __restrict__ v,
+                                        float* __restrict__ kc, float* __restrict__ vc,
+                                        const int* __restrict__ row_slot, const int* __restrict__ row_pos,
+                                        int kv_heads, int hd, int n_ctx) {
+    const int n = blockIdx.x / kv_heads, h = blockIdx.x % kv_heads;
+    const long long src = (long long)blockIdx.x * hd;
+    const long long dst = (((long long)row_slot[n] * kv_heads + h) * n_ctx + row_pos[n]) * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        kc[dst + i] = k[src + i];
+        vc[dst + i] = v[src + i];
+    }
+}
+
+// The fused form: rotate k and write it, with v, straight into the cache (one pass, no k copy).
+extern "C" __global__ void rope_kv_append_f32(const float* __restrict__ k, const float* __restrict__ v,
+                                             float* __restrict__ kc, float* __restrict__ vc,
+                                             const float* __restrict__ cos_tab,
+                                             const float* __restrict__ sin_tab,
+                                             const int* __restrict__ row_slot,
+                                             const int* __restrict__ row_pos, int kv_heads, int hd,
+                                             int n_ctx, int rot_dim, int neox) {
+    const int n = blockIdx.x / kv_heads, h = blockIdx.x % kv_heads;
+    const long long src = (long long)blockIdx.x * hd;
+    const long long dst = (((long long)row_slot[n] * kv_heads + h) * n_ctx + row_pos[n]) * hd;
+    const long long tab = (long long)row_pos[n] * (rot_dim / 2);
+    rf_rope_row(k + src, kc + dst, cos_tab + tab, sin_tab + tab, hd, rot_dim, neox);
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) vc[dst + i] = v[src + i];
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# CI compile check for AMD: every hip_kernels/*.hip through Debian's hipcc (ROCm) for a CDNA and an
+# RDNA target, with the prelude and the defines the runtime passes (WARP_SIZE is 64 on gfx9, 32 on
+# gfx10+). Needs no GPU. Fails (non-zero) if any kernel file does not compile.
+#   apt-get install -y hipcc libamdhip64-dev rocm-device-libs
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+kernels="$root/hip_kernels"
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+export HIP_PLATFORM=amd   # this machine may also have nvcc: never let hipcc pick the NVIDIA path
+command -v hipcc >/dev/null || { echo "hipcc not found (apt-get install -y hipcc libamdhip64-dev rocm-device-libs)" >&2; exit 3; }
+
+failed=0
+count=0
+for target in gfx90a:64 gfx1030:32; do
+    arch="${target%%:*}"
+    warp="${target##*:}"
+    for src in "$kernels"/*.hip; do
+        name="$(basename "$src" .hip)"
+        count=$((count + 1))
+        if hipcc --genco --offload-arch="$arch" -O3 -std=c++17 -DWARP_SIZE="$warp" -I"$kernels" \
+                -x hip "$src" -o "$out/$name.$arch.hsaco" 2>"$out/$name.$arch.log"; then
+            echo "ok   $arch  $name.hip ($(stat -c %s "$out/$name.$arch.hsaco") bytes)"
+        else
+            echo "FAIL $arch  $name.hip"
+            cat "$out/$name.$arch.log"
+            failed=$((failed + 1))
+        fi
+    done
+done
+echo "$((count - failed)) compiled, $failed failed"
+[ "$failed" -eq 0 ]

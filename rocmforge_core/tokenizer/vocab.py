@@ -30,7 +30,7 @@ ATTR_RSTRIP = 1 << 8
 _TYPE_TO_ATTR = {1: ATTR_NORMAL, 2: ATTR_UNKNOWN, 3: ATTR_CONTROL, 4: ATTR_USER_DEFINED,
                  5: ATTR_UNUSED, 6: ATTR_BYTE}
 
-# Texts llama.cpp recognises when the metadata does not name the token: the first present wins.
+# Texts llama.cpp recognises when the metadata does not name the token.
 _EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
               "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>")
 _EOM_TEXTS = ("<|eom_id|>",)
@@ -250,7 +250,11 @@ class Vocab:
     def _detect_special_by_text(self) -> None:
         """EOT/EOM/FIM ids and the end-of-generation set from token texts, as llama.cpp guesses them."""
         if self.eot_id is None:
-            self.eot_id = self._find_first(_EOT_TEXTS)
+            # llama.cpp takes the first candidate in its hash map's order, which we cannot reproduce;
+            # the lowest id gives its answer for both default models (SmolLM2: <|endoftext|>, not
+            # <|im_end|>). The end-of-generation set below holds every candidate either way.
+            found = [self.token_to_id[t] for t in _EOT_TEXTS if t in self.token_to_id]
+            self.eot_id = min(found) if found else None
             if self.eot_id is not None:
                 self._make_control(self.eot_id)
         if self.eom_id is None:

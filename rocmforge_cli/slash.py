@@ -322,7 +322,8 @@ def from_json(state: ChatState, data, source: str = "the file") -> None:
     if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
         raise BadInputError(f"{source} is not a rocmforge chat file (no \"messages\" list)")
     system, messages = _check_messages(data["messages"], source)
-    sampling, max_tokens = _check_params(data.get("params") or {}, state, source)
+    params = data.get("params")
+    sampling, max_tokens = _check_params({} if params is None else params, state, source)
     state.system, state.messages = system, messages
     state.sampling, state.max_tokens = sampling, max_tokens
     state.last_stats = None

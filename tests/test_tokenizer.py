@@ -205,3 +205,52 @@ def test_missing_merges_and_unknown_models_are_refused():
         Tokenizer.from_metadata(metadata)
     with pytest.raises(UnsupportedModelError, match="unsupported tokenizer model 'bert'"):
         Tokenizer.from_metadata({**_byte_level_metadata("gpt-2", [], []), "tokenizer.ggml.model": "bert"})
+
+
+# -- SentencePiece-style rules on a tiny hand-made vocabulary ----------------------------------------
+
+def _spm_metadata(pieces: dict[str, tuple[float, int]], **flags) -> dict:
+    """<unk>, <s>, </s>, the 256 byte tokens, then `pieces` (text -> (score, token type))."""
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + list(pieces)
+    return {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": [0.0] * 259 + [s for s, _ in pieces.values()],
+        "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [t for _, t in pieces.values()],
+        **{f"tokenizer.ggml.{k}": v for k, v in flags.items()},
+    }
+
+
+SPM_PIECES = {"\u2581": (-9.0, 1), "a": (-5.0, 1), "b": (-5.0, 1), "c": (-5.0, 1), "d": (-5.0, 1),
+              "ab": (-1.0, 1), "bc": (-1.0, 1), "\u2581a": (-2.0, 1), "<x>": (0.0, 4), "x>yy": (0.0, 4)}
+
+
+def _spm_pieces(tok: Tokenizer, text: str, **kw) -> list[str]:
+    return [tok.vocab.tokens[i] for i in tok.encode(text, add_bos=False, **kw)]
+
+
+def test_spm_merges_highest_score_first_and_leftmost_on_ties():
+    tok = Tokenizer.from_metadata(_spm_metadata(SPM_PIECES, add_space_prefix=False))
+    assert _spm_pieces(tok, "abc") == ["ab", "c"]  # "ab" and "bc" tie: the left pair wins
+    assert _spm_pieces(tok, "cabc") == ["c", "ab", "c"]
+    assert _spm_pieces(tok, "a bc") == ["a", "\u2581", "bc"]
+
+
+def test_spm_space_prefix_bos_and_byte_fallback():
+    tok = Tokenizer.from_metadata(_spm_metadata(SPM_PIECES))  # llama defaults: space prefix, BOS
+    assert tok.add_bos and tok.bos_id == 1 and tok.eos_id == 2
+    assert tok.encode("a")[0] == 1
+    assert _spm_pieces(tok, "a") == ["\u2581a"]
+    assert _spm_pieces(tok, "\u00e9") == ["\u2581", "<0xC3>", "<0xA9>"]  # é is no token: its UTF-8 bytes
+    assert tok.decode(tok.encode("\u00e9", add_bos=False)) == "\u00e9"
+
+
+def test_special_partition_takes_longer_texts_first():
+    # user-defined tokens are cut out even without parse_special, the longest text first (llama.cpp
+    # does not take the leftmost match: "x>yy" wins over the "<x>" that starts before it)
+    tok = Tokenizer.from_metadata(_spm_metadata(SPM_PIECES, add_space_prefix=False))
+    x_tag, x_yy = tok.vocab.token_to_id["<x>"], tok.vocab.token_to_id["x>yy"]
+    assert tok.partition("<x>yy", parse_special=False) == ["<", x_yy]
+    assert tok.partition("a<x>b<x>", parse_special=False) == ["a", x_tag, "b", x_tag]
+    assert tok.partition("<s>a", parse_special=False) == ["<s>a"]  # control: only with parse_special
+    assert tok.partition("<s>a", parse_special=True) == [1, "a"]

@@ -3,7 +3,8 @@
 A CJK character or an emoji is often split over two or more byte tokens; printing each token's bytes as
 it comes would show U+FFFD halves. The decoder keeps the incomplete tail until the next token completes
 it (Python's incremental UTF-8 decoder does exactly this), so the concatenation of everything `add`
-and `flush` return equals `Tokenizer.decode` of the same ids.
+and `flush` return equals `Tokenizer.decode` of the same ids. (One exception, as in llama.cpp's own
+streaming: vocabularies whose detokenizer cleans up spaces, such as Llama 3's, stream the raw pieces.)
 """
 
 from __future__ import annotations

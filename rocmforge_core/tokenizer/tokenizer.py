@@ -34,8 +34,10 @@ class Tokenizer:
         self.add_bos: bool = vocab.add_bos
         self.add_eos: bool = vocab.add_eos
         self._pieces: list[bytes | None] = [None] * self.vocab_size
-        self._specials = {flag: [(tid, vocab.tokens[tid], vocab.attrs[tid]) for tid in vocab.special_order
-                                 if flag or not vocab.attrs[tid] & _HIDDEN] for flag in (False, True)}
+        # (first two characters, id, text, attr) in partition order, without / with control tokens
+        self._specials = {flag: [(vocab.tokens[tid][:2], tid, vocab.tokens[tid], vocab.attrs[tid])
+                                 for tid in vocab.special_order if flag or not vocab.attrs[tid] & _HIDDEN]
+                          for flag in (False, True)}
         if vocab.model == "gpt2":
             from rocmforge_core.tokenizer.bpe import ByteLevelBPE
 
@@ -99,8 +101,10 @@ class Tokenizer:
     def partition(self, text: str, parse_special: bool) -> list[str | int]:
         """Cut `text` at special-token texts: plain str fragments and int token ids, in order."""
         fragments: list[str | int] = [text]
-        for tid, token_text, attr in self._specials[parse_special]:
-            if token_text not in text:  # cheap test first: most special tokens are absent
+        # most special tokens are absent: a set lookup of their first two characters rules them out
+        present = {text[i:i + 2] for i in range(len(text))} | set(text)
+        for head, tid, token_text, attr in self._specials[parse_special]:
+            if head not in present or token_text not in text:
                 continue
             cut: list[str | int] = []
             for frag in fragments:

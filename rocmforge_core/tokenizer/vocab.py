@@ -168,22 +168,22 @@ class Vocab:
         vocab = cls(model=str(model), pre=str(metadata.get(_KEY + "pre") or ""), tokens=tokens,
                     attrs=_attributes(metadata, n), scores=_scores(metadata, n),
                     token_to_id={t: i for i, t in enumerate(tokens)})
-        vocab._configure_family(metadata)
-        vocab._read_special_ids(metadata)
-        vocab._detect_special_by_text()
+        defaults = vocab._configure_family(metadata)
+        fim = vocab._read_special_ids(metadata, defaults)
+        vocab._detect_special_by_text(fim)
         vocab._apply_name_rules(metadata)
         vocab.special_order = sorted(
             (i for i, a in enumerate(vocab.attrs) if a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)),
             key=lambda i: (-len(tokens[i].encode("utf-8", "surrogateescape")), i))
         return vocab
 
-    def _configure_family(self, metadata: Mapping[str, Any]) -> None:
-        """Defaults of the tokenizer family and pre-tokenizer, then the metadata's own flags."""
+    def _configure_family(self, metadata: Mapping[str, Any]) -> dict[str, int | None]:
+        """Flags of the tokenizer family and pre-tokenizer, then the metadata's own; returns default ids."""
         if self.model == "llama":
-            self._defaults = dict(bos=1, eos=2, unk=0)
+            defaults: dict[str, int | None] = dict(bos=1, eos=2, unk=0)
             self.add_space_prefix, self.add_bos, self.clean_spaces = True, True, False
         elif self.model == "gpt2":
-            self._defaults = dict(bos=11, eos=11, unk=None)
+            defaults = dict(bos=11, eos=11, unk=None)
             merges = metadata.get(_KEY + "merges")
             if merges is None:
                 raise BadInputError("GGUF metadata has no tokenizer.ggml.merges", "a gpt2 vocabulary needs them")
@@ -207,8 +207,11 @@ class Vocab:
         self.add_space_prefix = _flag(metadata, "add_space_prefix", self.add_space_prefix)
         self.add_bos = _flag(metadata, "add_bos_token", self.add_bos)
         self.add_eos = _flag(metadata, "add_eos_token", self.add_eos)
+        return defaults
 
-    def _read_special_ids(self, metadata: Mapping[str, Any]) -> None:
+    def _read_special_ids(self, metadata: Mapping[str, Any],
+                          defaults: dict[str, int | None]) -> dict[str, int | None]:
+        """BOS/EOS/... from metadata (ids outside the vocabulary ignored); returns the FIM ids."""
         n = len(self.tokens)
 
         def pick(key: str, default: int | None) -> int | None:
@@ -222,17 +225,18 @@ class Vocab:
                 return default
             return int(value)
 
-        self.bos_id = pick("bos_token_id", self._defaults["bos"])
-        self.eos_id = pick("eos_token_id", self._defaults["eos"])
-        self.unk_id = pick("unknown_token_id", self._defaults["unk"])
+        self.bos_id = pick("bos_token_id", defaults["bos"])
+        self.eos_id = pick("eos_token_id", defaults["eos"])
+        self.unk_id = pick("unknown_token_id", defaults["unk"])
         self.eot_id = pick("eot_token_id", None)
         self.eom_id = pick("eom_token_id", None)
         self.pad_id = pick("padding_token_id", None)
-        self._fim = {k: pick(f"fim_{k}_token_id", None) for k in ("pre", "suf", "mid", "pad", "rep", "sep")}
+        fim = {k: pick(f"fim_{k}_token_id", None) for k in ("pre", "suf", "mid", "pad", "rep", "sep")}
         for k, old in (("pre", "prefix"), ("suf", "suffix"), ("mid", "middle")):
             legacy = pick(f"{old}_token_id", None)
             if legacy is not None:
-                self._fim[k] = legacy
+                fim[k] = legacy
+        return fim
 
     def _find_first(self, texts: Sequence[str]) -> int | None:
         for text in texts:
@@ -247,7 +251,7 @@ class Vocab:
                       tid, self.tokens[tid])
             self.attrs[tid] |= ATTR_CONTROL
 
-    def _detect_special_by_text(self) -> None:
+    def _detect_special_by_text(self, fim: dict[str, int | None]) -> None:
         """EOT/EOM/FIM ids and the end-of-generation set from token texts, as llama.cpp guesses them."""
         if self.eot_id is None:
             # llama.cpp takes the first candidate in its hash map's order, which we cannot reproduce;
@@ -264,11 +268,11 @@ class Vocab:
         for key, texts in (("pre", _FIM_OTHER_TEXTS[0]), ("suf", _FIM_OTHER_TEXTS[1]),
                            ("mid", _FIM_OTHER_TEXTS[2]), ("pad", _FIM_PAD_TEXTS), ("rep", _FIM_REP_TEXTS),
                            ("sep", _FIM_SEP_TEXTS)):
-            if self._fim[key] is None:
-                self._fim[key] = self._find_first(texts)
-                if self._fim[key] is not None:
-                    self._make_control(self._fim[key])
-        eog = {self._fim[k] for k in ("pad", "rep", "sep") if self._fim[k] is not None}
+            if fim[key] is None:
+                fim[key] = self._find_first(texts)
+                if fim[key] is not None:
+                    self._make_control(fim[key])
+        eog = {fim[k] for k in ("pad", "rep", "sep") if fim[k] is not None}
         for text in _EOG_TEXTS:
             tid = self.token_to_id.get(text)
             if tid is not None:

@@ -117,7 +117,7 @@ def _attributes(metadata: Mapping[str, Any], n_tokens: int) -> list[int]:
     types = metadata.get(_KEY + "token_type")
     if types is None:
         return [ATTR_NORMAL] * n_tokens
-    types = [int(t) for t in types]
+    types = types.tolist() if hasattr(types, "tolist") else [int(t) for t in types]
     if len(types) < n_tokens:
         raise BadInputError(f"tokenizer.ggml.token_type has {len(types)} entries for {n_tokens} tokens")
     return [_TYPE_TO_ATTR.get(t, 0) for t in types[:n_tokens]]

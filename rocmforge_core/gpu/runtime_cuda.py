@@ -23,7 +23,7 @@ def _import_bindings():
         try:  # cuda-python < 12.6 layout
             from cuda import cuda as driver, nvrtc  # type: ignore[no-redef]
         except ImportError as exc:
-            raise GpuUnavailableError("the cuda backend needs cuda-bindings, which is not installed",
+            raise GpuUnavailableError("cuda-bindings is not installed",
                                       hint=_EXTRA_HINT) from exc
     return driver, nvrtc
 

@@ -1,0 +1,254 @@
+"""Every kernel in hip_kernels/ against a numpy (float64) reference, on each test backend.
+
+Inputs are fresh random data per test; shapes are deliberately awkward (not multiples of the block
+size, the warp size or the mat-vec's 4-row pass); every output buffer is poisoned with NaN (0xFF
+bytes) before the launch, so an element the kernel fails to write fails the comparison.
+
+Error bounds, relative to the largest |reference| value of the output:
+  float32 arithmetic with float32 accumulation (mat-vec, norms, attention, rope, activations): 2e-5
+  (worst case seen is ~1e-6: decoded weights are exact, only summation order differs);
+  softmax: 1e-4 (its normaliser is one float32 sum over up to 49152 terms);
+  gathers, copies, argmax, int8 dots: exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+
+from gguf_factory import random_blocks
+from rocmforge_core.backends.cpu import CpuBackend, RopeSpec
+from rocmforge_core.backends.gpu import WEIGHT_KERNELS, GpuLinear, _Part
+from rocmforge_core.kv_cache import KVCache
+from rocmforge_core.quants import dequantize
+
+F32_BOUND = 2e-5
+cpu = CpuBackend()
+
+
+def rel_err(got, ref) -> float:
+    got = np.asarray(got, np.float64)
+    ref = np.asarray(ref, np.float64)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    assert np.all(np.isfinite(got)), "unwritten (NaN-poisoned) or non-finite outputs"
+    scale = max(np.max(np.abs(ref)), 1e-30)
+    return float(np.max(np.abs(got - ref)) / scale)
+
+
+def poisoned(ops, shape, dtype=np.float32):
+    arr = ops.empty(shape, dtype)
+    ops.rt.memset8(arr.ptr, 0xFF, max(arr.nbytes, 1), ops.stream)
+    return arr
+
+
+def rng_for(request) -> np.random.Generator:
+    return np.random.default_rng(abs(hash(request.node.nodeid)) % 2**32)
+
+
+def weight(ops, qtype: QT, n_out: int, n_in: int, rng) -> tuple[GpuLinear, np.ndarray]:
+    raw = random_blocks(qtype, (n_out, n_in), rng, scale=0.05)
+    ref = dequantize(raw, qtype, (n_out, n_in)).astype(np.float64)
+    block = ops.upload(np.ascontiguousarray(raw).reshape(-1).view(np.uint8))
+    part = _Part(block, WEIGHT_KERNELS[qtype.name][0], n_out, n_in, raw.reshape(n_out, -1).shape[1], 0)
+    return GpuLinear([part], n_out, n_in), ref
+
+
+FLOAT_TYPES = [QT.F32, QT.F16, QT.BF16]
+BLOCK_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0]
+K_TYPES = [QT.Q2_K, QT.Q3_K, QT.Q4_K, QT.Q5_K, QT.Q6_K]
+
+
+def shapes_for(qtype: QT):
+    if qtype in FLOAT_TYPES:
+        return [(37, 45), (5, 7), (70, 100)]
+    if qtype in BLOCK_TYPES:
+        return [(37, 96), (5, 32), (70, 224)]
+    return [(37, 256), (5, 768)]
+
+
+@pytest.mark.parametrize("qtype", FLOAT_TYPES + BLOCK_TYPES + K_TYPES, ids=lambda q: q.name)
+def test_matvec_reads_packed_blocks(ops, qtype, request):
+    rng = rng_for(request)
+    for n_out, n_in in shapes_for(qtype):
+        lin, w = weight(ops, qtype, n_out, n_in, rng)
+        for rows in (1, 3, 6, 9):  # 6 and 9: several 4-row passes, the last one partial
+            x = rng.standard_normal((rows, n_in)).astype(np.float32)
+            y = poisoned(ops, (rows, n_out))
+            ops.matmul_into(ops.upload(x), lin, y)
+            err = rel_err(ops.to_host(y), x.astype(np.float64) @ w.T)
+            assert err < F32_BOUND, f"{qtype.name} {n_out}x{n_in} rows={rows}: {err:.2e}"
+
+
+@pytest.mark.parametrize("qtype", [QT.Q4_1, QT.Q8_0, QT.F16, QT.Q6_K], ids=lambda q: q.name)
+def test_matvec_fused_parts_and_bias(ops, qtype, request):
+    """Two weights stacked along the output (Q|K|V fusion) write their column ranges, plus a bias."""
+    rng = rng_for(request)
+    n_in = 256
+    (a, wa), (b, wb) = weight(ops, qtype, 19, n_in, rng), weight(ops, QT.Q8_0, 13, n_in, rng)
+    b.parts[0].col_off = 19
+    bias = rng.standard_normal(32).astype(np.float32)
+    lin = GpuLinear(a.parts + b.parts, 32, n_in, ops.upload(bias))
+    x = rng.standard_normal((5, n_in)).astype(np.float32)
+    got = ops.matmul(ops.upload(x), lin)
+    ref = x.astype(np.float64) @ np.concatenate([wa, wb]).T + bias
+    assert rel_err(ops.to_host(got), ref) < F32_BOUND
+
+
+@pytest.mark.parametrize("qtype", FLOAT_TYPES + BLOCK_TYPES + K_TYPES, ids=lambda q: q.name)
+def test_embedding_gather(ops, qtype, request):
+    rng = rng_for(request)
+    n_out, n_in = shapes_for(qtype)[0]
+    lin, w = weight(ops, qtype, n_out, n_in, rng)
+    tokens = rng.integers(0, n_out, 11)
+    tokens[3] = n_out - 1
+    got = ops.embedding(lin, tokens)
+    assert rel_err(ops.to_host(got), w[tokens]) < 1e-6
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 45), (7, 576), (2, 5, 256), (1, 2049)])
+def test_rms_norm(ops, shape, request):
+    rng = rng_for(request)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(shape[-1]).astype(np.float32)
+    got = ops.rms_norm(ops.upload(x), ops.upload(w), 1e-6)
+    assert rel_err(ops.to_host(got), cpu.rms_norm(x.astype(np.float64), w, 1e-6)) < F32_BOUND
+
+
+def test_elementwise_ops(ops, request):
+    rng = rng_for(request)
+    for shape in [(1, 1), (3, 1000), (5, 77)]:
+        a = rng.standard_normal(shape).astype(np.float32) * 3
+        b = rng.standard_normal(shape).astype(np.float32)
+        da, db = ops.upload(a), ops.upload(b)
+        assert rel_err(ops.to_host(ops.add(da, db)), a.astype(np.float64) + b) < 1e-6
+        assert rel_err(ops.to_host(ops.scale(da, 0.37)), a * np.float64(0.37)) < 1e-6
+        assert rel_err(ops.to_host(ops.softcap(da, 2.5)), np.tanh(a / 2.5) * 2.5) < F32_BOUND
+
+
+@pytest.mark.parametrize("act", ["swiglu", "geglu"])
+def test_gated_activations(ops, act, request):
+    rng = rng_for(request)
+    gu = (rng.standard_normal((5, 2 * 83)) * 4).astype(np.float32)
+    got = getattr(ops, act)(ops.upload(gu))
+    ref = getattr(cpu, act)(gu.astype(np.float64))
+    assert rel_err(ops.to_host(got), ref) < F32_BOUND
+
+
+def test_column_slices_and_row_gathers(ops, request):
+    rng = rng_for(request)
+    x = rng.standard_normal((9, 50)).astype(np.float32)
+    d = ops.upload(x)
+    assert np.array_equal(ops.to_host(d[:, 7:31]), x[:, 7:31])
+    assert np.array_equal(ops.to_host(d[np.array([8, 0, 3])]), x[[8, 0, 3]])
+    assert np.array_equal(ops.to_host(d[np.array([8])]), x[[8]])
+    assert np.array_equal(np.asarray(d[4]), x[4])
+
+
+@pytest.mark.parametrize("neox,rot,hd", [(True, 64, 64), (False, 16, 16), (True, 12, 20), (False, 80, 80)])
+def test_rope(ops, neox, rot, hd, request):
+    rng = rng_for(request)
+    spec = RopeSpec(rot, 10000.0, neox, pos_scale=0.5, freq_factors=tuple(rng.uniform(1, 3, rot // 2)))
+    x = rng.standard_normal((6, 3, hd)).astype(np.float32)
+    positions = np.array([0, 1, 5, 77, 300, 2047])
+    got = ops.rope(ops.upload(x), positions, spec)
+    assert rel_err(ops.to_host(got), cpu.rope(x, positions, spec)) < F32_BOUND
+
+
+def _gpu_cache(ops, n_slots, n_kv, n_ctx, hd, rng):
+    """A 1-layer device cache and its CPU twin, both pre-filled with the same random history."""
+    cache = ops.make_cache(1, n_slots, n_ctx, n_kv, hd)
+    host = KVCache(1, n_slots, n_ctx, n_kv, hd)
+    host.k[0][:] = rng.standard_normal(host.k[0].shape)
+    host.v[0][:] = rng.standard_normal(host.v[0].shape)
+    ops.rt.copy_htod(cache.k[0], host.k[0], host.k[0].nbytes, ops.stream)
+    ops.rt.copy_htod(cache.v[0], host.v[0], host.v[0].nbytes, ops.stream)
+    ops.sync()
+    return cache, host
+
+
+@pytest.mark.parametrize("hd", [16, 64, 80, 256])
+@pytest.mark.parametrize("window", [None, 5])
+def test_attention_decode_and_prefill(ops, hd, window, request):
+    """Writes K/V into the cache, then GQA attention for a decode batch and a prefill chunk."""
+    rng = rng_for(request)
+    heads, n_kv, n_ctx = 6, 2, 40
+    cache, host = _gpu_cache(ops, 3, n_kv, n_ctx, hd, rng)
+    scale = hd ** -0.5
+    for slots, starts, counts in (([2, 0], [17, 3], [1, 1]), ([1], [9], [13]), ([0], [0], [1])):
+        n = sum(counts)
+        q = rng.standard_normal((n, heads, hd)).astype(np.float32)
+        k = rng.standard_normal((n, n_kv, hd)).astype(np.float32)
+        v = rng.standard_normal((n, n_kv, hd)).astype(np.float32)
+        ref = cpu.attention(q, k, v, host, 0, slots, starts, counts, scale, window)
+        got = ops.attention(ops.upload(q), ops.upload(k), ops.upload(v), cache, 0, slots, starts, counts,
+                            scale, window)
+        assert rel_err(ops.to_host(got), ref) < F32_BOUND
+        assert np.array_equal(cache.keys(0, slots[0], 0, n_ctx), host.keys(0, slots[0], 0, n_ctx))
+        assert np.array_equal(cache.values(0, slots[-1], 0, n_ctx), host.values(0, slots[-1], 0, n_ctx))
+
+
+def test_fused_rope_kv_append(ops, request):
+    rng = rng_for(request)
+    n_kv, hd, n_ctx = 3, 48, 20
+    cache, host = _gpu_cache(ops, 2, n_kv, n_ctx, hd, rng)
+    spec = RopeSpec(32, 10000.0, True)
+    k = rng.standard_normal((4, n_kv, hd)).astype(np.float32)
+    v = rng.standard_normal((4, n_kv, hd)).astype(np.float32)
+    row_slot, row_pos = np.array([1, 1, 1, 0]), np.array([4, 5, 6, 19])
+    cos_t, sin_t = ops._rope_table(spec, 19)
+    s, p = ops.upload(row_slot, np.int32), ops.upload(row_pos, np.int32)
+    dk, dv = ops.upload(k), ops.upload(v)  # held: a dropped DeviceArray's memory is reused at once
+    ops.launch("rope_kv_append_f32", (4 * n_kv,), ops.threads(hd), dk.ptr, dv.ptr, cache.k[0], cache.v[0], cos_t.ptr, sin_t.ptr, s.ptr, p.ptr, n_kv, hd, n_ctx, spec.dim, 1)
+    for i, (slot, pos) in enumerate(zip(row_slot, row_pos)):
+        host.write(0, slot, pos, cpu.rope(k[i:i + 1], np.array([pos]), spec), v[i:i + 1])
+    for slot in (0, 1):
+        assert rel_err(cache.keys(0, slot, 0, n_ctx), host.keys(0, slot, 0, n_ctx)) < F32_BOUND
+        assert np.array_equal(cache.values(0, slot, 0, n_ctx), host.values(0, slot, 0, n_ctx))
+
+
+@pytest.mark.parametrize("n", [1, 67, 1000, 49152])
+def test_softmax_and_argmax(ops, n, request):
+    rng = rng_for(request)
+    x = (rng.standard_normal((3, n)) * 5).astype(np.float32)
+    x[1, n // 2] = x[1, n // 3] = x[1].max() + 1  # a tie: the first index wins, as numpy
+    got = ops.to_host(ops.softmax(ops.upload(x)))
+    e = np.exp(x.astype(np.float64) - x.max(axis=1, keepdims=True))
+    # 1e-4: the normaliser is a float32 sum of up to 49152 terms (one thread does it all in emulation)
+    assert rel_err(got, e / e.sum(axis=1, keepdims=True)) < 1e-4
+    assert np.array_equal(ops.argmax(ops.upload(x)), np.argmax(x, axis=1))
+
+
+def test_int8_dot_helper(ops, request):
+    rng = rng_for(request)
+    a = rng.integers(-128, 128, (37, 4 * 9), dtype=np.int8)
+    b = rng.integers(-128, 128, (37, 4 * 9), dtype=np.int8)
+    out = poisoned(ops, (37,), np.int32)
+    da, db = ops.upload(a.view(np.int32)), ops.upload(b.view(np.int32))
+    t = ops.threads(64)
+    ops.launch("dot4_i8_rows", ((37 + t - 1) // t,), t, da.ptr, db.ptr, out.ptr, 9, 37)
+    ref = (a.astype(np.int64) * b).sum(axis=1)
+    assert np.array_equal(ops.to_host(out), ref)
+
+
+def test_q8_activation_path(ops, request):
+    """quantize_q8 + mv_q8_0_q8 (the int8-dot mat-vec) against numpy on the same quantized x."""
+    rng = rng_for(request)
+    n_out, n_in, rows = 45, 160, 3
+    lin, w = weight(ops, QT.Q8_0, n_out, n_in, rng)
+    x = rng.standard_normal((rows, n_in)).astype(np.float32)
+    xq = ops.empty((rows, n_in), np.int8)
+    xd = ops.empty((rows, n_in // 32))
+    n_blocks = rows * n_in // 32
+    dx = ops.upload(x)
+    t = ops.threads(64)
+    ops.launch("quantize_q8", ((n_blocks + t - 1) // t,), t, dx.ptr, xq.ptr, xd.ptr, n_blocks)
+    y = poisoned(ops, (rows, n_out))
+    per_block = ops.threads(4 * ops.warp) // ops.warp
+    ops.launch("mv_q8_0_q8", ((n_out + per_block - 1) // per_block, rows), ops.threads(4 * ops.warp),
+               lin.parts[0].block.ptr, lin.parts[0].row_bytes, xq.ptr, xd.ptr, y.ptr, n_out, n_in, n_out)
+    d = np.abs(x.reshape(rows, -1, 32)).max(axis=2) / 127
+    q = np.rint(x.reshape(rows, -1, 32) / np.where(d > 0, d, 1)[..., None])
+    assert np.array_equal(ops.to_host(xq).reshape(rows, -1, 32), q.astype(np.int8))
+    xr = (q * d[..., None]).reshape(rows, n_in)
+    assert rel_err(ops.to_host(y), xr @ w.T) < F32_BOUND

@@ -294,7 +294,7 @@ class Engine:
         if session is not None:
             session.busy = True
         state = _Active(request=request, prompt=prompt, sampler=Sampler(params),
-                        stops=StopMatcher(list(request.stop)), decoder=self.tokenizer.stream(),
+                        stops=StopMatcher(list(request.stop)), decoder=self.tokenizer.stream(special=False),
                         events=asyncio.Queue(), submitted=time.perf_counter(), history=list(prompt))
         try:
             self._intake.put_nowait(state)

@@ -1,0 +1,107 @@
+"""Whole models on the GPU backend against the CPU backend (the reference).
+
+Random-weight llama/gemma3/qwen2/qwen3 GGUFs (tests/test_models_random.py's builder, plus block-quant
+variants) and the real SmolLM2 file: prefill logits within LOGIT_TOL of the CPU's (relative to the
+largest |logit|: the two differ only in float32 summation order), and greedy decoding gives the
+identical 64 tokens. The real model runs on the GPU backends only (host emulation would take minutes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+
+from rocmforge_core.gguf_file import GGUFFile
+from rocmforge_core.models import load_model
+from test_models_random import CASES, VOCAB, make_tiny_model
+
+LOGIT_TOL = 1e-4        # random tiny models
+REAL_LOGIT_TOL = 2e-3   # SmolLM2: 30 layers of float32 in another summation order
+N_GREEDY = 64
+
+GPU_CASES = dict(CASES)
+GPU_CASES.update({  # packed-block weights: d and ffn multiples of 32
+    "llama-q8_0": ("llama", dict(dtype=QT.Q8_0, d=64, n_heads=4, n_kv=2, hd=16, ffn=96)),
+    "qwen2-q4_0": ("qwen2", dict(dtype=QT.Q4_0, d=64, n_heads=4, n_kv=2, hd=16, ffn=96, untied=True)),
+    "gemma3-q5_1": ("gemma3", dict(dtype=QT.Q5_1, d=64, n_heads=4, n_kv=1, hd=32, ffn=96, n_layers=7, window=4)),
+})
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.all(np.isfinite(a))
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def greedy(model, prompt: list[int], n: int, n_ctx: int) -> tuple[list[int], list[np.ndarray]]:
+    cache = model.make_cache(1, n_ctx)
+    logits = model.prefill(prompt, cache, 0, 0)
+    tokens, steps = [], [np.asarray(logits)]
+    pos = len(prompt)
+    for _ in range(n):
+        tok = int(np.argmax(logits))
+        tokens.append(tok)
+        logits = model.decode(np.array([tok]), cache, np.array([0]), np.array([pos]))[0]
+        steps.append(np.asarray(logits))
+        pos += 1
+    return tokens, steps
+
+
+@pytest.fixture(scope="module", params=list(GPU_CASES))
+def tiny(request, tmp_path_factory):
+    arch, options = GPU_CASES[request.param]
+    path = make_tiny_model(tmp_path_factory.mktemp(request.param) / "m.gguf", arch, **options)
+    gguf_file = GGUFFile(path)
+    return request.param, gguf_file, load_model(gguf_file, "cpu")
+
+
+def test_tiny_models_match_cpu(ops, tiny):
+    name, gguf_file, cpu_model = tiny
+    gpu_model = load_model(gguf_file, ops)
+    prompt = np.random.default_rng(7).integers(0, VOCAB, 9).tolist()
+    ref = cpu_model.prefill(prompt, cpu_model.make_cache(1, 96), 0, 0, all_logits=True)
+    got = gpu_model.prefill(prompt, gpu_model.make_cache(1, 96), 0, 0, all_logits=True)
+    assert isinstance(got, np.ndarray) and got.shape == ref.shape
+    assert rel_err(got, ref) < LOGIT_TOL, name
+    cpu_tokens, cpu_steps = greedy(cpu_model, prompt, N_GREEDY, 96)
+    gpu_tokens, gpu_steps = greedy(gpu_model, prompt, N_GREEDY, 96)
+    assert gpu_tokens == cpu_tokens, name
+    assert max(rel_err(g, c) for g, c in zip(gpu_steps, cpu_steps)) < LOGIT_TOL, name
+
+
+def test_batched_decode_matches_cpu(ops, tiny):
+    """Two sequences in different slots at different positions, decoded as one batch."""
+    name, gguf_file, cpu_model = tiny
+    gpu_model = load_model(gguf_file, ops)
+    seqs = [[5, 9, 2, 44, 3], [60, 1, 7]]
+    results = []
+    for model in (cpu_model, gpu_model):
+        cache = model.make_cache(3, 32)
+        for slot, seq in zip((2, 0), seqs):
+            model.prefill(seq, cache, slot, 0)
+        step = model.decode(np.array([11, 12]), cache, np.array([2, 0]), np.array([5, 3]))
+        results.append(np.asarray(step))
+    assert rel_err(results[1], results[0]) < LOGIT_TOL, name
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_matches_cpu(ops, backend_name, smollm2_path):
+    if backend_name == "emu":
+        pytest.skip("emu: the real model is checked on GPU backends only (minutes in emulation)")
+    gguf_file = GGUFFile(smollm2_path)
+    cpu_model, gpu_model = load_model(gguf_file, "cpu"), load_model(gguf_file, ops)
+    from rocmforge_core.tokenizer import Tokenizer
+
+    prompt = Tokenizer.from_gguf(gguf_file).encode("The capital of France is")
+    ref = cpu_model.prefill(prompt, cpu_model.make_cache(1, 128), 0, 0, all_logits=True)
+    got = gpu_model.prefill(prompt, gpu_model.make_cache(1, 128), 0, 0, all_logits=True)
+    prefill_err = rel_err(got, ref)
+    cpu_tokens, cpu_steps = greedy(cpu_model, prompt, N_GREEDY, 128)
+    gpu_tokens, gpu_steps = greedy(gpu_model, prompt, N_GREEDY, 128)
+    step_err = max(rel_err(g, c) for g, c in zip(gpu_steps, cpu_steps))
+    print(f"\nsmollm2 on {ops.rt.device.name} ({backend_name}): prefill logits rel err {prefill_err:.2e}, "
+          f"decode max rel err {step_err:.2e}, tokens identical: {gpu_tokens == cpu_tokens}")
+    assert prefill_err < REAL_LOGIT_TOL
+    assert gpu_tokens == cpu_tokens
+    assert step_err < REAL_LOGIT_TOL

@@ -57,7 +57,7 @@ def test_start_then_submit_immediately_200_times(smollm2_path, reference):
     expected = reference[PROMPTS[0]][0][:]
 
     async def once():
-        engine = create_engine(smollm2_path, backend="cpu", n_slots=1)
+        engine = create_engine(smollm2_path, backend="cpu", n_slots=1, n_ctx=256)
         await engine.start()
         try:
             text, _, final = await collect(engine.submit(
@@ -74,6 +74,7 @@ def test_start_then_submit_immediately_200_times(smollm2_path, reference):
 def test_stop_leaves_no_tasks_or_threads(smollm2_path):
     async def go():
         engine = create_engine(smollm2_path, backend="cpu", n_slots=2)
+        tasks_before = asyncio.all_tasks()
         await engine.start()
         assert engine.running and our_threads() == []  # the worker starts on first use
         stream = engine.submit(Request(prompt=PROMPTS[2], max_tokens=500, sampling=GREEDY))
@@ -83,7 +84,7 @@ def test_stop_leaves_no_tasks_or_threads(smollm2_path):
         assert our_threads()
         await engine.stop()
         assert not engine.running
-        assert asyncio.all_tasks() == {asyncio.current_task()}
+        assert asyncio.all_tasks() == tasks_before
         rest = [e async for e in stream]  # in-flight request was told it is over
         assert rest[-1].finish_reason == "cancelled"
 
@@ -142,7 +143,7 @@ def test_cancel_mid_generation_frees_the_slot(smollm2_path, reference):
 
 def test_eight_concurrent_requests_match_alone_and_batch(smollm2_path, reference):
     async def go():
-        async with create_engine(smollm2_path, backend="cpu", n_slots=8) as engine:
+        async with create_engine(smollm2_path, backend="cpu", n_slots=8, n_ctx=512) as engine:
             # one alone, timed on this engine
             t0 = time.perf_counter()
             await collect(engine.submit(Request(prompt=PROMPTS[0], max_tokens=12, sampling=GREEDY)))

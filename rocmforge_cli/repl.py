@@ -42,6 +42,7 @@ class Chat:
         self.ui = ui
         self.context_shift = context_shift
         self._draining = None  # the task still reading a reply the user stopped
+        self.typeahead = TypeAhead()
 
     # ---- the prompt ------------------------------------------------------------------------------
 
@@ -120,7 +121,7 @@ class Chat:
             stream.cancel()
             interrupted.set()  # from here on, text still queued behind the cancel is not shown
 
-        with _interrupt_watch(on_interrupt, watch_keys=watch_keys):
+        with _interrupt_watch(on_interrupt, typeahead=self.typeahead if watch_keys else None):
             waiter = asyncio.ensure_future(interrupted.wait())
             await asyncio.wait({consume, waiter}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
@@ -194,21 +195,53 @@ def _drop_unanswered(state: slash.ChatState) -> None:
         state.messages.pop()
 
 
+class TypeAhead:
+    """Keys typed while a reply streams: the first line becomes the next prompt's text, ready to edit
+    and send, instead of being echoed into the reply or lost."""
+
+    def __init__(self):
+        self.text = ""
+        self.closed = False  # Enter was pressed: later keys are dropped
+
+    def feed(self, key_press) -> None:
+        from prompt_toolkit.keys import Keys
+
+        key = key_press.key
+        if self.closed:
+            return
+        if key in (Keys.ControlM, Keys.ControlJ):
+            self.closed = True
+        elif key == Keys.ControlH:  # Backspace
+            self.text = self.text[:-1]
+        elif key == Keys.BracketedPaste:
+            self.text += key_press.data.replace("\r\n", "\n").replace("\r", "\n")
+        elif not isinstance(key, Keys) and key.isprintable():
+            self.text += key
+
+    def take(self) -> str:
+        text, self.text, self.closed = self.text, "", False
+        return text
+
+
 @contextlib.contextmanager
-def _interrupt_watch(on_interrupt, *, watch_keys: bool):
+def _interrupt_watch(on_interrupt, *, typeahead: TypeAhead | None):
     """While a reply streams: Ctrl-C typed on the terminal (read as a key in raw mode, so it is neither
-    echoed nor a signal) or a SIGINT from elsewhere calls `on_interrupt`. Other keys are discarded."""
+    echoed nor a signal) or a SIGINT from elsewhere calls `on_interrupt`. Other keys go to `typeahead`;
+    without one (no terminal) only the signal is watched."""
     loop = asyncio.get_running_loop()
     with contextlib.ExitStack() as stack:
-        if watch_keys:
+        if typeahead is not None:
             from prompt_toolkit.input import create_input
             from prompt_toolkit.keys import Keys
 
             keys = create_input()
 
             def keys_ready() -> None:
-                if any(k.key == Keys.ControlC for k in keys.read_keys()):
-                    on_interrupt()
+                for key_press in keys.read_keys():
+                    if key_press.key == Keys.ControlC:
+                        on_interrupt()
+                    else:
+                        typeahead.feed(key_press)
 
             stack.enter_context(keys.raw_mode())
             stack.enter_context(keys.attach(keys_ready))
@@ -255,7 +288,7 @@ async def run_interactive(engine, state: slash.ChatState, ui: Renderer, *, histo
 async def _loop(chat: Chat, prompt, ui: Renderer) -> None:
     assembler = slash.LineAssembler()
     while True:
-        line = await _read_line(prompt, assembler)
+        line = await _read_line(prompt, assembler, chat.typeahead.take())
         if line is None:
             return
         await chat.settle()  # a reply stopped with Ctrl-C has ended before the session is touched
@@ -282,12 +315,13 @@ async def _loop(chat: Chat, prompt, ui: Renderer) -> None:
         ui.gap()
 
 
-async def _read_line(prompt, assembler: slash.LineAssembler) -> str | None:
+async def _read_line(prompt, assembler: slash.LineAssembler, default: str = "") -> str | None:
     """One typed line; None to leave (Ctrl-D, or Ctrl-C at an empty prompt). Ctrl-C with text on the
     line clears it; Ctrl-C inside a \"\"\" block drops the block."""
     while True:
         try:
-            return await prompt.prompt_async(CONTINUATION if assembler.in_block else PROMPT)
+            text, default = default, ""
+            return await prompt.prompt_async(CONTINUATION if assembler.in_block else PROMPT, default=text)
         except EOFError:
             return None
         except KeyboardInterrupt:

@@ -169,7 +169,8 @@ _SET_NAMES = {
     "seed": "seed", "max_tokens": "max_tokens", "n": "max_tokens", "system": "system",
 }
 _INT_FIELDS = {"top_k", "repeat_last_n", "seed", "max_tokens"}
-_SET_USAGE = "usage: /set PARAM VALUE (temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, max_tokens, system)"
+_SET_USAGE = ("usage: /set PARAM VALUE (temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, "
+              "seed, max_tokens, system)")
 
 
 def _set(state: ChatState, arg: str) -> Outcome:

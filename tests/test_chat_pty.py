@@ -79,12 +79,14 @@ def test_stream_interrupt_commands_and_ctrl_d(smollm2_path, tmp_path):
     child.send("Write a long story about a dragon.\r")
     child.expect(r"dragon\.[^\n]*\n")
     wait_for_reply_words(child, after="dragon.", count=8)  # words arrive while generation goes on
+    child.send("/show mod")  # typed during the reply: not echoed into it, kept for the next prompt
     pressed = time.monotonic()
     child.send("\x03")
     child.expect(r"\[stopped\]", timeout=10)
     print(f"Ctrl-C to [stopped]: {(time.monotonic() - pressed) * 1e3:.0f} ms")
     assert time.monotonic() - pressed < 5
     child.expect(PROMPT)
+    command(child, "el", r"architecture\s+llama")
 
     first = tmp_path / "first.json"
     command(child, f"/save {first}", "saved 2 messages")

@@ -196,31 +196,33 @@ def _drop_unanswered(state: slash.ChatState) -> None:
 
 
 class TypeAhead:
-    """Keys typed while a reply streams: the first line becomes the next prompt's text, ready to edit
-    and send, instead of being echoed into the reply or lost."""
+    """Keys typed while a reply streams, handled as a cooked terminal would: each line ended with Enter
+    is sent in turn once the reply is done; an unfinished line waits on the next prompt, to edit."""
 
     def __init__(self):
-        self.text = ""
-        self.closed = False  # Enter was pressed: later keys are dropped
+        self.lines: list[str] = []
+        self.partial = ""
 
     def feed(self, key_press) -> None:
         from prompt_toolkit.keys import Keys
 
         key = key_press.key
-        if self.closed:
-            return
         if key in (Keys.ControlM, Keys.ControlJ):
-            self.closed = True
+            self.lines.append(self.partial)
+            self.partial = ""
         elif key == Keys.ControlH:  # Backspace
-            self.text = self.text[:-1]
+            self.partial = self.partial[:-1]
         elif key == Keys.BracketedPaste:
-            self.text += key_press.data.replace("\r\n", "\n").replace("\r", "\n")
+            self.partial += key_press.data.replace("\r\n", "\n").replace("\r", "\n")
         elif not isinstance(key, Keys) and key.isprintable():
-            self.text += key
+            self.partial += key
 
-    def take(self) -> str:
-        text, self.text, self.closed = self.text, "", False
-        return text
+    def next(self) -> tuple[str, bool]:
+        """(text for the next prompt, whether to send it at once)."""
+        if self.lines:
+            return self.lines.pop(0), True
+        text, self.partial = self.partial, ""
+        return text, False
 
 
 @contextlib.contextmanager
@@ -288,7 +290,7 @@ async def run_interactive(engine, state: slash.ChatState, ui: Renderer, *, histo
 async def _loop(chat: Chat, prompt, ui: Renderer) -> None:
     assembler = slash.LineAssembler()
     while True:
-        line = await _read_line(prompt, assembler, chat.typeahead.take())
+        line = await _read_line(prompt, assembler, chat.typeahead)
         if line is None:
             return
         await chat.settle()  # a reply stopped with Ctrl-C has ended before the session is touched
@@ -315,13 +317,14 @@ async def _loop(chat: Chat, prompt, ui: Renderer) -> None:
         ui.gap()
 
 
-async def _read_line(prompt, assembler: slash.LineAssembler, default: str = "") -> str | None:
-    """One typed line; None to leave (Ctrl-D, or Ctrl-C at an empty prompt). Ctrl-C with text on the
-    line clears it; Ctrl-C inside a \"\"\" block drops the block."""
+async def _read_line(prompt, assembler: slash.LineAssembler, typeahead: TypeAhead) -> str | None:
+    """One line, typed now or ahead; None to leave (Ctrl-D, or Ctrl-C at an empty prompt). Ctrl-C with
+    text on the line clears it; Ctrl-C inside a \"\"\" block drops the block."""
     while True:
+        default, send = typeahead.next()
         try:
-            text, default = default, ""
-            return await prompt.prompt_async(CONTINUATION if assembler.in_block else PROMPT, default=text)
+            return await prompt.prompt_async(CONTINUATION if assembler.in_block else PROMPT,
+                                             default=default, accept_default=send)
         except EOFError:
             return None
         except KeyboardInterrupt:

@@ -51,10 +51,10 @@ def run(*, model, system, max_tokens, sampling, ctx, context_shift, chat_templat
         engine = create_engine(path, backend=backend, n_ctx=ctx, n_slots=1,
                                chat_template_file=chat_template_file)
     info = repl.model_info(engine, path)
-    if interactive:
+    if interactive:  # the banner shows only on a terminal
         ui.banner(name=path.name, backend=engine.backend, backend_reason=engine.backend_reason,
                   n_ctx=engine.n_ctx, load_ms=engine.load_ms)
-    if verbose and not ui.tty:
+    if verbose and not (interactive and ui.tty):  # no banner: say it on stderr
         print(f"backend: {engine.backend} ({engine.backend_reason}); model {info.name} loaded in "
               f"{engine.load_ms:.0f} ms; ctx {engine.n_ctx}", file=sys.stderr)
     state = slash.ChatState(model=info, sampling=slash.sampling_dict(params), max_tokens=max_tokens,

@@ -2,8 +2,8 @@
 
 Replies go to stdout as raw text, delta by delta, so they appear as they are generated and never
 flicker (nothing is redrawn). Everything else (banner, command output, stats, errors) goes through a
-rich Console: on stdout when it is a terminal, else on stderr, so `rocmforge chat > file` captures only
-the replies. Off a terminal there is no colour, no spinner and no banner.
+rich Console: on stdout in the interactive REPL on a terminal, else on stderr, so `rocmforge chat > file`
+captures only the replies. Off a terminal there is no colour, no spinner and no banner.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ class Renderer:
         self.out = out if out is not None else sys.stdout
         self.tty = _isatty(self.out)
         self.interactive = interactive
-        ui_file = self.out if self.tty else sys.stderr
+        # piped stdin behaves like `generate`: stdout carries the answer alone, even on a terminal
+        ui_file = self.out if self.tty and interactive else sys.stderr
         self.console = Console(file=ui_file, highlight=False, soft_wrap=True,
                                force_terminal=None if _isatty(ui_file) else False,
                                no_color=None if self.tty else True)

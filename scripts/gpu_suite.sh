@@ -6,7 +6,7 @@
 #   SmolLM2-135M-Instruct.Q4_1.gguf or pieces of it named smol.partNN (`split -n 2 -d FILE smol.part`);
 #                                 pieces are kept in $RF_PARTS_DIR across calls on a warm machine, so a
 #                                 file too large for one transfer can arrive in two
-# Stages (default: all): setup compile kernels models real cli bench. Logs go to $OUT (or /tmp/rf_out).
+# Stages (default: all): setup compile select kernels models shaped real launch cli bench. Logs go to $OUT (or /tmp/rf_out).
 # The hip backend runs through the test-only shim (scripts/hip_shim) that forwards HIP to CUDA.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,7 +16,7 @@ RF_PARTS_DIR="${RF_PARTS_DIR:-/root/rf_parts}"
 export ROCMFORGE_HOME="${ROCMFORGE_HOME:-/root/rf_home}"
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$ROCMFORGE_HOME" "$RF_PARTS_DIR"
-stages="${*:-setup compile kernels models real cli bench}"
+stages="${*:-setup compile select kernels models shaped real launch cli bench}"
 SMOL=SmolLM2-135M-Instruct.Q4_1.gguf
 SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 summary=()
@@ -94,6 +94,54 @@ cli() {
     note "generate --backend cpu: rc=$? stdout=$(tr '\n' ' ' <"$OUT/generate_cpu.out" | head -c 200)"
 }
 
+select_stage() {  # what --backend auto picks with and without the HIP shim on the library path
+    local code='from rocmforge_core.backends import select_backend; print(select_backend("auto"))'
+    note "auto with shim: $(python3 -c "$code" 2>&1 | tail -n 1)"
+    note "auto without shim: $(LD_LIBRARY_PATH= python3 -c "$code" 2>&1 | tail -n 1)"
+}
+
+launch_stage() {  # host cost of one launch: pre-packed arguments vs hip-python's tuple packing
+    python3 - >"$OUT/launch.txt" 2>&1 <<'PYEOF'
+import ctypes, time
+import numpy as np
+from rocmforge_core.backends.gpu import GpuOps
+from rocmforge_core.gpu import open_runtime
+for name in ("cuda", "hip"):
+    ops = GpuOps(open_runtime(name))
+    x = ops.upload(np.ones(4096, np.float32))
+    y = ops.empty((4096,))
+    fn, packed = ops.kernel("scale_f32")
+    packed.set_all((x.ptr, y.ptr, 4096, 2.0))
+    rt, n = ops.rt, 5000
+    for _ in range(100):
+        rt.launch(fn, (16, 1, 1), (256, 1, 1), packed, ops.stream)
+    ops.sync()
+    t = time.perf_counter()
+    for _ in range(n):
+        rt.launch(fn, (16, 1, 1), (256, 1, 1), packed, ops.stream)
+    t_pre = (time.perf_counter() - t) / n * 1e6
+    ops.sync()
+    t = time.perf_counter()
+    for _ in range(n):
+        ops.scale(x, 2.0)
+    t_op = (time.perf_counter() - t) / n * 1e6
+    ops.sync()
+    line = f"{name}: launch with pre-packed args {t_pre:.1f} us; whole ops.scale call {t_op:.1f} us"
+    if name == "hip":
+        from hip import hip
+        extra = (ctypes.c_void_p(x.ptr), ctypes.c_void_p(y.ptr), ctypes.c_longlong(4096), ctypes.c_float(2.0))
+        t = time.perf_counter()
+        for _ in range(n):
+            hip.hipModuleLaunchKernel(fn, 16, 1, 1, 256, 1, 1, 0, ops.stream, None, extra)
+        t_tuple = (time.perf_counter() - t) / n * 1e6
+        ops.sync()
+        line += f"; hip-python tuple packing {t_tuple:.1f} us"
+    print(line)
+PYEOF
+    cat "$OUT/launch.txt"
+    note "launch: $(tail -n 2 "$OUT/launch.txt" | tr '\n' ' ')"
+}
+
 bench() {
     assemble_model || { note "bench: skipped (no SmolLM2 file)"; return; }
     for b in cuda hip cpu; do
@@ -111,11 +159,15 @@ for stage in $stages; do
         compile) run_pytest compile "" tests/test_kernel_compile.py ;;
         kernels) run_pytest kernels_cuda cuda tests/gpu/test_kernels.py tests/gpu/test_runtime.py
                  run_pytest kernels_hip hip tests/gpu/test_kernels.py tests/gpu/test_runtime.py ;;
+        select) select_stage ;;
         models) run_pytest models_cuda cuda tests/gpu/test_model_gpu.py -m "not slow"
                 run_pytest models_hip hip tests/gpu/test_model_gpu.py -m "not slow" ;;
+        shaped) run_pytest shaped_cuda cuda tests/gpu/test_model_gpu.py -m slow -k shaped -s
+                run_pytest shaped_hip hip tests/gpu/test_model_gpu.py -m slow -k shaped -s ;;
+        launch) launch_stage ;;
         real) if assemble_model; then
-                  run_pytest real_cuda cuda tests/gpu/test_model_gpu.py -m slow -s
-                  run_pytest real_hip hip tests/gpu/test_model_gpu.py -m slow -s
+                  run_pytest real_cuda cuda tests/gpu/test_model_gpu.py -m slow -k smollm2_greedy -s
+                  run_pytest real_hip hip tests/gpu/test_model_gpu.py -m slow -k smollm2_greedy -s
               else
                   note "real: skipped (SmolLM2 not complete yet)"
               fi ;;

@@ -11,6 +11,7 @@ supports exactly those as copies or views, plus `reshape` and `np.asarray` (a do
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -102,8 +103,11 @@ class BufferPool:
     """Size-class free lists over runtime allocations: decode steps allocate the same sizes every
     step, so after the first step no allocation reaches the driver."""
 
-    def __init__(self, rt: GpuRuntime):
+    def __init__(self, rt: GpuRuntime, poison_stream: Any = None):
         self.rt = rt
+        # ROCMFORGE_GPU_POISON=1: fill every buffer handed out with NaN, so reads of unwritten memory
+        # show up as NaN instead of plausible stale values (a debugging aid; costs a memset each).
+        self.poison_stream = poison_stream if os.environ.get("ROCMFORGE_GPU_POISON") == "1" else None
         self.free_lists: dict[int, list[int]] = {}
         self.owned: list[int] = []
         self.closed = False
@@ -119,9 +123,12 @@ class BufferPool:
         size = self.size_class(nbytes)
         free = self.free_lists.get(size)
         if free:
-            return _Block(self, free.pop(), size)
-        ptr = self.rt.alloc(size)
-        self.owned.append(ptr)
+            ptr = free.pop()
+        else:
+            ptr = self.rt.alloc(size)
+            self.owned.append(ptr)
+        if self.poison_stream is not None:
+            self.rt.memset8(ptr, 0xFF, size, self.poison_stream)
         return _Block(self, ptr, size)
 
     def close(self) -> None:
@@ -290,7 +297,7 @@ class GpuOps:
         self.rt = rt
         self.name = name or rt.name
         self.stream = rt.stream_create()
-        self.pool = BufferPool(rt)
+        self.pool = BufferPool(rt, self.stream)
         self._modules: dict[str, Any] = {}
         self._functions: dict[str, tuple[Any, PackedArgs]] = {}
         self._rope_tables: dict[RopeSpec, tuple[int, DeviceArray, DeviceArray]] = {}

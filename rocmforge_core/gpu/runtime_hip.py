@@ -9,6 +9,7 @@ cache keys on the device name and compute capability instead.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from typing import Any
 
@@ -108,7 +109,10 @@ class HipRuntime(GpuRuntime):
             self._check_rtc(rtc.hiprtcGetCode(prog, buf)[0], "hiprtcGetCode")
             return bytes(buf)
         finally:
-            rtc.hiprtcDestroyProgram(prog)
+            # hiprtcDestroyProgram takes a pointer to the handle (it clears it): hip-python passes
+            # whatever address it is given, so give it the address of a variable holding the handle.
+            handle = ctypes.c_void_p(int(prog))
+            rtc.hiprtcDestroyProgram(ctypes.addressof(handle))
 
     def _log(self, prog: Any) -> str:
         err, size = self._rtc.hiprtcGetProgramLogSize(prog)

@@ -12,6 +12,10 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 
+import time
+
+from gguf_factory import write_gguf
+from rocmforge_core.backends.cpu import CpuBackend
 from rocmforge_core.gguf_file import GGUFFile
 from rocmforge_core.models import load_model
 from test_models_random import CASES, VOCAB, make_tiny_model
@@ -26,6 +30,15 @@ GPU_CASES.update({  # packed-block weights: d and ffn multiples of 32
     "qwen2-q4_0": ("qwen2", dict(dtype=QT.Q4_0, d=64, n_heads=4, n_kv=2, hd=16, ffn=96, untied=True)),
     "gemma3-q5_1": ("gemma3", dict(dtype=QT.Q5_1, d=64, n_heads=4, n_kv=1, hd=32, ffn=96, n_layers=7, window=4)),
 })
+
+
+def cpu_model(gguf_file):
+    """The reference: the CPU backend with plain float32 numerics (not its llama.cpp-rounding mode)."""
+    try:
+        ops = CpuBackend(numerics="float32")
+    except TypeError:  # a CpuBackend without numerics modes is float32 already
+        ops = CpuBackend()
+    return load_model(gguf_file, ops)
 
 
 def rel_err(a, b) -> float:
@@ -53,18 +66,18 @@ def tiny(request, tmp_path_factory):
     arch, options = GPU_CASES[request.param]
     path = make_tiny_model(tmp_path_factory.mktemp(request.param) / "m.gguf", arch, **options)
     gguf_file = GGUFFile(path)
-    return request.param, gguf_file, load_model(gguf_file, "cpu")
+    return request.param, gguf_file, cpu_model(gguf_file)
 
 
 def test_tiny_models_match_cpu(ops, tiny):
-    name, gguf_file, cpu_model = tiny
+    name, gguf_file, cpu = tiny
     gpu_model = load_model(gguf_file, ops)
     prompt = np.random.default_rng(7).integers(0, VOCAB, 9).tolist()
-    ref = cpu_model.prefill(prompt, cpu_model.make_cache(1, 96), 0, 0, all_logits=True)
+    ref = cpu.prefill(prompt, cpu.make_cache(1, 96), 0, 0, all_logits=True)
     got = gpu_model.prefill(prompt, gpu_model.make_cache(1, 96), 0, 0, all_logits=True)
     assert isinstance(got, np.ndarray) and got.shape == ref.shape
     assert rel_err(got, ref) < LOGIT_TOL, name
-    cpu_tokens, cpu_steps = greedy(cpu_model, prompt, N_GREEDY, 96)
+    cpu_tokens, cpu_steps = greedy(cpu, prompt, N_GREEDY, 96)
     gpu_tokens, gpu_steps = greedy(gpu_model, prompt, N_GREEDY, 96)
     assert gpu_tokens == cpu_tokens, name
     assert max(rel_err(g, c) for g, c in zip(gpu_steps, cpu_steps)) < LOGIT_TOL, name
@@ -72,11 +85,11 @@ def test_tiny_models_match_cpu(ops, tiny):
 
 def test_batched_decode_matches_cpu(ops, tiny):
     """Two sequences in different slots at different positions, decoded as one batch."""
-    name, gguf_file, cpu_model = tiny
+    name, gguf_file, cpu = tiny
     gpu_model = load_model(gguf_file, ops)
     seqs = [[5, 9, 2, 44, 3], [60, 1, 7]]
     results = []
-    for model in (cpu_model, gpu_model):
+    for model in (cpu, gpu_model):
         cache = model.make_cache(3, 32)
         for slot, seq in zip((2, 0), seqs):
             model.prefill(seq, cache, slot, 0)
@@ -90,14 +103,14 @@ def test_smollm2_greedy_matches_cpu(ops, backend_name, smollm2_path):
     if backend_name == "emu":
         pytest.skip("emu: the real model is checked on GPU backends only (minutes in emulation)")
     gguf_file = GGUFFile(smollm2_path)
-    cpu_model, gpu_model = load_model(gguf_file, "cpu"), load_model(gguf_file, ops)
+    cpu, gpu_model = cpu_model(gguf_file), load_model(gguf_file, ops)
     from rocmforge_core.tokenizer import Tokenizer
 
     prompt = Tokenizer.from_gguf(gguf_file).encode("The capital of France is")
-    ref = cpu_model.prefill(prompt, cpu_model.make_cache(1, 128), 0, 0, all_logits=True)
+    ref = cpu.prefill(prompt, cpu.make_cache(1, 128), 0, 0, all_logits=True)
     got = gpu_model.prefill(prompt, gpu_model.make_cache(1, 128), 0, 0, all_logits=True)
     prefill_err = rel_err(got, ref)
-    cpu_tokens, cpu_steps = greedy(cpu_model, prompt, N_GREEDY, 128)
+    cpu_tokens, cpu_steps = greedy(cpu, prompt, N_GREEDY, 128)
     gpu_tokens, gpu_steps = greedy(gpu_model, prompt, N_GREEDY, 128)
     step_err = max(rel_err(g, c) for g, c in zip(gpu_steps, cpu_steps))
     print(f"\nsmollm2 on {ops.rt.device.name} ({backend_name}): prefill logits rel err {prefill_err:.2e}, "
@@ -105,3 +118,65 @@ def test_smollm2_greedy_matches_cpu(ops, backend_name, smollm2_path):
     assert prefill_err < REAL_LOGIT_TOL
     assert gpu_tokens == cpu_tokens
     assert step_err < REAL_LOGIT_TOL
+
+
+def smollm2_shaped_gguf(path, seed=0):
+    """A random-weight GGUF with SmolLM2-135M's shapes and types: 30 llama layers, d=576, 9 query and
+    3 kv heads of 64, ffn 1536, vocab 49152, Q4_1 matrices, a tied Q8_0 embedding."""
+    rng = np.random.default_rng(seed)
+    d, n_heads, n_kv, hd, ffn, vocab, n_layers = 576, 9, 3, 64, 1536, 49152, 30
+
+    def w(*shape, std=0.04, qtype=QT.Q4_1):
+        return (rng.standard_normal(shape) * std).astype(np.float32), qtype
+
+    def norm(n):
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32), QT.F32
+
+    meta = {"llama.block_count": n_layers, "llama.embedding_length": d, "llama.feed_forward_length": ffn,
+            "llama.attention.head_count": n_heads, "llama.attention.head_count_kv": n_kv,
+            "llama.context_length": 2048, "llama.rope.dimension_count": hd, "llama.rope.freq_base": 100000.0,
+            "llama.attention.layer_norm_rms_epsilon": 1e-5, "llama.vocab_size": vocab,
+            "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": [f"t{i}" for i in range(vocab)]}
+    tensors = {"token_embd.weight": w(vocab, d, std=1.0, qtype=QT.Q8_0), "output_norm.weight": norm(d)}
+    for i in range(n_layers):
+        p = f"blk.{i}."
+        tensors.update({p + "attn_norm.weight": norm(d), p + "ffn_norm.weight": norm(d),
+                        p + "attn_q.weight": w(n_heads * hd, d), p + "attn_k.weight": w(n_kv * hd, d),
+                        p + "attn_v.weight": w(n_kv * hd, d), p + "attn_output.weight": w(d, n_heads * hd),
+                        p + "ffn_gate.weight": w(ffn, d), p + "ffn_up.weight": w(ffn, d),
+                        p + "ffn_down.weight": w(d, ffn, std=0.025)})
+    return write_gguf(path, "llama", meta, tensors)
+
+
+def steps_per_s(model, n_steps: int = 32) -> float:
+    """Single-sequence decode steps per second (wall clock, after warm-up)."""
+    cache = model.make_cache(1, 256)
+    model.prefill(list(range(1, 17)), cache, 0, 0)
+    for pos in range(16, 19):
+        model.decode(np.array([7]), cache, np.array([0]), np.array([pos]))
+    t0 = time.perf_counter()
+    for pos in range(19, 19 + n_steps):
+        model.decode(np.array([7]), cache, np.array([0]), np.array([pos]))
+    return n_steps / (time.perf_counter() - t0)
+
+
+@pytest.mark.slow
+def test_smollm2_shaped_random_model(ops, backend_name, tmp_path_factory):
+    """Full-size shapes with random weights: greedy 64 tokens and logits vs the CPU, and decode speed."""
+    if backend_name == "emu":
+        pytest.skip("emu: full-size model checked on GPU backends only")
+    gguf_file = GGUFFile(smollm2_shaped_gguf(tmp_path_factory.mktemp("smol-shaped") / "m.gguf"))
+    cpu, gpu_model = cpu_model(gguf_file), load_model(gguf_file, ops)
+    prompt = [1, 500, 9000, 33, 48000, 77, 2]
+    ref = cpu.prefill(prompt, cpu.make_cache(1, 128), 0, 0, all_logits=True)
+    got = gpu_model.prefill(prompt, gpu_model.make_cache(1, 128), 0, 0, all_logits=True)
+    cpu_tokens, cpu_steps = greedy(cpu, prompt, N_GREEDY, 128)
+    gpu_tokens, gpu_steps = greedy(gpu_model, prompt, N_GREEDY, 128)
+    prefill_err = rel_err(got, ref)
+    step_err = max(rel_err(g, c) for g, c in zip(gpu_steps, cpu_steps))
+    gpu_speed, cpu_speed = steps_per_s(gpu_model), steps_per_s(cpu)
+    print(f"\nsmollm2-shaped random on {ops.rt.device.name} ({backend_name}): prefill rel err {prefill_err:.2e}, "
+          f"decode max rel err {step_err:.2e}, tokens identical: {gpu_tokens == cpu_tokens}; "
+          f"decode {gpu_speed:.1f} tok/s on {backend_name} vs {cpu_speed:.1f} tok/s cpu")
+    assert prefill_err < REAL_LOGIT_TOL and step_err < REAL_LOGIT_TOL
+    assert gpu_tokens == cpu_tokens

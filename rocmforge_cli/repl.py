@@ -54,34 +54,38 @@ class Chat:
         return Request(messages=self.state.conversation())
 
     def prompt_ids(self) -> list[int]:
-        """Token ids for the next reply. With --context-shift, drops the oldest turns until the prompt
-        leaves room for a reply; without it, raises ContextOverflow saying how far over it is."""
+        """Token ids for the next reply. With --context-shift, drops the oldest exchanges until the
+        prompt leaves room for a reply; without it, raises ContextOverflow saying how far over it is."""
         n_ctx = self.engine.n_ctx
-        room = min(self.state.max_tokens, n_ctx // 4)
+        room = min(self.state.max_tokens, n_ctx // 4) if self.context_shift else 0
+        ids, count = self._measure()
+        if ids is None and not self.context_shift:
+            raise ContextOverflow(
+                f"the conversation is {count} tokens, {count - n_ctx + 1} over the context of {n_ctx}",
+                hint="/clear starts over; or restart with a larger --ctx or with --context-shift")
         dropped = 0
-        while True:
-            try:
-                ids = self.engine.prepare_prompt(self._render_request())
-                over = len(ids) + room - n_ctx if self.context_shift else 0
-            except BadInputError as exc:
-                found = _OVERFLOW.search(exc.message)
-                if found is None:
-                    raise
-                over = int(found.group(1)) - n_ctx + 1
-                if not self.context_shift:
-                    raise ContextOverflow(
-                        f"the conversation is {found.group(1)} tokens, {over} over the context of {n_ctx}",
-                        hint="/clear starts over; or restart with a larger --ctx or with --context-shift",
-                    ) from None
-            if over <= 0:
-                break
+        while ids is None or count + room > n_ctx:
             if not self._drop_oldest_turn():
+                if ids is not None:
+                    break  # only the message being answered is left: it fits, with a shorter reply
                 raise ContextOverflow(f"the last message alone does not fit the context of {n_ctx} tokens",
                                       hint="send a shorter message or restart with a larger --ctx")
             dropped += 1
+            ids, count = self._measure()
         if dropped:
             self.ui.notice(f"context full: dropped the {dropped} oldest exchange(s); the system prompt stays")
         return ids
+
+    def _measure(self) -> tuple[list[int] | None, int]:
+        """(ids, token count) of the conversation as it stands; ids is None when it overflows."""
+        try:
+            ids = self.engine.prepare_prompt(self._render_request())
+        except BadInputError as exc:
+            found = _OVERFLOW.search(exc.message)
+            if found is None:
+                raise
+            return None, int(found.group(1))
+        return ids, len(ids)
 
     def _drop_oldest_turn(self) -> bool:
         """Remove the oldest user message and the replies after it; never the message being answered."""

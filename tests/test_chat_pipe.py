@@ -128,3 +128,16 @@ def test_context_shift_cannot_drop_the_message_being_answered(small_ctx_engine):
     with pytest.raises(BadInputError) as info:
         chat.prompt_ids()
     assert isinstance(info.value, ContextOverflow) and "does not fit" in info.value.message
+
+
+def test_context_shift_answers_a_lone_message_that_fits_without_full_room(small_ctx_engine):
+    from rocmforge_core.engine import Request
+
+    chat = make_chat(small_ctx_engine, context_shift=True, max_tokens=64)  # room wanted: 160 // 4 = 40
+    words = "apple"
+    while len(small_ctx_engine.prepare_prompt(Request(messages=[
+            {"role": "system", "content": "You are terse."}, {"role": "user", "content": words}]))) < 130:
+        words += " apple"
+    chat.state.messages = [{"role": "user", "content": words}]
+    ids = chat.prompt_ids()
+    assert 130 <= len(ids) < 160 and chat.state.messages == [{"role": "user", "content": words}]

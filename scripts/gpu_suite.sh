@@ -157,8 +157,10 @@ for stage in $stages; do
     case "$stage" in
         setup) setup; note "setup: rc=$?"; env_common ;;
         compile) run_pytest compile "" tests/test_kernel_compile.py ;;
-        kernels) run_pytest kernels_cuda cuda tests/gpu/test_kernels.py tests/gpu/test_runtime.py
-                 run_pytest kernels_hip hip tests/gpu/test_kernels.py tests/gpu/test_runtime.py ;;
+        kernels) for b in cuda hip; do
+                     run_pytest "runtime_$b" "$b" tests/gpu/test_runtime.py
+                     run_pytest "kernels_$b" "$b" tests/gpu/test_kernels.py
+                 done ;;
         select) select_stage ;;
         models) run_pytest models_cuda cuda tests/gpu/test_model_gpu.py -m "not slow"
                 run_pytest models_hip hip tests/gpu/test_model_gpu.py -m "not slow" ;;

@@ -60,7 +60,9 @@ def run(*, model, system, max_tokens, sampling, ctx, context_shift, chat_templat
     state = slash.ChatState(model=info, sampling=slash.sampling_dict(params), max_tokens=max_tokens,
                             system=system or None, show_stats=verbose)
     if not interactive:
-        asyncio.run(repl.answer_once(engine, state, ui, piped, context_shift=context_shift))
+        reason = asyncio.run(repl.answer_once(engine, state, ui, piped, context_shift=context_shift))
+        if reason == "cancelled":
+            raise KeyboardInterrupt  # stopped by a signal: exit 130 like generate
         return
     try:
         asyncio.run(repl.run_interactive(engine, state, ui, history_path=history_path,

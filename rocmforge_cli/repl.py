@@ -99,24 +99,35 @@ class Chat:
     # ---- the reply -------------------------------------------------------------------------------
 
     async def reply(self, *, watch_keys: bool) -> str | None:
-        """Answer the last user message; returns the finish reason, or None when nothing was sent.
+        """Answer the last user message; returns the finish reason, or None when nothing was sent."""
+        await self.settle()
+        stream = self._submit()
+        if stream is None:
+            return None
+        text, final = await self._stream(stream, watch_keys)
+        self._finish_turn(text, final)
+        return final.finish_reason if final else "cancelled"
 
-        Ctrl-C returns at once with the reply shown so far: the engine stops the request within one
-        decode step, and `settle()` waits for that before the session is used again."""
+    def _submit(self):
+        """The reply's stream; in the REPL a refusal (context overflow, busy engine) is shown as one
+        line and the unanswered message dropped, so the conversation stays as it was."""
         from rocmforge_core.engine import Request
 
-        await self.settle()
         try:
-            ids = self.prompt_ids()
-        except BadInputError as exc:
+            request = Request(tokens=self.prompt_ids(), session=self.session,
+                              max_tokens=self.state.max_tokens, sampling=self.state.sampling_params())
+            return self.engine.submit(request)
+        except RocmforgeError as exc:
             if not self.ui.interactive:
                 raise
             self.ui.error(exc.one_line())
             _drop_unanswered(self.state)
             return None
-        request = Request(tokens=ids, session=self.session, max_tokens=self.state.max_tokens,
-                          sampling=self.state.sampling_params())
-        stream = self.engine.submit(request)
+
+    async def _stream(self, stream, watch_keys: bool):
+        """Show the reply as it streams -> (text shown, final event). Ctrl-C returns at once with the
+        text shown so far and final None: the engine stops the request within one decode step, and
+        `settle()` waits for that before the session is used again."""
         shown: list[str] = []
         interrupted = asyncio.Event()
         consume = asyncio.ensure_future(self._consume(stream, shown, interrupted))
@@ -130,13 +141,10 @@ class Chat:
             await asyncio.wait({consume, waiter}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
         if consume.done():
-            final = consume.result()
-        else:  # stopped by the user: keep what was shown, let the stream end in the background
-            self._draining = consume
-            consume.add_done_callback(self._late_stats)
-            final = None
-        self._finish_turn("".join(shown), final)
-        return final.finish_reason if final else "cancelled"
+            return "".join(shown), consume.result()
+        self._draining = consume
+        consume.add_done_callback(self._late_stats)
+        return "".join(shown), None
 
     async def _consume(self, stream, shown: list[str], interrupted: asyncio.Event):
         final = None
@@ -380,6 +388,7 @@ async def answer_once(engine, state: slash.ChatState, ui: Renderer, text: str, *
             chat = Chat(engine, session, state, ui, context_shift=context_shift)
             state.messages.append({"role": "user", "content": text})
             reason = await chat.reply(watch_keys=False)
+            await chat.settle()
         finally:
             session.close()
     return reason

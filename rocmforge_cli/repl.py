@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import signal
 import sys
 
 from rocmforge_cli import slash
 from rocmforge_cli.render import Renderer, format_stats
+from rocmforge_core.engine import ContextOverflowError
 from rocmforge_core.errors import BadInputError, RocmforgeError
 
 PROMPT = ">>> "
 CONTINUATION = "... "
-
-_OVERFLOW = re.compile(r"the prompt is (\d+) tokens, but the context holds (\d+)")
-
 
 class ContextOverflow(BadInputError):
     """The conversation no longer fits the context window."""
@@ -80,11 +77,8 @@ class Chat:
         """(ids, token count) of the conversation as it stands; ids is None when it overflows."""
         try:
             ids = self.engine.prepare_prompt(self._render_request())
-        except BadInputError as exc:
-            found = _OVERFLOW.search(exc.message)
-            if found is None:
-                raise
-            return None, int(found.group(1))
+        except ContextOverflowError as exc:
+            return None, exc.n_tokens
         return ids, len(ids)
 
     def _drop_oldest_turn(self) -> bool:

@@ -32,6 +32,16 @@ class EngineBusyError(RocmforgeError):
     """The request queue is full: the caller should retry later."""
 
 
+class ContextOverflowError(BadInputError):
+    """A prompt (or a conversation) that does not fit the context window."""
+
+    def __init__(self, n_tokens: int, n_ctx: int):
+        super().__init__(
+            f"the prompt is {n_tokens} tokens, but the context holds {n_ctx}",
+            hint=f"shorten it by at least {n_tokens - n_ctx + 1} tokens, /clear the chat or raise --ctx")
+        self.n_tokens, self.n_ctx = n_tokens, n_ctx
+
+
 class EngineStateError(RocmforgeError):
     """submit() before start() or after stop()."""
 
@@ -86,7 +96,9 @@ class Timings:
 
     @property
     def prompt_tokens_per_s(self) -> float:
-        return self.prompt_tokens / (self.prompt_ms / 1e3) if self.prompt_ms > 0 else 0.0
+        """Prefill speed over the tokens actually computed (a session's cached prefix is free)."""
+        computed = self.prompt_tokens - self.reused_tokens
+        return computed / (self.prompt_ms / 1e3) if self.prompt_ms > 0 else 0.0
 
     @property
     def gen_tokens_per_s(self) -> float:
@@ -269,10 +281,7 @@ class Engine:
         if not ids:
             raise BadInputError("the prompt is empty", hint="give some text with --prompt or on stdin")
         if len(ids) >= self.n_ctx:
-            raise BadInputError(
-                f"the prompt is {len(ids)} tokens, but the context holds {self.n_ctx}",
-                hint=f"shorten the prompt by at least {len(ids) - self.n_ctx + 1} tokens or raise --ctx",
-            )
+            raise ContextOverflowError(len(ids), self.n_ctx)
         return ids
 
     def _special_text(self, token_id: int | None) -> str:

@@ -7,19 +7,26 @@ positions, shorter than the prompts, so the window changes the result.
 
 from __future__ import annotations
 
+import gguf
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 
 from rocmforge_core.backends import cpu
+from rocmforge_core.backends.cpu import CpuBackend, quantize_q8_0, quantize_q8_k
 from rocmforge_core.errors import BadInputError, UnsupportedModelError
 from rocmforge_core.gguf_file import GGUFFile
 from rocmforge_core.models import load_model
-from gguf_factory import write_gguf
+from gguf_factory import random_blocks, write_gguf
 from reference_numpy import ReferenceModel
 
 VOCAB = 67
 REL_TOL = 1e-4   # float32 model vs float64 reference, relative to the largest |logit|
+# With llama.cpp's numerics the model rounds activations to 8 bits (or float16) before each matmul and
+# keeps K, V and attention probabilities in float16: measured <= 1.5e-2 from the reference (Q4_1),
+# <= 1e-3 for float weights; prefill and decode differ by rounding flips only (measured <= 3e-4).
+LLAMA_NUMERICS_TOL = 5e-2
+LLAMA_NUMERICS_CONSISTENCY_TOL = 2e-3
 
 CASES = {
     # name: (architecture, shape and feature options)
@@ -29,6 +36,10 @@ CASES = {
     "gemma3-f32-softcap": ("gemma3", dict(dtype=QT.F32, n_layers=7, window=4, softcap=3.0)),
     "qwen2-f32-bias": ("qwen2", dict(dtype=QT.F32, untied=True)),
     "qwen3-f16-qknorm": ("qwen3", dict(dtype=QT.F16, d=40, n_heads=4, n_kv=2, hd=16)),
+    # Quantized weights: rows must be whole blocks (32 values; 256 for K-quants).
+    "llama-q4_1": ("llama", dict(dtype=QT.Q4_1, d=64, n_heads=4, n_kv=2, hd=16, ffn=96)),
+    "gemma3-q8_0": ("gemma3", dict(dtype=QT.Q8_0, d=64, n_heads=2, n_kv=1, hd=32, ffn=96, n_layers=7, window=4)),
+    "qwen2-q4_k": ("qwen2", dict(dtype=QT.Q4_K, d=256, n_heads=4, n_kv=2, hd=64, ffn=256)),
 }
 
 
@@ -38,6 +49,8 @@ def make_tiny_model(path, arch: str, *, dtype=QT.F32, d=48, n_heads=3, n_kv=1, h
     rng = np.random.default_rng(seed)
 
     def weight(*shape, std=0.15):
+        if dtype in (QT.Q4_K, QT.Q6_K):  # gguf cannot quantize K-quants: random packed blocks
+            return random_blocks(dtype, shape, rng, scale=std / 200), dtype
         return (rng.standard_normal(shape) * std).astype(np.float32), dtype
 
     def norm(n):  # around 1, as real norm weights (gemma's stored weights already include the +1)
@@ -154,6 +167,45 @@ def test_batched_decode_equals_each_sequence_alone(case):
         assert out.shape == (2, VOCAB)
         for b in range(2):
             assert rel_err(out[b], alone[b][i]) < 1e-5
+
+
+def test_llama_cpp_numerics_stay_near_the_reference(case):
+    path, _ = case
+    tokens = prompt(11)
+    model = load_model(GGUFFile(path), CpuBackend("llama.cpp"))
+    expected = ReferenceModel(path).logits(tokens)
+    got = model.prefill(tokens, model.make_cache(1, 16), 0, 0, all_logits=True)
+    assert rel_err(got, expected) < LLAMA_NUMERICS_TOL
+    cache = model.make_cache(1, 16)
+    steps = [model.decode(np.array([t]), cache, np.array([0]), np.array([pos]))[0]
+             for pos, t in enumerate(tokens)]
+    assert rel_err(steps, got) < LLAMA_NUMERICS_CONSISTENCY_TOL
+
+
+def test_q8_0_activation_rounding_equals_ggml_blocks():
+    """Quantize-then-dequantize through gguf's Q8_0 (ggml's reference layout) gives the same values."""
+    x = np.random.default_rng(7).standard_normal((5, 256)).astype(np.float32) * 3
+    x[1, :32] = 0.0  # an all-zero block
+    ours, sums = quantize_q8_0(x)
+    blocks = gguf.quants.quantize(x, QT.Q8_0)
+    np.testing.assert_array_equal(ours, gguf.quants.dequantize(blocks, QT.Q8_0))
+    q = blocks.reshape(-1, 34)[:, 2:].view(np.int8).astype(np.float32).reshape(5, 8, 32)
+    d = (np.abs(x.reshape(5, 8, 32)).max(axis=-1) / 127).astype(np.float32)
+    np.testing.assert_array_equal(sums, (q.sum(axis=-1) * d).astype(np.float16).astype(np.float32))
+
+
+def test_q8_k_activation_rounding_follows_ggml():
+    """ggml's quantize_row_q8_K: the largest |x| of a block of 256 maps to -127, scale kept in float32."""
+    x = np.random.default_rng(8).standard_normal((3, 512)).astype(np.float32)
+    got = quantize_q8_k(x)
+    for row in range(3):
+        for b in range(2):
+            block = x[row, b * 256:(b + 1) * 256]
+            peak = block[np.argmax(np.abs(block))]
+            iscale = np.float32(-127.0) / peak
+            q = np.minimum(np.rint(block * iscale), 127)
+            np.testing.assert_array_equal(got[row, b * 256:(b + 1) * 256], q * (np.float32(1.0) / iscale))
+    assert np.max(np.abs(got - x)) < np.max(np.abs(x)) / 127
 
 
 def test_sliding_window_changes_the_result(tmp_path):

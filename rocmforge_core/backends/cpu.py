@@ -12,6 +12,20 @@ of six small ones. The tied output projection reuses the embedding table (no sec
 Memory cost: 4 bytes per parameter, SmolLM2-135M ~540 MB, Gemma-3-270M ~1.07 GB (of which the
 262,144 x 640 embedding/output table is 671 MB). Per-layer on-the-fly dequantization would save that
 memory but cost a dequantization per layer per token, several times slower than the BLAS call itself.
+
+Numerics. The default, "float32", is plain float32 math on the dequantized weights. llama.cpp's CPU
+backend differs: before each dot product with a quantized weight it quantizes the activations to 8 bits
+(Q8_0, Q8_1 or Q8_K blocks by weight type; float16 for F16 weights), keeps K and V in float16, rounds
+queries and attention probabilities to float16 for its f16 matrix products, and computes GELU through a
+float16 table. On the default models that moves its logits by 2-15% (measured against llama.cpp itself
+running the same weights dequantized to F32, which our float32 numerics match to ~1e-3).
+numerics="llama.cpp" applies the same roundings, op by op, so that one layer's matmuls reproduce
+llama.cpp's to ~1e-7 (tests/test_models_real.py checks this against dumped llama.cpp tensors) and GPU
+kernels that quantize activations the same way can be tested against it. It does not make whole-model
+logits closer to llama.cpp's: rounding to 8 bits is discontinuous, so float-order differences of 1e-7
+flip a few roundings, each flip is a full quantization step, and within a few layers the two runs carry
+independent quantization noise of the same size. Being no closer end to end and further from the
+unquantized model, it is not the default.
 """
 
 from __future__ import annotations
@@ -21,12 +35,24 @@ from typing import Sequence
 
 import numpy as np
 
+import gguf
+from gguf import GGMLQuantizationType as QT
+
 from rocmforge_core.kv_cache import KVCache
 
 # Queries per attention block in prefill: bounds the (heads, block, keys) score matrix to a few MB
 # per thousand cached positions, whatever the prompt length.
 ATTN_BLOCK = 256
 _GELU_C = np.float32(np.sqrt(2.0 / np.pi))
+NUMERICS = ("float32", "llama.cpp")
+
+# The format llama.cpp's CPU dot products convert activations to, per weight type
+# (ggml-cpu type_traits: vec_dot_type). F32 weights multiply float32 activations as they are.
+ACTIVATION_FORMAT: dict[QT, str | None] = {
+    QT.F32: None, QT.F16: "f16", QT.BF16: "bf16",
+    QT.Q4_0: "q8_0", QT.Q5_0: "q8_0", QT.Q8_0: "q8_0", QT.Q4_1: "q8_1", QT.Q5_1: "q8_1",
+    QT.Q2_K: "q8_K", QT.Q3_K: "q8_K", QT.Q4_K: "q8_K", QT.Q5_K: "q8_K", QT.Q6_K: "q8_K",
+}
 
 
 @dataclass(frozen=True)
@@ -46,12 +72,31 @@ class RopeSpec:
         return inv
 
 
+@dataclass(frozen=True)
+class ActGroup:
+    """Output rows lo..hi of a fused matrix whose weights want activations in format `fmt`.
+
+    `mins` (rows, n_in / 32) holds the per-block offsets m of Q4_1/Q5_1 weights: llama.cpp multiplies
+    them by a float16-rounded block sum of the quantized activations, which a plain matmul cannot mimic.
+    """
+
+    lo: int
+    hi: int
+    fmt: str | None
+    mins: np.ndarray | None = None
+
+
 @dataclass
 class Linear:
-    """A dense layer on the CPU: y = x @ w.T (+ bias). w is float32 (n_out, n_in), C-contiguous."""
+    """A dense layer on the CPU: y = x @ w.T (+ bias). w is float32 (n_out, n_in), C-contiguous.
+
+    `groups` is empty with float32 numerics; with llama.cpp numerics it says how to round the
+    activations for each block of output rows.
+    """
 
     w: np.ndarray
     bias: np.ndarray | None = None
+    groups: tuple[ActGroup, ...] = ()
 
     @property
     def n_out(self) -> int:
@@ -63,6 +108,13 @@ class CpuBackend:
 
     name = "cpu"
 
+    def __init__(self, numerics: str = "float32"):
+        if numerics not in NUMERICS:
+            raise ValueError(f"numerics must be one of {NUMERICS}, not {numerics!r}")
+        self.numerics = numerics
+        self.llama_numerics = numerics == "llama.cpp"
+        self._rope_tables: dict = {}
+
     # ---- weights: from the GGUF file into this backend's representation ----
 
     def linear(self, gguf_file, names: Sequence[str], bias_names: Sequence[str] | None = None) -> Linear:
@@ -73,7 +125,8 @@ class CpuBackend:
         if bias_names:
             bias = np.concatenate([gguf_file.dequant(n).reshape(-1) for n in bias_names])
             bias = np.ascontiguousarray(bias, dtype=np.float32)
-        return Linear(np.ascontiguousarray(w, dtype=np.float32), bias)
+        groups = _act_groups([gguf_file.tensor(n) for n in names]) if self.llama_numerics else ()
+        return Linear(np.ascontiguousarray(w, dtype=np.float32), bias, groups)
 
     def vector(self, gguf_file, name: str) -> np.ndarray:
         return np.ascontiguousarray(gguf_file.dequant(name).reshape(-1), dtype=np.float32)
@@ -87,15 +140,21 @@ class CpuBackend:
         return table.w[tokens]  # (T, d), a gathered copy
 
     def matmul(self, x: np.ndarray, lin: Linear) -> np.ndarray:
-        y = x @ lin.w.T
+        if not lin.groups:
+            y = x @ lin.w.T
+        elif len(lin.groups) == 1:
+            y = _group_matmul(x, lin.w, lin.groups[0])
+        else:
+            y = np.concatenate([_group_matmul(x, lin.w[g.lo:g.hi], g) for g in lin.groups], axis=1)
         if lin.bias is not None:
             y += lin.bias
         return y
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
         """Normalise over the last axis (also used per head for q/k norms, x of shape (T, heads, hd))."""
-        ms = np.mean(np.square(x), axis=-1, keepdims=True)
-        return x * (1.0 / np.sqrt(ms + np.float32(eps))) * weight
+        # The mean of squares in float64, as ggml sums it, then the scale in float32.
+        ms = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True).astype(np.float32)
+        return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * weight
 
     def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return a + b
@@ -115,14 +174,13 @@ class CpuBackend:
     def geglu(self, gate_up: np.ndarray) -> np.ndarray:
         """gelu_tanh(gate) * up for gate|up fused along the last axis."""
         gate, up = np.split(gate_up, 2, axis=-1)
-        inner = _GELU_C * (gate + np.float32(0.044715) * gate * gate * gate)
-        return 0.5 * gate * (1.0 + np.tanh(inner)) * up
+        if self.llama_numerics:
+            return _gelu_f16_table(gate) * up
+        return _gelu(gate) * up
 
     def rope(self, x: np.ndarray, positions: np.ndarray, spec: RopeSpec) -> np.ndarray:
         """Rotate x of shape (T, heads, head_dim) by its positions (T,)."""
-        angles = np.outer(np.asarray(positions, dtype=np.float64) * spec.pos_scale, spec.inv_freq())
-        cos = np.cos(angles).astype(np.float32)[:, None, :]  # (T, 1, dim/2)
-        sin = np.sin(angles).astype(np.float32)[:, None, :]
+        cos, sin = self._rope_table(np.asarray(positions), spec)  # (T, 1, dim/2) each
         half = spec.dim // 2
         out = x.copy()
         if spec.neox:
@@ -135,6 +193,20 @@ class CpuBackend:
             out[..., 1:spec.dim:2] = x2 * cos + x1 * sin
         return out
 
+    def _rope_table(self, positions: np.ndarray, spec: RopeSpec) -> tuple[np.ndarray, np.ndarray]:
+        """cos/sin for these positions; every layer of one forward pass asks for the same table."""
+        key = (spec, positions.tobytes())
+        table = self._rope_tables.get(key)
+        if table is None:
+            angles = _rope_angles_ggml(positions, spec) if self.llama_numerics else \
+                np.outer(positions.astype(np.float64) * spec.pos_scale, spec.inv_freq())
+            table = (np.cos(angles).astype(np.float32)[:, None, :],
+                     np.sin(angles).astype(np.float32)[:, None, :])
+            if len(self._rope_tables) >= 8:
+                self._rope_tables.clear()
+            self._rope_tables[key] = table
+        return table
+
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: KVCache, layer: int,
                   slots: Sequence[int], starts: Sequence[int], counts: Sequence[int],
                   scale: float, window: int | None) -> np.ndarray:
@@ -145,6 +217,8 @@ class CpuBackend:
         a batched decode step is B sequences of one row. A query at position p sees the keys at
         positions j <= p, and with a sliding window only those with p - j < window.
         """
+        if self.llama_numerics:  # llama.cpp's f16 KV cache, and f16 queries for its f16 K matmul
+            q, k, v = _f16_round(q), _f16_round(k), _f16_round(v)
         out = np.empty((q.shape[0], q.shape[1] * q.shape[2]), dtype=np.float32)
         row = 0
         for slot, start, n in zip(slots, starts, counts):
@@ -180,11 +254,133 @@ class CpuBackend:
             scores[:, :, masked] = -np.inf
         scores -= scores.max(axis=-1, keepdims=True)
         np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
+        # The normaliser summed in float64 (as ggml's softmax), applied as one float32 factor.
+        scores *= (1.0 / scores.sum(axis=-1, keepdims=True, dtype=np.float64)).astype(np.float32)
+        if self.llama_numerics:  # llama.cpp multiplies the probabilities by f16 V in f16
+            scores = _f16_round(scores)
         ctx = scores.reshape(n_kv, group * n, -1) @ values  # (n_kv, group*n, hd)
         return ctx.reshape(n_kv, group, n, hd).transpose(2, 0, 1, 3).reshape(n, n_heads * hd)
 
 
-def make_ops(name: str = "cpu") -> CpuBackend:
+def make_ops(name: str = "cpu", numerics: str = "float32") -> CpuBackend:
     """Entry point every backend module provides (see rocmforge_core.models.load_model)."""
-    return CpuBackend()
+    return CpuBackend(numerics)
+
+
+# ---- llama.cpp's roundings, as float32 arrays of the rounded values ----
+
+def _f16_round(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float16).astype(np.float32)
+
+
+def _bf16_round(x: np.ndarray) -> np.ndarray:
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) & np.uint32(0xFFFF0000)  # nearest even
+    return rounded.view(np.float32)
+
+
+def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Round rows of x through Q8_0 blocks of 32 (ggml's AVX2 quantize_row_q8_0).
+
+    Returns the dequantized values (fp16 scale times int8) and, per block, the int8 sums times the
+    float32 scale rounded to fp16 (the `s` field of a Q8_1 block), shape (..., n / 32).
+    """
+    blocks = x.reshape(*x.shape[:-1], -1, 32)
+    amax = np.abs(blocks).max(axis=-1, keepdims=True)
+    d = amax / np.float32(127.0)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
+    q = np.rint(blocks * inv)  # round half to even, as _mm256_round_ps
+    values = (q * _f16_round(d)).reshape(x.shape)
+    sums = _f16_round(q.sum(axis=-1) * d[..., 0])
+    return values, sums
+
+
+def quantize_q8_k(x: np.ndarray) -> np.ndarray:
+    """Round rows of x through Q8_K blocks of 256 (ggml's quantize_row_q8_K: scale -127/max, float32)."""
+    blocks = x.reshape(*x.shape[:-1], -1, 256)
+    pick = np.abs(blocks).argmax(axis=-1)[..., None]
+    signed_max = np.take_along_axis(blocks, pick, axis=-1)
+    with np.errstate(divide="ignore"):
+        iscale = np.where(signed_max != 0, np.float32(-127.0) / signed_max, np.float32(0.0)).astype(np.float32)
+        d = np.where(iscale != 0, np.float32(1.0) / iscale, np.float32(0.0)).astype(np.float32)
+    q = np.minimum(np.rint(blocks * iscale), 127)
+    return (q * d).reshape(x.shape)
+
+
+def _group_matmul(x: np.ndarray, w: np.ndarray, g: ActGroup) -> np.ndarray:
+    """x @ w.T with x rounded as llama.cpp rounds it for this group's weight type."""
+    if g.fmt is None:
+        return x @ w.T
+    if g.fmt == "f16":
+        return _f16_round(x) @ w.T
+    if g.fmt == "bf16":
+        return _bf16_round(x) @ w.T
+    if g.fmt == "q8_K":
+        return quantize_q8_k(x) @ w.T
+    xq, sums = quantize_q8_0(x)
+    y = xq @ w.T
+    if g.mins is not None:
+        # Q4_1/Q5_1: the block offset m multiplies ggml's fp16 `s` rather than the exact sum of xq.
+        exact = xq.reshape(*x.shape[:-1], -1, 32).sum(axis=-1)
+        y += (sums - exact) @ g.mins.T
+    return y
+
+
+def _act_groups(tensors) -> tuple[ActGroup, ...]:
+    """Activation formats of the parts of a fused matrix; neighbours that agree share a group."""
+    groups: list[ActGroup] = []
+    row = 0
+    for t in tensors:
+        fmt = ACTIVATION_FORMAT[t.qtype]
+        mins = _block_mins(t) if fmt == "q8_1" else None
+        n = t.shape[0]
+        last = groups[-1] if groups else None
+        if last and last.fmt == fmt and fmt != "q8_1":
+            groups[-1] = ActGroup(last.lo, row + n, fmt)
+        elif last and last.fmt == fmt:
+            groups[-1] = ActGroup(last.lo, row + n, fmt, np.concatenate([last.mins, mins]))
+        else:
+            groups.append(ActGroup(row, row + n, fmt, mins))
+        row += n
+    if all(g.fmt is None for g in groups):
+        return ()
+    return tuple(groups)
+
+
+def _block_mins(t) -> np.ndarray:
+    """The fp16 offset m of every Q4_1/Q5_1 block (bytes 2..3 of the block), as (rows, blocks)."""
+    _, type_size = gguf.GGML_QUANT_SIZES[t.qtype]
+    raw = np.asarray(t.data).reshape(-1, type_size)
+    return raw[:, 2:4].copy().view(np.float16).astype(np.float32).reshape(t.shape[0], -1)
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    inner = _GELU_C * (x + np.float32(0.044715) * x * x * x)
+    return 0.5 * x * (1.0 + np.tanh(inner))
+
+
+_GELU_TABLE: np.ndarray | None = None
+
+
+def _gelu_f16_table(x: np.ndarray) -> np.ndarray:
+    """GELU as ggml computes it: looked up at the fp16 input in a table of fp16 results."""
+    global _GELU_TABLE
+    if _GELU_TABLE is None:
+        grid = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            _GELU_TABLE = _f16_round(_gelu(grid))
+    y = _GELU_TABLE[x.astype(np.float16).view(np.uint16)]
+    return np.where(x <= -10.0, np.float32(0.0), np.where(x >= 10.0, x, y))
+
+
+def _rope_angles_ggml(positions: np.ndarray, spec: RopeSpec) -> np.ndarray:
+    """Rotation angles (T, dim/2) computed as ggml does: float32, theta *= base^(-2/dim) per pair."""
+    half = spec.dim // 2
+    theta_scale = np.float32(spec.base) ** np.float32(-2.0 / spec.dim)
+    steps = np.full((len(positions), half), theta_scale, dtype=np.float32)
+    steps[:, 0] = positions.astype(np.float32)
+    theta = np.cumprod(steps, axis=1, dtype=np.float32)  # sequential products, like ggml's loop
+    if spec.freq_factors is not None:
+        theta = theta / np.asarray(spec.freq_factors, dtype=np.float32)
+    return theta * np.float32(spec.pos_scale)

@@ -11,6 +11,7 @@ supports exactly those as copies or views, plus `reshape` and `np.asarray` (a do
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -143,18 +144,20 @@ class BufferPool:
         self.free_lists.clear()
 
 
+_F32 = np.dtype(np.float32)
+
+
 class DeviceArray:
     """A contiguous device array (float32 unless said otherwise). `block` keeps the memory alive."""
 
-    __slots__ = ("ops", "ptr", "shape", "dtype", "block", "__weakref__")
+    __slots__ = ("ops", "ptr", "shape", "dtype", "block", "size", "__weakref__")
 
-    def __init__(self, ops: "GpuOps", ptr: int, shape: tuple[int, ...], dtype=np.float32, block: Any = None):
-        self.ops, self.ptr, self.shape = ops, ptr, tuple(int(s) for s in shape)
-        self.dtype, self.block = np.dtype(dtype), block
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+    def __init__(self, ops: "GpuOps", ptr: int, shape: tuple[int, ...], dtype=_F32, block: Any = None):
+        # Built for every op output: plain-int arithmetic only (numpy scalar math costs microseconds).
+        self.ops, self.ptr, self.shape = ops, ptr, tuple(map(int, shape))
+        self.dtype = dtype if dtype is _F32 else np.dtype(dtype)
+        self.block = block
+        self.size = math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -175,9 +178,9 @@ class DeviceArray:
             shape = tuple(shape[0])
         shape = list(shape)
         if -1 in shape:
-            known = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
+            known = math.prod(s for s in shape if s != -1)
             shape[shape.index(-1)] = self.size // max(1, known)
-        if int(np.prod(shape, dtype=np.int64)) != self.size:
+        if math.prod(shape) != self.size:
             raise ValueError(f"cannot reshape {self.shape} into {tuple(shape)}")
         return DeviceArray(self.ops, self.ptr, tuple(shape), self.dtype, self)
 
@@ -304,6 +307,8 @@ class GpuOps:
         self._uploads: dict[str, tuple[bytes, DeviceArray]] = {}
         self._lock = threading.Lock()
         self._in_flight: list[np.ndarray] = []
+        self._row_key: tuple | None = None
+        self._row_arrays: tuple[DeviceArray, DeviceArray] | None = None
         dev = rt.device
         self.warp = dev.warp_size
         self.max_threads = max(1, dev.max_threads)
@@ -339,10 +344,10 @@ class GpuOps:
         return max(1, min(n, self.max_threads // w * w or 1))
 
     # ---- memory
-    def empty(self, shape: Sequence[int], dtype=np.float32) -> DeviceArray:
-        shape = tuple(int(s) for s in shape)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        block = self.pool.get(nbytes)
+    def empty(self, shape: Sequence[int], dtype=_F32) -> DeviceArray:
+        dtype = dtype if dtype is _F32 else np.dtype(dtype)
+        shape = tuple(map(int, shape))
+        block = self.pool.get(math.prod(shape) * dtype.itemsize)
         return DeviceArray(self, block.ptr, shape, dtype, block)
 
     def upload(self, host: np.ndarray, dtype=None) -> DeviceArray:
@@ -379,6 +384,7 @@ class GpuOps:
 
     def close(self) -> None:
         self._uploads.clear()
+        self._row_key = self._row_arrays = None
         self._rope_tables.clear()
         self.pool.close()
 
@@ -525,10 +531,7 @@ class GpuOps:
                   scale: float, window: int | None) -> DeviceArray:
         n, heads, hd = q.shape
         kv_heads = k.shape[1]
-        row_slot = np.repeat(np.asarray(slots, dtype=np.int64), counts)
-        row_pos = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts)])
-        slot_d = self.upload_cached("row_slot", row_slot)
-        pos_d = self.upload_cached("row_pos", row_pos)
+        slot_d, pos_d = self._row_index(slots, starts, counts)
         kc, vc = cache.k[layer], cache.v[layer]
         block = self.threads(min(hd, 256))
         self.launch("kv_append_f32", (n * kv_heads,), block, k.ptr, v.ptr, kc, vc, slot_d.ptr, pos_d.ptr,
@@ -538,6 +541,16 @@ class GpuOps:
         self.launch("attn_f32", (heads, n), att_block, q.ptr, kc, vc, out.ptr, slot_d.ptr, pos_d.ptr,
                     heads, kv_heads, hd, cache.n_ctx, float(scale), int(window or 0))
         return out
+
+    def _row_index(self, slots, starts, counts) -> tuple[DeviceArray, DeviceArray]:
+        """Device arrays of each row's cache slot and position; every layer of a step shares them."""
+        key = (tuple(map(int, slots)), tuple(map(int, starts)), tuple(map(int, counts)))
+        if self._row_key != key:
+            row_slot = np.repeat(np.asarray(key[0], dtype=np.int64), key[2])
+            row_pos = np.concatenate([np.arange(s, s + c) for s, c in zip(key[1], key[2])])
+            self._row_arrays = (self.upload(row_slot, np.int32), self.upload(row_pos, np.int32))
+            self._row_key = key
+        return self._row_arrays
 
     # ---- sampling helpers (device-side)
     def softmax(self, x: DeviceArray) -> DeviceArray:

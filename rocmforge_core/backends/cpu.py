@@ -41,8 +41,9 @@ from gguf import GGMLQuantizationType as QT
 from rocmforge_core.kv_cache import KVCache
 
 # Queries per attention block in prefill: bounds the (heads, block, keys) score matrix to a few MB
-# per thousand cached positions, whatever the prompt length.
-ATTN_BLOCK = 256
+# per thousand cached positions, whatever the prompt length, and skips most of the causally masked
+# half of the scores (block i only reads keys up to its own last position).
+ATTN_BLOCK = 128
 _GELU_C = np.float32(np.sqrt(2.0 / np.pi))
 NUMERICS = ("float32", "llama.cpp")
 
@@ -168,8 +169,13 @@ class CpuBackend:
     def swiglu(self, gate_up: np.ndarray) -> np.ndarray:
         """silu(gate) * up for gate|up fused along the last axis."""
         gate, up = np.split(gate_up, 2, axis=-1)
-        # sigmoid via tanh: no overflow warnings for large negative inputs, unlike 1/(1+exp(-x)).
-        return gate * (0.5 + 0.5 * np.tanh(0.5 * gate)) * up
+        out = np.negative(gate)
+        with np.errstate(over="ignore"):  # exp(-x) = inf for x < -88 gives x / inf = -0, as wanted
+            np.exp(out, out=out)
+        out += 1.0
+        np.divide(gate, out, out=out)
+        out *= up
+        return out
 
     def geglu(self, gate_up: np.ndarray) -> np.ndarray:
         """gelu_tanh(gate) * up for gate|up fused along the last axis."""
@@ -245,21 +251,27 @@ class CpuBackend:
         qg = q.reshape(n, n_kv, group, hd).transpose(1, 2, 0, 3).reshape(n_kv, group * n, hd)
         scores = (qg @ keys.transpose(0, 2, 1)).reshape(n_kv, group, n, -1)
         scores *= np.float32(scale)
-        qpos = np.arange(p0, p0 + n)[:, None]
-        kpos = np.arange(k_lo, k_hi)[None, :]
-        masked = kpos > qpos
-        if window is not None:
-            masked |= (qpos - kpos) >= window
-        if masked.any():
-            scores[:, :, masked] = -np.inf
+        if n > 1 or window is not None:  # one query at the end of the cache sees every key
+            scores += _mask(p0, n, k_lo, k_hi, window)
         scores -= scores.max(axis=-1, keepdims=True)
         np.exp(scores, out=scores)
-        # The normaliser summed in float64 (as ggml's softmax), applied as one float32 factor.
-        scores *= (1.0 / scores.sum(axis=-1, keepdims=True, dtype=np.float64)).astype(np.float32)
+        # llama.cpp sums the softmax normaliser in float64 and applies it as one float32 factor.
+        total = scores.sum(axis=-1, keepdims=True, dtype=np.float64 if self.llama_numerics else None)
+        scores *= (1.0 / total).astype(np.float32)
         if self.llama_numerics:  # llama.cpp multiplies the probabilities by f16 V in f16
             scores = _f16_round(scores)
         ctx = scores.reshape(n_kv, group * n, -1) @ values  # (n_kv, group*n, hd)
         return ctx.reshape(n_kv, group, n, hd).transpose(2, 0, 1, 3).reshape(n, n_heads * hd)
+
+
+def _mask(p0: int, n: int, k_lo: int, k_hi: int, window: int | None) -> np.ndarray:
+    """Additive (n, keys) mask: 0 where a query at p0+i may see key k_lo+j, -inf elsewhere."""
+    qpos = np.arange(p0, p0 + n)[:, None]
+    kpos = np.arange(k_lo, k_hi)[None, :]
+    hidden = kpos > qpos
+    if window is not None:
+        hidden |= (qpos - kpos) >= window
+    return np.where(hidden, np.float32(-np.inf), np.float32(0.0))
 
 
 def make_ops(name: str = "cpu", numerics: str = "float32") -> CpuBackend:

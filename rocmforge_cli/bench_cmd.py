@@ -74,7 +74,7 @@ def run(*, model, n_prompt, n_gen, repetitions, backend, json_out) -> None:
 
     path = resolve_model_path(model)
     engine = create_engine(path, backend=backend, n_ctx=max(n_prompt + 8, n_gen + 8, 64), n_slots=1)
-    device = cpu_name() if engine.backend == "cpu" else getattr(engine.model, "device_name", engine.backend)
+    device = cpu_name() if engine.backend == "cpu" else engine.model.ops.device.name
     result = asyncio.run(measure(engine, n_prompt, n_gen, repetitions))
     report = {
         "model": str(path), "backend": engine.backend, "device": device,

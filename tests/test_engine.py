@@ -190,3 +190,27 @@ def test_second_turn_prefills_only_new_tokens(smollm2_path):
             assert engine.free_slot_count == 1
 
     run(go())
+
+
+def test_full_queue_is_a_clear_busy_error(smollm2_path):
+    from rocmforge_core.engine import EngineBusyError
+
+    async def go():
+        async with create_engine(smollm2_path, backend="cpu", n_slots=1, max_queue=2, n_ctx=256) as engine:
+            streams = [engine.submit(Request(prompt=PROMPTS[0], max_tokens=2, sampling=GREEDY))
+                       for _ in range(2)]  # the loop has not run yet: both wait in the queue
+            with pytest.raises(EngineBusyError, match="busy"):
+                engine.submit(Request(prompt=PROMPTS[0], max_tokens=2, sampling=GREEDY))
+            for s in streams:  # the queued ones still complete
+                _, _, final = await collect(s)
+                assert final.finish_reason == "length"
+
+    run(go())
+
+
+def test_submit_before_start_is_refused(smollm2_path):
+    from rocmforge_core.engine import EngineStateError
+
+    engine = create_engine(smollm2_path, backend="cpu", n_slots=1, n_ctx=256)
+    with pytest.raises(EngineStateError):
+        engine.submit(Request(prompt="hi"))

@@ -19,6 +19,13 @@ import pytest
 from rocmforge_core.gpu.runtime import kernel_files, kernel_source
 
 ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI") == "true"  # .ci/run installs both compilers, so there a missing one fails
+
+
+def _missing(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason} — CI must compile every kernel (see .ci/run)")
+    pytest.skip(reason)
 
 
 def test_every_kernel_file_is_found():
@@ -33,7 +40,7 @@ def test_every_kernel_file_is_found():
 
 def test_kernels_compile_for_amd_gfx90a_and_gfx1030():
     if shutil.which("hipcc") is None:
-        pytest.skip("hipcc not installed (apt-get install -y hipcc libamdhip64-dev rocm-device-libs)")
+        _missing("hipcc not installed (apt-get install -y hipcc libamdhip64-dev rocm-device-libs)")
     env = dict(os.environ, HIP_PLATFORM="amd")
     r = subprocess.run(["bash", str(ROOT / "scripts" / "compile_kernels_amd.sh")], capture_output=True,
                        text=True, env=env, timeout=1200)
@@ -48,7 +55,7 @@ def test_kernels_compile_with_nvrtc_for_sm90():
 
         nvrtc_version()
     except Exception as exc:  # cuda-bindings or libnvrtc absent
-        pytest.skip(f"NVRTC not importable here: {type(exc).__name__}: {exc}")
+        _missing(f"NVRTC not importable here: {type(exc).__name__}: {exc}")
     for name in kernel_files():
         cubin = nvrtc_compile(kernel_source(name), f"{name}.hip", ["-DWARP_SIZE=32"], "sm_90")
         assert cubin[:4] == b"\x7fELF", name

@@ -38,6 +38,9 @@ class CudaRuntime(GpuRuntime):
             self._check(drv.cuInit(0)[0], "cuInit")
         except GpuError as exc:
             raise GpuUnavailableError(f"no usable NVIDIA driver or GPU ({exc.message})", hint=_EXTRA_HINT) from exc
+        except Exception as exc:  # cuda-bindings installed but libcuda.so absent: raised on first call
+            raise GpuUnavailableError(f"no NVIDIA driver library ({type(exc).__name__})",
+                                      hint=_EXTRA_HINT) from exc
         n = self._ok(drv.cuDeviceGetCount(), "cuDeviceGetCount")
         if n <= device_index:
             raise GpuUnavailableError("no NVIDIA GPU found", hint="use --backend cpu")

@@ -36,7 +36,7 @@ class HipRuntime(GpuRuntime):
         try:  # the first call loads libamdhip64.so: a RuntimeError if ROCm is missing
             self._check(hip.hipInit(0)[0], "hipInit")
             n = self._ok(hip.hipGetDeviceCount(), "hipGetDeviceCount")
-        except (RuntimeError, GpuError) as exc:
+        except Exception as exc:  # RuntimeError/OSError from the loader, GpuError from the call
             raise GpuUnavailableError(f"no usable ROCm runtime or AMD GPU ({exc})", hint=_EXTRA_HINT) from exc
         if n <= device_index:
             raise GpuUnavailableError("no AMD GPU found", hint="use --backend cpu")

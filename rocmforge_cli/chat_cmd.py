@@ -29,13 +29,9 @@ def _stdin_is_tty() -> bool:
 
 def run(*, model, system, max_tokens, sampling, ctx, context_shift, chat_template_file, history_file,
         backend, verbose) -> None:
-    from rocmforge_core.sampler import SamplingParams
+    from rocmforge_cli.common import check_generation_flags
 
-    params = SamplingParams(**sampling).validate()  # bad flags fail before the model loads
-    if max_tokens <= 0:
-        raise BadInputError(f"--max-tokens must be at least 1 (got {max_tokens})")
-    if ctx is not None and ctx < 8:
-        raise BadInputError(f"--ctx must be at least 8 (got {ctx})")
+    params = check_generation_flags(sampling, max_tokens, ctx)  # bad flags fail before the model loads
     interactive = _stdin_is_tty()
     piped = None if interactive else _read_piped()
     history_path = Path(history_file).expanduser() if history_file else default_history_path()

@@ -1,4 +1,4 @@
-"""Helpers shared by the command modules: turning a MODEL argument into a local .gguf path.
+"""Helpers shared by the command modules: MODEL arguments to local .gguf paths, shared flag checks.
 
 A known model that is not cached yet is fetched here, with its progress on stderr: a transient rich
 spinner and byte bars on a terminal, a few plain lines (no colour, no animation) when stderr is not one.
@@ -78,3 +78,16 @@ def _make_progress(console):
 
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                     TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True)
+
+
+def check_generation_flags(sampling: dict, max_tokens: int, ctx: int | None):
+    """Validate the flags chat and generate share, before any model loads; returns SamplingParams."""
+    from rocmforge_core.errors import BadInputError
+    from rocmforge_core.sampler import SamplingParams
+
+    params = SamplingParams(**sampling).validate()
+    if max_tokens <= 0:
+        raise BadInputError(f"--max-tokens must be at least 1 (got {max_tokens})")
+    if ctx is not None and ctx < 8:
+        raise BadInputError(f"--ctx must be at least 8 (got {ctx})")
+    return params

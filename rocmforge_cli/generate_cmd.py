@@ -40,13 +40,9 @@ def build_request(engine, text: str, *, system: str | None, raw: bool, max_token
 
 def run(*, model, prompt, system, max_tokens, sampling, raw, stop, json_out, ctx, chat_template_file,
         backend, verbose) -> None:
-    from rocmforge_core.sampler import SamplingParams
+    from rocmforge_cli.common import check_generation_flags
 
-    params = SamplingParams(**sampling).validate()  # bad flags fail before the model loads
-    if max_tokens <= 0:
-        raise BadInputError(f"--max-tokens must be at least 1 (got {max_tokens})")
-    if ctx is not None and ctx < 8:
-        raise BadInputError(f"--ctx must be at least 8 (got {ctx})")
+    params = check_generation_flags(sampling, max_tokens, ctx)  # bad flags fail before the model loads
     text = read_prompt(prompt)
 
     from rocmforge_cli.common import resolve_model_path

@@ -144,10 +144,13 @@ PYEOF
 
 bench() {
     assemble_model || { note "bench: skipped (no SmolLM2 file)"; return; }
-    for b in cuda hip cpu; do
-        timeout 300 python3 -m rocmforge_cli bench smollm2 --backend "$b" -p 128 -n 32 -r 3 --json \
-            >"$OUT/bench_$b.json" 2>"$OUT/bench_$b.err"
-        note "bench $b: rc=$? $(cat "$OUT/bench_$b.json" | head -c 400)"
+    # GPU backends with decode graphs (the default) and op by op (ROCMFORGE_GPU_GRAPHS=0).
+    for b in cuda cuda:0 hip hip:0 cpu; do
+        local name="${b%%:*}" graphs=1 tag="${b/:/_graphs}"
+        [ "$b" != "$name" ] && graphs=0
+        ROCMFORGE_GPU_GRAPHS=$graphs timeout 300 python3 -m rocmforge_cli bench smollm2 --backend "$name" \
+            -p 128 -n 32 -r 3 --json >"$OUT/bench_$tag.json" 2>"$OUT/bench_$tag.err"
+        note "bench $b (graphs=$graphs): rc=$? $(cat "$OUT/bench_$tag.json" | head -c 400)"
     done
 }
 
@@ -162,8 +165,8 @@ for stage in $stages; do
                      run_pytest "kernels_$b" "$b" tests/gpu/test_kernels.py
                  done ;;
         select) select_stage ;;
-        models) run_pytest models_cuda cuda tests/gpu/test_model_gpu.py -m "not slow"
-                run_pytest models_hip hip tests/gpu/test_model_gpu.py -m "not slow" ;;
+        models) run_pytest models_cuda cuda tests/gpu/test_model_gpu.py tests/gpu/test_decode_graph.py -m "not slow"
+                run_pytest models_hip hip tests/gpu/test_model_gpu.py tests/gpu/test_decode_graph.py -m "not slow" ;;
         shaped) run_pytest shaped_cuda cuda tests/gpu/test_model_gpu.py -m slow -k shaped -s
                 run_pytest shaped_hip hip tests/gpu/test_model_gpu.py -m slow -k shaped -s ;;
         launch) launch_stage ;;

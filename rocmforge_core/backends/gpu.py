@@ -7,6 +7,13 @@ projection onto the vocabulary returns a host numpy array, every other op stays 
 
 The model code slices fused projections (`qkv[:, a:b]`) and keeps rows (`x[keep]`); DeviceArray
 supports exactly those as copies or views, plus `reshape` and `np.asarray` (a download).
+
+Decode steps replay a captured graph (one per model, cache and batch size; ROCMFORGE_GPU_GRAPHS=0
+turns this off): the per-op host cost (argument packing, one driver call per kernel) is what bounds
+decode speed for small models, and a replay pays it once per step. The kernels already read every
+per-step value (token ids, positions, cache slots; a row's attention length is its position + 1) from
+device buffers, so a graph captures the step with those buffers at fixed addresses and each replay
+only uploads new contents. Prefill keeps the op-by-op path, as does any step whose capture fails.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import numpy as np
 
 from rocmforge_core.backends.cpu import RopeSpec
 from rocmforge_core.errors import BadInputError, UnsupportedModelError
-from rocmforge_core.gpu.runtime import GpuRuntime, PackedArgs
+from rocmforge_core.gpu.runtime import GpuError, GpuRuntime, PackedArgs
 from rocmforge_core.kv_cache import KVCache
 
 # GGUF type name -> (kernel suffix, kernel file). Each file holds mv_<suffix> and get_rows_<suffix>.
@@ -262,6 +269,9 @@ class GpuKVCache:
         self.k = self._ptrs[:n_layers]
         self.v = self._ptrs[n_layers:]
         self.nbytes = 2 * n_layers * layer_bytes
+        # Captured decode steps that write this cache, by (id(model), batch size); None: capture failed,
+        # run that step op by op. They bake in the cache's addresses, so they die with it.
+        self.graphs: dict[tuple[int, int], "DecodeGraph | None"] = {}
 
     check = KVCache.check  # same bounds rules and messages as the CPU cache
 
@@ -278,6 +288,10 @@ class GpuKVCache:
         return out
 
     def close(self) -> None:
+        graphs, self.graphs = getattr(self, "graphs", {}), {}
+        for g in graphs.values():
+            if g is not None:
+                g.close()
         ptrs, self._ptrs = self._ptrs, []
         if ptrs:
             self.ops.rt.synchronize()
@@ -289,6 +303,57 @@ class GpuKVCache:
             self.close()
         except Exception:  # interpreter shutdown: the driver frees everything anyway
             pass
+
+
+# ---------------------------------------------------------------- decode graphs
+
+class DecodeGraph:
+    """One captured decode step of `batch` rows for one model and cache.
+
+    Everything the captured kernels touch stays allocated at a fixed address until `close`: the
+    weights and the rope tables (referenced here), the cache (the owner of this object), the step's
+    inputs and every intermediate (this graph's own pool, never shared with the op-by-op path).
+    `inputs` holds int32 [tokens | positions | slots], uploaded before each replay.
+    """
+
+    def __init__(self, ops: "GpuOps", model: Any, batch: int):
+        self.ops, self.model, self.batch = ops, model, batch
+        self.pool = BufferPool(ops.rt, ops.stream)
+        block = self.pool.get(3 * batch * 4)
+        self.inputs = block
+        i32 = np.dtype(np.int32)
+        self.tokens = DeviceArray(ops, block.ptr, (batch,), i32, block)
+        self.positions = DeviceArray(ops, block.ptr + 4 * batch, (batch,), i32, block)
+        self.slots = DeviceArray(ops, block.ptr + 8 * batch, (batch,), i32, block)
+        self.logits: DeviceArray | None = None  # set by the step's vocabulary projection
+        self.keep: list[Any] = []               # rope tables the kernels read
+        self.capturing = False
+        self.exe: Any = None
+
+    def upload_inputs(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Queue the step's inputs; returns the host array, which must live until the next sync."""
+        host = np.concatenate([tokens, positions, slots]).astype(np.int32)
+        self.ops.rt.copy_htod(self.inputs.ptr, host, host.nbytes, self.ops.stream)
+        return host
+
+    def download_logits(self) -> np.ndarray:
+        """The step's logits on the host, softcapped exactly as the op-by-op path does (on the host)."""
+        ops = self.ops
+        out = np.empty(self.logits.shape, dtype=np.float32)
+        ops.rt.copy_dtoh(out, self.logits.ptr, out.nbytes, ops.stream)
+        ops.sync()
+        cap = self.model.args.final_softcap
+        return ops.softcap(out, cap) if cap else out
+
+    def close(self) -> None:
+        if self.exe is not None:
+            exe, self.exe = self.exe, None
+            self.ops.rt.synchronize()
+            self.ops.rt.graph_destroy(exe)
+        self.logits = None
+        self.tokens = self.positions = self.slots = None
+        self.inputs = None
+        self.pool.close()
 
 
 # ---------------------------------------------------------------- the ops
@@ -309,6 +374,11 @@ class GpuOps:
         self._in_flight: list[np.ndarray] = []
         self._row_key: tuple | None = None
         self._row_arrays: tuple[DeviceArray, DeviceArray] | None = None
+        # Decode through captured graphs (see the module docstring); `_graph` is the step being
+        # warmed up or captured: ops then draw memory from its pool and read its input buffers.
+        self.use_graphs = os.environ.get("ROCMFORGE_GPU_GRAPHS", "1") != "0"
+        self._graph: DecodeGraph | None = None
+        self.graph_failures: list[str] = []  # why a capture fell back to op-by-op (for diagnostics)
         dev = rt.device
         self.warp = dev.warp_size
         self.max_threads = max(1, dev.max_threads)
@@ -351,6 +421,9 @@ class GpuOps:
         return DeviceArray(self, block.ptr, shape, dtype, block)
 
     def upload(self, host: np.ndarray, dtype=None) -> DeviceArray:
+        if self._graph is not None and self._graph.capturing:
+            # A captured copy would re-read this host array at every replay, long after it is gone.
+            raise GpuError("host upload inside a decode graph capture")
         host = np.ascontiguousarray(host if dtype is None else np.asarray(host, dtype=dtype))
         out = self.empty(host.shape, host.dtype)
         if host.nbytes:
@@ -360,6 +433,8 @@ class GpuOps:
 
     def upload_cached(self, key: str, host: np.ndarray) -> DeviceArray:
         """Upload small per-step index arrays once per distinct content (shared by all layers)."""
+        if self._graph is not None:  # the graph's fixed input buffer, filled before the step
+            return {"tokens": self._graph.tokens, "positions": self._graph.positions}[key]
         host = np.ascontiguousarray(host, dtype=np.int32)
         raw = host.tobytes()
         hit = self._uploads.get(key)
@@ -433,6 +508,11 @@ class GpuOps:
         rows = x.size // lin.n_in
         y = self.empty((rows, lin.n_out))
         self.matmul_into(x, lin, y)
+        if lin.logits and self._graph is not None:
+            # Inside a graph step the logits stay on the device (downloaded after the replay); the
+            # model code gets a placeholder of the right shape.
+            self._graph.logits = y
+            return np.zeros(y.shape, dtype=np.float32)
         return self.to_host(y) if lin.logits else y
 
     def matmul_into(self, x: DeviceArray, lin: GpuLinear, y: DeviceArray) -> None:
@@ -544,6 +624,8 @@ class GpuOps:
 
     def _row_index(self, slots, starts, counts) -> tuple[DeviceArray, DeviceArray]:
         """Device arrays of each row's cache slot and position; every layer of a step shares them."""
+        if self._graph is not None:  # decode: one row per sequence, at its own position
+            return self._graph.slots, self._graph.positions
         key = (tuple(map(int, slots)), tuple(map(int, starts)), tuple(map(int, counts)))
         if self._row_key != key:
             row_slot = np.repeat(np.asarray(key[0], dtype=np.int64), key[2])
@@ -551,6 +633,75 @@ class GpuOps:
             self._row_arrays = (self.upload(row_slot, np.int32), self.upload(row_pos, np.int32))
             self._row_key = key
         return self._row_arrays
+
+    # ---- decode graphs
+    def decode_step(self, model: Any, tokens: np.ndarray, cache: GpuKVCache, slots: np.ndarray,
+                    positions: np.ndarray) -> np.ndarray:
+        """One checked decode step (called by Decoder.decode): a graph replay, or op by op."""
+        if not self.use_graphs or self._graph is not None or not isinstance(cache, GpuKVCache):
+            return model.forward_decode(tokens, cache, slots, positions)
+        key = (id(model), len(tokens))
+        if key not in cache.graphs:
+            return self._capture_decode(model, key, tokens, cache, slots, positions)
+        g = cache.graphs[key]
+        if g is None:
+            return model.forward_decode(tokens, cache, slots, positions)
+        host = g.upload_inputs(tokens, slots, positions)
+        self.rt.graph_launch(g.exe, self.stream)
+        out = g.download_logits()  # synchronises: `host` was read by then
+        del host
+        return out
+
+    def _capture_decode(self, model, key, tokens, cache, slots, positions) -> np.ndarray:
+        """Run this step op by op through a new graph's pool and inputs (allocating everything the
+        step needs, and giving this step's logits), then capture the same sequence for replays.
+        Capturing runs nothing, so the cache holds exactly what this step wrote."""
+        g = DecodeGraph(self, model, len(tokens))
+        try:
+            # Tables for every position the cache can hold, so no capture ever needs a larger one.
+            for spec in set(model.args.ropes):
+                self._rope_table(spec, cache.n_ctx)
+            g.keep = [t for t in self._rope_tables.values()]
+            host = g.upload_inputs(tokens, slots, positions)
+            with self._graph_step(g):
+                model.forward_decode(tokens, cache, slots, positions)
+            out = g.download_logits()
+            del host
+        except Exception:
+            g.close()
+            raise
+        g.logits = None  # its block goes back to the pool, for the captured step to take
+        try:
+            with self._graph_step(g):
+                g.capturing = True
+                self.rt.capture_begin(self.stream)
+                try:
+                    model.forward_decode(tokens, cache, slots, positions)
+                finally:
+                    g.capturing = False
+                    g.exe = self.rt.capture_end(self.stream)  # always leave capture mode
+            cache.graphs[key] = g
+        except Exception as exc:  # a runtime that cannot capture this: keep the op-by-op path
+            self.graph_failures.append(f"{type(exc).__name__}: {exc}")
+            g.close()
+            cache.graphs[key] = None
+        return out
+
+    class _GraphStep:
+        def __init__(self, ops: "GpuOps", g: DecodeGraph):
+            self.ops, self.g = ops, g
+
+        def __enter__(self):
+            self.saved = self.ops.pool
+            self.ops.pool, self.ops._graph = self.g.pool, self.g
+
+        def __exit__(self, *exc):
+            self.ops.pool, self.ops._graph = self.saved, None
+            return False
+
+    def _graph_step(self, g: DecodeGraph) -> "_GraphStep":
+        """Ops inside take memory from the graph's pool and read its input buffers."""
+        return GpuOps._GraphStep(self, g)
 
     # ---- sampling helpers (device-side)
     def softmax(self, x: DeviceArray) -> DeviceArray:

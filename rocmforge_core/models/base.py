@@ -149,6 +149,13 @@ class Decoder:
             raise BadInputError("decode got the same cache slot twice in one batch")
         for s, p in zip(slots.tolist(), positions.tolist()):
             cache.check(s, p, 1)
+        replay = getattr(self.ops, "decode_step", None)
+        if replay is not None:  # a backend that runs the step its own way (GPU graphs), else the same forward
+            return replay(self, tokens, cache, slots, positions)
+        return self.forward_decode(tokens, cache, slots, positions)
+
+    def forward_decode(self, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The decode step through the ops, one op at a time (inputs already checked by `decode`)."""
         ones = [1] * len(tokens)
         return self._forward(tokens, positions, cache, slots.tolist(), positions.tolist(), ones, None)
 

@@ -6,6 +6,12 @@ shared library; a launch calls the kernel once per block with blockDim = 1 (the 
 for any block size, and warp reductions over one lane are no-ops). Device memory is host memory.
 This checks the kernels' arithmetic, indexing and block decoding and the whole GPU ops layer; it
 cannot check warp shuffles or block-level races, which only the real devices exercise.
+
+Graphs are emulated as recordings: between capture_begin and capture_end, launches, device copies and
+memsets are recorded with their argument values as they were at capture (as a real graph bakes them
+in) instead of run, and graph_launch replays them. Calls that a real capture forbids or would bake in
+wrongly (allocation, host copies, synchronisation) raise, so the GPU ops' graph path is held to the
+same rules here as on a device.
 """
 
 from __future__ import annotations
@@ -47,6 +53,11 @@ class EmuRuntime(GpuRuntime):
         self._buffers: dict[int, np.ndarray] = {}
         self._tmp = Path(tempfile.mkdtemp(prefix="rf-emu-"))
         self._libs: list[ctypes.CDLL] = []
+        self._recording: list | None = None  # the graph being captured
+
+    def _not_in_capture(self, what: str) -> None:
+        if self._recording is not None:
+            raise RuntimeError(f"emu: {what} during a graph capture")
 
     def _compile(self, source: str, filename: str, options: list[str]) -> bytes:
         src = self._tmp / (filename + ".cpp")
@@ -70,24 +81,34 @@ class EmuRuntime(GpuRuntime):
         return (module, getattr(module, name))
 
     def alloc(self, nbytes: int) -> int:
+        self._not_in_capture("alloc")
         buf = np.empty(max(1, int(nbytes)), dtype=np.uint8)
         ptr = buf.ctypes.data
         self._buffers[ptr] = buf
         return ptr
 
     def free(self, ptr: int) -> None:
+        self._not_in_capture("free")
         del self._buffers[ptr]
 
     def copy_htod(self, dst, src_host, nbytes, stream=None):
+        self._not_in_capture("a host-to-device copy")
         ctypes.memmove(dst, src_host.ctypes.data, nbytes)
 
     def copy_dtoh(self, dst_host, src, nbytes, stream=None):
+        self._not_in_capture("a device-to-host copy")
         ctypes.memmove(dst_host.ctypes.data, src, nbytes)
 
     def copy_dtod(self, dst, src, nbytes, stream=None):
+        if self._recording is not None:
+            self._recording.append(lambda: ctypes.memmove(dst, src, nbytes))
+            return
         ctypes.memmove(dst, src, nbytes)
 
     def memset8(self, dst, value, nbytes, stream=None):
+        if self._recording is not None:
+            self._recording.append(lambda: ctypes.memset(dst, value, nbytes))
+            return
         ctypes.memset(dst, value, nbytes)
 
     def stream_create(self):
@@ -97,7 +118,7 @@ class EmuRuntime(GpuRuntime):
         pass
 
     def stream_synchronize(self, stream):
-        pass
+        self._not_in_capture("a stream synchronisation")
 
     def event_create(self):
         return [0.0]
@@ -119,6 +140,10 @@ class EmuRuntime(GpuRuntime):
         lib, fn = function
         if block != (1, 1, 1):
             raise ValueError(f"host emulation runs one thread per block, got {block}")
+        if self._recording is not None:  # bake in the values as of now, as a real capture does
+            baked = PackedArgs(args.types, args.values())
+            self._recording.append(lambda: self.launch(function, grid, block, baked, stream, shared_bytes))
+            return
         fn.restype = None
         fn.argtypes = [_ARGTYPES[t] for t in args.types]
         values = args.values()
@@ -132,16 +157,23 @@ class EmuRuntime(GpuRuntime):
                     fn(*values)
 
     def capture_begin(self, stream):
-        raise NotImplementedError("graphs are not emulated")
+        if self._recording is not None:
+            raise RuntimeError("emu: a capture is already in progress")
+        self._recording = []
 
     def capture_end(self, stream):
-        raise NotImplementedError("graphs are not emulated")
+        if self._recording is None:
+            raise RuntimeError("emu: capture_end without capture_begin")
+        graph, self._recording = self._recording, None
+        return graph
 
     def graph_launch(self, graph, stream):
-        raise NotImplementedError
+        self._not_in_capture("a graph launch")
+        for step in graph:
+            step()
 
     def graph_destroy(self, graph):
-        raise NotImplementedError
+        graph.clear()
 
     def synchronize(self):
-        pass
+        self._not_in_capture("a device synchronisation")

@@ -112,12 +112,16 @@ def test_smollm2_greedy_matches_cpu(ops, backend_name, smollm2_path):
     prefill_err = rel_err(got, ref)
     cpu_tokens, cpu_steps = greedy(cpu, prompt, N_GREEDY, 128)
     gpu_tokens, gpu_steps = greedy(gpu_model, prompt, N_GREEDY, 128)
+    eager_tokens, eager_steps = op_by_op(ops, lambda: greedy(gpu_model, prompt, N_GREEDY, 128))
     step_err = max(rel_err(g, c) for g, c in zip(gpu_steps, cpu_steps))
+    same_as_eager = all(np.array_equal(g, e) for g, e in zip(gpu_steps, eager_steps))
     print(f"\nsmollm2 on {ops.rt.device.name} ({backend_name}): prefill logits rel err {prefill_err:.2e}, "
-          f"decode max rel err {step_err:.2e}, tokens identical: {gpu_tokens == cpu_tokens}")
+          f"decode max rel err {step_err:.2e}, tokens identical: {gpu_tokens == cpu_tokens}, "
+          f"graph decode == op-by-op decode: {same_as_eager} (graphs {'on' if ops.use_graphs else 'off'})")
     assert prefill_err < REAL_LOGIT_TOL
-    assert gpu_tokens == cpu_tokens
+    assert gpu_tokens == cpu_tokens == eager_tokens
     assert step_err < REAL_LOGIT_TOL
+    assert same_as_eager
 
 
 def smollm2_shaped_gguf(path, seed=0):
@@ -148,6 +152,15 @@ def smollm2_shaped_gguf(path, seed=0):
     return write_gguf(path, "llama", meta, tensors)
 
 
+def op_by_op(ops, fn):
+    """fn() with the ops' decode graphs turned off."""
+    saved, ops.use_graphs = ops.use_graphs, False
+    try:
+        return fn()
+    finally:
+        ops.use_graphs = saved
+
+
 def steps_per_s(model, n_steps: int = 32) -> float:
     """Single-sequence decode steps per second (wall clock, after warm-up)."""
     cache = model.make_cache(1, 256)
@@ -174,9 +187,12 @@ def test_smollm2_shaped_random_model(ops, backend_name, tmp_path_factory):
     gpu_tokens, gpu_steps = greedy(gpu_model, prompt, N_GREEDY, 128)
     prefill_err = rel_err(got, ref)
     step_err = max(rel_err(g, c) for g, c in zip(gpu_steps, cpu_steps))
+    eager_tokens, _ = op_by_op(ops, lambda: greedy(gpu_model, prompt, N_GREEDY, 128))
     gpu_speed, cpu_speed = steps_per_s(gpu_model), steps_per_s(cpu)
+    eager_speed = op_by_op(ops, lambda: steps_per_s(gpu_model))
     print(f"\nsmollm2-shaped random on {ops.rt.device.name} ({backend_name}): prefill rel err {prefill_err:.2e}, "
-          f"decode max rel err {step_err:.2e}, tokens identical: {gpu_tokens == cpu_tokens}; "
-          f"decode {gpu_speed:.1f} tok/s on {backend_name} vs {cpu_speed:.1f} tok/s cpu")
+          f"decode max rel err {step_err:.2e}, tokens identical: {gpu_tokens == cpu_tokens == eager_tokens}; "
+          f"decode {gpu_speed:.1f} tok/s on {backend_name} (graphs {'on' if ops.use_graphs else 'off'}), "
+          f"{eager_speed:.1f} tok/s op by op, {cpu_speed:.1f} tok/s cpu")
     assert prefill_err < REAL_LOGIT_TOL and step_err < REAL_LOGIT_TOL
-    assert gpu_tokens == cpu_tokens
+    assert gpu_tokens == cpu_tokens == eager_tokens

@@ -56,6 +56,14 @@ class KVCache:
         self.k[layer][slot, :, start:start + n] = k.transpose(1, 0, 2)
         self.v[layer][slot, :, start:start + n] = v.transpose(1, 0, 2)
 
+    def write_rows(self, layer: int, slots, positions, k: np.ndarray, v: np.ndarray) -> None:
+        """Store row i of k, v (B, n_kv_heads, head_dim) at positions[i] of slots[i] (distinct slots).
+
+        One indexed assignment per buffer for a whole decode batch instead of one write per slot.
+        """
+        self.k[layer][slots, :, positions] = k  # the two index arrays pair up: (B, n_kv, hd)
+        self.v[layer][slots, :, positions] = v
+
     def keys(self, layer: int, slot: int, lo: int, hi: int) -> np.ndarray:
         return self.k[layer][slot, :, lo:hi]  # (n_kv, hi-lo, hd), a view
 

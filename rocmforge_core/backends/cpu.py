@@ -30,6 +30,7 @@ unquantized model, it is not the default.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -71,6 +72,52 @@ class RopeSpec:
         if self.freq_factors is not None:
             inv = inv / np.asarray(self.freq_factors, dtype=np.float64)
         return inv
+
+
+@dataclass(frozen=True)
+class _RopeTable:
+    """cos/sin of one RopeSpec for positions 0..n-1, laid out so rotation is two products and a sum.
+
+    Each rotated pair (a, b) becomes (a cos - b sin, b cos + a sin). With `partner` the index of each
+    dimension's pair partner, `cos` holding each pair's cosine at both members and `sin` holding
+    -sin at the first member and +sin at the second, that is x * cos + x[partner] * sin. IEEE
+    arithmetic makes a + b * (-s) equal a - b * s bit for bit, so the results are those of the
+    textbook formula.
+    """
+
+    cos: np.ndarray      # (n, 1, dim) float32
+    sin: np.ndarray      # (n, 1, dim) float32, signed as above
+    partner: np.ndarray  # (dim,) int
+
+    @classmethod
+    def build(cls, spec: RopeSpec, n: int, ggml_angles: bool) -> "_RopeTable":
+        positions = np.arange(n)
+        # Angles per position exactly as before tables existed (elementwise, so the same bits).
+        angles = _rope_angles_ggml(positions, spec) if ggml_angles else \
+            np.outer(positions.astype(np.float64) * spec.pos_scale, spec.inv_freq())
+        cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)  # (n, dim/2)
+        half = spec.dim // 2
+        if spec.neox:  # pairs (i, i + half)
+            cos2, sin2 = np.concatenate([cos, cos], 1), np.concatenate([-sin, sin], 1)
+            partner = np.concatenate([np.arange(half, spec.dim), np.arange(half)])
+        else:          # pairs (2i, 2i + 1)
+            cos2, sin2 = np.repeat(cos, 2, axis=1), np.stack([-sin, sin], 2).reshape(n, spec.dim)
+            partner = np.arange(spec.dim) ^ 1
+        return cls(cos2[:, None, :], sin2[:, None, :], partner)
+
+
+def _halves(gate_up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Views of the gate and up halves (np.split costs ~15 us of Python per call)."""
+    half = gate_up.shape[-1] // 2
+    return gate_up[..., :half], gate_up[..., half:]
+
+
+def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, partner: np.ndarray) -> np.ndarray:
+    out = x * cos
+    swapped = x.take(partner, axis=-1)
+    swapped *= sin
+    out += swapped
+    return out
 
 
 @dataclass(frozen=True)
@@ -153,9 +200,15 @@ class CpuBackend:
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
         """Normalise over the last axis (also used per head for q/k norms, x of shape (T, heads, hd))."""
-        # The mean of squares in float64, as ggml sums it, then the scale in float32.
-        ms = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True).astype(np.float32)
-        return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * weight
+        # The mean of squares in float64, as ggml sums it, then the scale in float32. This is what
+        # np.mean computes (a pairwise sum, then / n), without its wrapper's cost on decode-sized rows.
+        ss = np.add.reduce(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
+        r = np.add(ss / x.shape[-1], np.float32(eps), dtype=np.float32)  # rounds the mean first
+        np.sqrt(r, out=r)
+        np.divide(np.float32(1.0), r, out=r)
+        y = x * r
+        y *= weight
+        return y
 
     def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return a + b
@@ -168,49 +221,42 @@ class CpuBackend:
 
     def swiglu(self, gate_up: np.ndarray) -> np.ndarray:
         """silu(gate) * up for gate|up fused along the last axis."""
-        gate, up = np.split(gate_up, 2, axis=-1)
+        gate, up = _halves(gate_up)
         out = np.negative(gate)
         with np.errstate(over="ignore"):  # exp(-x) = inf for x < -88 gives x / inf = -0, as wanted
             np.exp(out, out=out)
-        out += 1.0
+        out += np.float32(1.0)
         np.divide(gate, out, out=out)
         out *= up
         return out
 
     def geglu(self, gate_up: np.ndarray) -> np.ndarray:
         """gelu_tanh(gate) * up for gate|up fused along the last axis."""
-        gate, up = np.split(gate_up, 2, axis=-1)
+        gate, up = _halves(gate_up)
         if self.llama_numerics:
             return _gelu_f16_table(gate) * up
         return _gelu(gate) * up
 
     def rope(self, x: np.ndarray, positions: np.ndarray, spec: RopeSpec) -> np.ndarray:
         """Rotate x of shape (T, heads, head_dim) by its positions (T,)."""
-        cos, sin = self._rope_table(np.asarray(positions), spec)  # (T, 1, dim/2) each
-        half = spec.dim // 2
-        out = x.copy()
-        if spec.neox:
-            x1, x2 = x[..., :half], x[..., half:spec.dim]
-            out[..., :half] = x1 * cos - x2 * sin
-            out[..., half:spec.dim] = x2 * cos + x1 * sin
-        else:
-            x1, x2 = x[..., 0:spec.dim:2], x[..., 1:spec.dim:2]
-            out[..., 0:spec.dim:2] = x1 * cos - x2 * sin
-            out[..., 1:spec.dim:2] = x2 * cos + x1 * sin
+        positions = np.asarray(positions)
+        table = self._rope_tables.get(spec)
+        try:
+            cos, sin = table.cos[positions], table.sin[positions]  # (T, 1, dim) each
+        except (AttributeError, IndexError):  # no table for this spec yet, or positions past its end
+            table = self._rope_table(spec, int(positions.max()))
+            cos, sin = table.cos[positions], table.sin[positions]
+        if spec.dim == x.shape[-1]:
+            return _rotate(x, cos, sin, table.partner)
+        out = x.copy()  # the dimensions past spec.dim pass through unrotated
+        out[..., :spec.dim] = _rotate(x[..., :spec.dim], cos, sin, table.partner)
         return out
 
-    def _rope_table(self, positions: np.ndarray, spec: RopeSpec) -> tuple[np.ndarray, np.ndarray]:
-        """cos/sin for these positions; every layer of one forward pass asks for the same table."""
-        key = (spec, positions.tobytes())
-        table = self._rope_tables.get(key)
-        if table is None:
-            angles = _rope_angles_ggml(positions, spec) if self.llama_numerics else \
-                np.outer(positions.astype(np.float64) * spec.pos_scale, spec.inv_freq())
-            table = (np.cos(angles).astype(np.float32)[:, None, :],
-                     np.sin(angles).astype(np.float32)[:, None, :])
-            if len(self._rope_tables) >= 8:
-                self._rope_tables.clear()
-            self._rope_tables[key] = table
+    def _rope_table(self, spec: RopeSpec, max_pos: int) -> _RopeTable:
+        """Build the spec's table up to at least max_pos; every layer with this spec shares it."""
+        size = max(1024, 1 << max_pos.bit_length())  # powers of two: a long context rebuilds it rarely
+        table = _RopeTable.build(spec, size, self.llama_numerics)
+        self._rope_tables[spec] = table
         return table
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: KVCache, layer: int,
@@ -225,6 +271,12 @@ class CpuBackend:
         """
         if self.llama_numerics:  # llama.cpp's f16 KV cache, and f16 queries for its f16 K matmul
             q, k, v = _f16_round(q), _f16_round(k), _f16_round(v)
+        if len(slots) == q.shape[0]:  # one row per sequence: a decode step
+            if len(slots) == 1:
+                cache.write(layer, slots[0], starts[0], k, v)
+            else:
+                cache.write_rows(layer, np.asarray(slots), np.asarray(starts), k, v)
+            return self._attend_rows(q, cache, layer, slots, starts, scale, window)
         out = np.empty((q.shape[0], q.shape[1] * q.shape[2]), dtype=np.float32)
         row = 0
         for slot, start, n in zip(slots, starts, counts):
@@ -251,17 +303,85 @@ class CpuBackend:
         qg = q.reshape(n, n_kv, group, hd).transpose(1, 2, 0, 3).reshape(n_kv, group * n, hd)
         scores = (qg @ keys.transpose(0, 2, 1)).reshape(n_kv, group, n, -1)
         scores *= np.float32(scale)
-        if n > 1 or window is not None:  # one query at the end of the cache sees every key
-            scores += _mask(p0, n, k_lo, k_hi, window)
-        scores -= scores.max(axis=-1, keepdims=True)
-        np.exp(scores, out=scores)
-        # llama.cpp sums the softmax normaliser in float64 and applies it as one float32 factor.
-        total = scores.sum(axis=-1, keepdims=True, dtype=np.float64 if self.llama_numerics else None)
-        scores *= (1.0 / total).astype(np.float32)
+        _apply_mask(scores, p0, k_lo, window)
+        _exp_shifted(scores)
+        self._normalise(scores, np.add.reduce(scores, axis=-1, keepdims=True, dtype=self._sum_dtype))
         if self.llama_numerics:  # llama.cpp multiplies the probabilities by f16 V in f16
             scores = _f16_round(scores)
         ctx = scores.reshape(n_kv, group * n, -1) @ values  # (n_kv, group*n, hd)
         return ctx.reshape(n_kv, group, n, hd).transpose(2, 0, 1, 3).reshape(n, n_heads * hd)
+
+    def _attend_rows(self, q: np.ndarray, cache: KVCache, layer: int, slots: Sequence[int],
+                     positions: Sequence[int], scale: float, window: int | None) -> np.ndarray:
+        """One query per slot (B, heads, hd), each at the end of its slot: a decode step.
+
+        A last query sees every cached key of its slot, so there is no mask; a window only moves the
+        first key. The slots' score rows lie side by side in one (n_kv, group, total keys) buffer so
+        that the softmax's elementwise passes run once for the whole batch. The sums and matmuls stay
+        per slot, over that slot's keys only, so each slot gets the same bits as when it decodes alone.
+        """
+        n_rows, n_heads, hd = q.shape
+        n_kv = cache.n_kv_heads
+        group = n_heads // n_kv
+        firsts = [0 if window is None else max(0, p - window + 1) for p in positions]
+        lens = [p + 1 - lo for p, lo in zip(positions, firsts)]
+        offs = [0, *itertools.accumulate(lens)]
+        rows = list(zip(slots, firsts, lens, offs))
+        scores = np.empty((n_kv, group, offs[-1]), np.float32)
+        qg = q.reshape(n_rows, n_kv, group, hd)
+        kc, vc = cache.k[layer], cache.v[layer]
+        for b, (slot, lo, n, o) in enumerate(rows):
+            np.matmul(qg[b], kc[slot, :, lo:lo + n].transpose(0, 2, 1), out=scores[:, :, o:o + n])
+        scores *= np.float32(scale)
+        if n_rows == 1:
+            _exp_shifted(scores)
+            total = np.add.reduce(scores, axis=-1, keepdims=True, dtype=self._sum_dtype)
+        else:
+            scores -= np.repeat(np.maximum.reduceat(scores, offs[:-1], axis=-1), lens, axis=-1)
+            np.exp(scores, out=scores)
+            total = np.empty((n_kv, group, n_rows), self._sum_dtype or np.float32)
+            for b, (_, _, n, o) in enumerate(rows):
+                np.add.reduce(scores[:, :, o:o + n], axis=-1, dtype=self._sum_dtype, out=total[:, :, b])
+        inv = (1.0 / total).astype(np.float32, copy=False)
+        scores *= inv if n_rows == 1 else np.repeat(inv, lens, axis=-1)
+        if self.llama_numerics:
+            scores = _f16_round(scores)
+        ctx = np.empty((n_rows, n_kv, group, hd), np.float32)
+        for b, (slot, lo, n, o) in enumerate(rows):
+            np.matmul(scores[:, :, o:o + n], vc[slot, :, lo:lo + n], out=ctx[b])
+        return ctx.reshape(n_rows, n_heads * hd)
+
+    @property
+    def _sum_dtype(self):
+        # llama.cpp sums the softmax normaliser in float64 and applies it as one float32 factor.
+        return np.float64 if self.llama_numerics else None
+
+    @staticmethod
+    def _normalise(scores: np.ndarray, total: np.ndarray) -> None:
+        scores *= (1.0 / total).astype(np.float32, copy=False)
+
+
+def _exp_shifted(scores: np.ndarray) -> None:
+    """exp(scores - row max) in place: the softmax numerator."""
+    scores -= np.maximum.reduce(scores, axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+
+
+def _apply_mask(scores: np.ndarray, p0: int, k_lo: int, window: int | None) -> None:
+    """Hide (add -inf to) the scores (..., n, L) of keys k_lo.. that queries at p0.. may not see.
+
+    Only two column ranges can hold hidden keys: those after the first query (causality) and, with
+    a window, those too old for the last query. The columns between are visible to every query and
+    are left alone rather than having zeros added.
+    """
+    n, n_keys = scores.shape[-2:]
+    right = p0 + 1 - k_lo  # first column some query may not see yet
+    if right < n_keys:
+        scores[..., right:] += _mask(p0, n, p0 + 1, k_lo + n_keys, window)
+    if window is not None:
+        left = min(p0 + n - window - k_lo, right)  # columns before this are too old for some query
+        if left > 0:
+            scores[..., :left] += _mask(p0, n, k_lo, k_lo + left, window)
 
 
 def _mask(p0: int, n: int, k_lo: int, k_hi: int, window: int | None) -> np.ndarray:

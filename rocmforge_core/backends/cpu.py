@@ -30,6 +30,7 @@ unquantized model, it is not the default.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Sequence
@@ -242,10 +243,10 @@ class CpuBackend:
         positions = np.asarray(positions)
         table = self._rope_tables.get(spec)
         try:
-            cos, sin = table.cos[positions], table.sin[positions]  # (T, 1, dim) each
+            cos, sin = table.cos.take(positions, axis=0), table.sin.take(positions, axis=0)  # (T, 1, dim)
         except (AttributeError, IndexError):  # no table for this spec yet, or positions past its end
             table = self._rope_table(spec, int(positions.max()))
-            cos, sin = table.cos[positions], table.sin[positions]
+            cos, sin = table.cos.take(positions, axis=0), table.sin.take(positions, axis=0)
         if spec.dim == x.shape[-1]:
             return _rotate(x, cos, sin, table.partner)
         out = x.copy()  # the dimensions past spec.dim pass through unrotated
@@ -377,21 +378,28 @@ def _apply_mask(scores: np.ndarray, p0: int, k_lo: int, window: int | None) -> N
     n, n_keys = scores.shape[-2:]
     right = p0 + 1 - k_lo  # first column some query may not see yet
     if right < n_keys:
-        scores[..., right:] += _mask(p0, n, p0 + 1, k_lo + n_keys, window)
+        scores[..., right:] += _mask(-1, n, n_keys - right, window)  # keys from p0 + 1
     if window is not None:
         left = min(p0 + n - window - k_lo, right)  # columns before this are too old for some query
         if left > 0:
-            scores[..., :left] += _mask(p0, n, k_lo, k_lo + left, window)
+            scores[..., :left] += _mask(p0 - k_lo, n, left, window)  # keys from k_lo
 
 
-def _mask(p0: int, n: int, k_lo: int, k_hi: int, window: int | None) -> np.ndarray:
-    """Additive (n, keys) mask: 0 where a query at p0+i may see key k_lo+j, -inf elsewhere."""
-    qpos = np.arange(p0, p0 + n)[:, None]
-    kpos = np.arange(k_lo, k_hi)[None, :]
+@functools.lru_cache(maxsize=16)
+def _mask(q0: int, n: int, n_keys: int, window: int | None) -> np.ndarray:
+    """Additive (n, n_keys) mask: 0 where a query at q0+i may see the key at j, -inf elsewhere.
+
+    Positions count from the first key, so the masks depend only on the block's shape and every
+    layer of a forward pass reuses them (hence the cache; the arrays are read-only).
+    """
+    qpos = np.arange(q0, q0 + n)[:, None]
+    kpos = np.arange(n_keys)[None, :]
     hidden = kpos > qpos
     if window is not None:
         hidden |= (qpos - kpos) >= window
-    return np.where(hidden, np.float32(-np.inf), np.float32(0.0))
+    mask = np.where(hidden, np.float32(-np.inf), np.float32(0.0))
+    mask.flags.writeable = False
+    return mask
 
 
 def make_ops(name: str = "cpu", numerics: str = "float32") -> CpuBackend:
@@ -488,8 +496,17 @@ def _block_mins(t) -> np.ndarray:
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
-    inner = _GELU_C * (x + np.float32(0.044715) * x * x * x)
-    return 0.5 * x * (1.0 + np.tanh(inner))
+    """0.5 x (1 + tanh(c (x + 0.044715 x^3))), evaluated in that order but in two buffers."""
+    inner = np.float32(0.044715) * x
+    inner *= x
+    inner *= x
+    inner += x
+    inner *= _GELU_C
+    np.tanh(inner, out=inner)
+    inner += np.float32(1.0)
+    out = np.float32(0.5) * x
+    out *= inner
+    return out
 
 
 _GELU_TABLE: np.ndarray | None = None

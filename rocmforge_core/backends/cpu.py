@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -204,9 +205,13 @@ class CpuBackend:
         # The mean of squares in float64, as ggml sums it, then the scale in float32. This is what
         # np.mean computes (a pairwise sum, then / n), without its wrapper's cost on decode-sized rows.
         ss = np.add.reduce(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
-        r = np.add(ss / x.shape[-1], np.float32(eps), dtype=np.float32)  # rounds the mean first
-        np.sqrt(r, out=r)
-        np.divide(np.float32(1.0), r, out=r)
+        if ss.size == 1:  # one row (decode): the same roundings on scalars, without four ufunc calls
+            # (float32 sqrt is the float64 sqrt rounded once: a double holds enough bits for that)
+            r = np.float32(1.0) / np.float32(math.sqrt(np.float32(ss.item() / x.shape[-1]) + np.float32(eps)))
+        else:
+            r = np.add(ss / x.shape[-1], np.float32(eps), dtype=np.float32)  # rounds the mean first
+            np.sqrt(r, out=r)
+            np.divide(np.float32(1.0), r, out=r)
         y = x * r
         y *= weight
         return y
@@ -272,7 +277,7 @@ class CpuBackend:
         """
         if self.llama_numerics:  # llama.cpp's f16 KV cache, and f16 queries for its f16 K matmul
             q, k, v = _f16_round(q), _f16_round(k), _f16_round(v)
-        if len(slots) == q.shape[0]:  # one row per sequence: a decode step
+        if len(slots) == q.shape[0] and max(counts) == 1:  # one row per sequence: a decode step
             if len(slots) == 1:
                 cache.write(layer, slots[0], starts[0], k, v)
             else:

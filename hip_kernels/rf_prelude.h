@@ -45,12 +45,6 @@ rf_dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridD
 #define RF_SHFL_XOR(v, m) __shfl_xor((v), (m), WARP_SIZE)
 #define RF_PLATFORM_HIP 1
 #define rf_expf expf  // the accurate one: logits must match the CPU closely
-typedef unsigned char uint8_t;
-typedef signed char int8_t;
-typedef unsigned short uint16_t;
-typedef short int16_t;
-typedef unsigned int uint32_t;
-typedef int int32_t;
 
 #elif defined(__CUDACC__)
 // NVIDIA (NVRTC). Warps are WARP_SIZE lanes; the full-warp member mask is derived from it.
@@ -58,15 +52,19 @@ typedef int int32_t;
 #define RF_SHFL_XOR(v, m) __shfl_xor_sync(RF_FULL_MASK, (v), (m), WARP_SIZE)
 #define RF_PLATFORM_CUDA 1
 #define rf_expf expf  // the accurate one: logits must match the CPU closely
+
+#else
+#error "rf_prelude.h: unknown compiler (expected hipcc/hiprtc, NVRTC, or RF_HOST_EMULATION)"
+#endif
+
+#if !defined(RF_PLATFORM_HOST)
+// The run-time compilers have no <stdint.h>: the fixed-width types, spelled out once for both vendors.
 typedef unsigned char uint8_t;
 typedef signed char int8_t;
 typedef unsigned short uint16_t;
 typedef short int16_t;
 typedef unsigned int uint32_t;
 typedef int int32_t;
-
-#else
-#error "rf_prelude.h: unknown compiler (expected hipcc/hiprtc, NVRTC, or RF_HOST_EMULATION)"
 #endif
 
 #if WARP_SIZE < 1 || WARP_SIZE > 64 || (WARP_SIZE & (WARP_SIZE - 1))

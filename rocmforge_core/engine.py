@@ -317,6 +317,7 @@ class Engine:
     async def _loop(self, ready: asyncio.Event) -> None:
         active: list[_Active] = []
         waiting: deque[_Active] = deque()
+        admitting: list[_Active] = []  # popped from `waiting`, being prefilled
         ready.set()
         try:
             while True:
@@ -329,7 +330,9 @@ class Engine:
                     state = waiting.popleft()
                     session = state.request.session
                     state.slot = session.slot if session is not None else self._free_slots.pop()
+                    admitting[:] = [state]
                     await self._prefill(state)
+                    admitting.clear()
                     if not self._maybe_finish(state):
                         active.append(state)
                 if active:
@@ -337,14 +340,21 @@ class Engine:
                     active = [s for s in active if not self._maybe_finish(s)]
                 await asyncio.sleep(0)  # let streams and new submissions run between steps
         except asyncio.CancelledError:
-            for state in list(active) + list(waiting):
+            for state in admitting + active + list(waiting):
                 state.cancelled = True
                 self._finish(state, "cancelled")
             raise
-        except Exception as exc:  # a bug in the model code: fail every request, loudly, keep no state
-            for state in list(active) + list(waiting):
+        except Exception as exc:  # a bug in the model code: no more intake, every request told why
+            self._accepting = False
+            for state in admitting + active + list(waiting) + self._drain_intake():
                 self._finish(state, "error", error=f"{type(exc).__name__}: {exc}")
             raise
+
+    def _drain_intake(self) -> list[_Active]:
+        states = []
+        while self._intake is not None and not self._intake.empty():
+            states.append(self._intake.get_nowait())
+        return states
 
     def _drop_cancelled(self, active: list[_Active], waiting: deque) -> None:
         for state in [s for s in waiting if s.cancelled]:
@@ -408,10 +418,7 @@ class Engine:
             return
         delta = state.decoder.add(token)
         shown, stopped = state.stops.feed(delta)
-        if shown:
-            state.events.put_nowait(Event(text=shown, token_id=token))
-        else:
-            state.events.put_nowait(Event(text="", token_id=token))
+        state.events.put_nowait(Event(text=shown, token_id=token))
         if stopped:
             state.next_token = None
 

@@ -142,25 +142,40 @@ def test_cancel_mid_generation_frees_the_slot(smollm2_path, reference):
 
 
 def test_eight_concurrent_requests_match_alone_and_batch(smollm2_path, reference):
+    """Same texts as alone; decoded as batched steps (counted, not timed: timing lives in benchmarks/,
+    where engine_batching.py measures the throughput; the time ratio is printed here for the record)."""
+    batch_sizes: list[int] = []
+
     async def go():
         async with create_engine(smollm2_path, backend="cpu", n_slots=8, n_ctx=512) as engine:
-            # one alone, timed on this engine
+            real_decode = engine.model.decode
+
+            def counting_decode(tokens, *args):
+                batch_sizes.append(len(tokens))
+                return real_decode(tokens, *args)
+
             t0 = time.perf_counter()
             await collect(engine.submit(Request(prompt=PROMPTS[0], max_tokens=12, sampling=GREEDY)))
             single = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            results = await asyncio.gather(*[
-                collect(engine.submit(Request(prompt=p, max_tokens=12, sampling=GREEDY)))
-                for p in PROMPTS])
-            total = time.perf_counter() - t0
+            engine.model.decode = counting_decode  # instance attribute; removed below
+            try:
+                t0 = time.perf_counter()
+                results = await asyncio.gather(*[
+                    collect(engine.submit(Request(prompt=p, max_tokens=12, sampling=GREEDY)))
+                    for p in PROMPTS])
+                total = time.perf_counter() - t0
+            finally:
+                del engine.model.decode
         return results, single, total
 
     results, single, total = run(go(), timeout=300)
     for prompt, (text, ids, final) in zip(PROMPTS, results):
         assert (text, ids) == reference[prompt][:2], prompt
-    ratio = total / single
-    print(f"\n8 concurrent requests took {total:.2f}s vs {single:.2f}s alone: {ratio:.2f}x (serial: 8x)")
-    assert ratio < 6.0
+    print(f"\n8 concurrent requests took {total:.2f}s vs {single:.2f}s alone: {total / single:.2f}x "
+          f"(serial would be ~8x); decode batch sizes {batch_sizes}")
+    # 8 requests x 11 decode steps each: one at a time would be 88 steps of 1; batched, ~11 steps of 8
+    assert sum(batch_sizes) == 8 * 11
+    assert len(batch_sizes) <= 11 + 7 and max(batch_sizes) == 8
 
 
 def test_second_turn_prefills_only_new_tokens(smollm2_path):
@@ -214,3 +229,28 @@ def test_submit_before_start_is_refused(smollm2_path):
     engine = create_engine(smollm2_path, backend="cpu", n_slots=1, n_ctx=256)
     with pytest.raises(EngineStateError):
         engine.submit(Request(prompt="hi"))
+
+
+def test_a_failing_model_fails_its_requests_and_stops_intake(smollm2_path):
+    from rocmforge_core.engine import EngineStateError
+
+    async def go():
+        engine = create_engine(smollm2_path, backend="cpu", n_slots=1, n_ctx=256)
+        async with engine:
+            real = engine.model.prefill
+
+            def broken(*args, **kwargs):
+                raise RuntimeError("planted failure")
+
+            engine.model.prefill = broken  # instance attribute: the shared model class is untouched
+            try:
+                _, _, final = await collect(engine.submit(Request(prompt=PROMPTS[0], max_tokens=4)))
+            finally:
+                del engine.model.prefill
+            assert final.finish_reason == "error" and "planted failure" in final.error
+            assert engine.model.prefill == real
+            with pytest.raises(EngineStateError):
+                engine.submit(Request(prompt=PROMPTS[0], max_tokens=4))
+        assert not engine.running
+
+    run(go())

@@ -40,9 +40,8 @@ class Renderer:
     def banner(self, *, name: str, backend: str, backend_reason: str, n_ctx: int, load_ms: float) -> None:
         if not self.tty:
             return
-        self.console.print(f"[bold]{_escape(name)}[/] on [bold cyan]{backend}[/] "
-                           f"[dim]({_escape(backend_reason)})[/] · ctx {n_ctx} · loaded in "
-                           f"{load_ms / 1e3:.1f} s")
+        self.console.print(f"[bold]{_escape(name)}[/] · ctx {n_ctx} · loaded in {load_ms / 1e3:.1f} s")
+        self.console.print(f"backend [bold cyan]{backend}[/] [dim]({_escape(backend_reason)})[/]")
         self.console.print("[dim]Type a message; /help for commands; Ctrl-D or /bye to leave.[/]")
 
     # ---- replies ---------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_stream_interrupt_commands_and_ctrl_d(smollm2_path, tmp_path):
     child = spawn_chat(smollm2_path, tmp_path, "-n", "400")
     text = screen(child)
     assert "SmolLM2-135M-Instruct.Q4_1.gguf" in text and "ctx" in text  # the banner, with the backend
-    assert re.search(r"on (cpu|hip|cuda) \(", text)
+    assert re.search(r"backend (cpu|hip|cuda) \(", text)
 
     # a long reply streams; Ctrl-C stops it within a moment and the prompt comes back
     child.send("Write a long story about a dragon.\r")

@@ -41,6 +41,7 @@ import numpy as np
 import gguf
 from gguf import GGMLQuantizationType as QT
 
+from rocmforge_core.backends import ggml_numerics
 from rocmforge_core.kv_cache import KVCache
 
 # Queries per attention block in prefill: bounds the (heads, block, keys) score matrix to a few MB
@@ -90,6 +91,7 @@ class _RopeTable:
     cos: np.ndarray      # (n, 1, dim) float32
     sin: np.ndarray      # (n, 1, dim) float32, signed as above
     partner: np.ndarray  # (dim,) int
+    first: np.ndarray    # (dim,) bool: the first member of its pair
 
     @classmethod
     def build(cls, spec: RopeSpec, n: int, ggml_angles: bool) -> "_RopeTable":
@@ -97,7 +99,10 @@ class _RopeTable:
         # Angles per position exactly as before tables existed (elementwise, so the same bits).
         angles = _rope_angles_ggml(positions, spec) if ggml_angles else \
             np.outer(positions.astype(np.float64) * spec.pos_scale, spec.inv_freq())
-        cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)  # (n, dim/2)
+        if ggml_angles:
+            cos, sin = ggml_numerics.cos_sin(angles)
+        else:
+            cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)  # (n, dim/2)
         half = spec.dim // 2
         if spec.neox:  # pairs (i, i + half)
             cos2, sin2 = np.concatenate([cos, cos], 1), np.concatenate([-sin, sin], 1)
@@ -105,7 +110,8 @@ class _RopeTable:
         else:          # pairs (2i, 2i + 1)
             cos2, sin2 = np.repeat(cos, 2, axis=1), np.stack([-sin, sin], 2).reshape(n, spec.dim)
             partner = np.arange(spec.dim) ^ 1
-        return cls(cos2[:, None, :], sin2[:, None, :], partner)
+        first = np.arange(spec.dim) < half if spec.neox else np.arange(spec.dim) % 2 == 0
+        return cls(cos2[:, None, :], sin2[:, None, :], partner, first)
 
 
 def _halves(gate_up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -147,6 +153,8 @@ class Linear:
     w: np.ndarray
     bias: np.ndarray | None = None
     groups: tuple[ActGroup, ...] = ()
+    # llama.cpp numerics: output rows lo..hi and the kernel that reproduces llama.cpp's result for them
+    exact: tuple[tuple[int, int, object], ...] = ()
 
     @property
     def n_out(self) -> int:
@@ -175,8 +183,10 @@ class CpuBackend:
         if bias_names:
             bias = np.concatenate([gguf_file.dequant(n).reshape(-1) for n in bias_names])
             bias = np.ascontiguousarray(bias, dtype=np.float32)
-        groups = _act_groups([gguf_file.tensor(n) for n in names]) if self.llama_numerics else ()
-        return Linear(np.ascontiguousarray(w, dtype=np.float32), bias, groups)
+        tensors = [gguf_file.tensor(n) for n in names]
+        groups = _act_groups(tensors) if self.llama_numerics else ()
+        exact = _exact_kernels(tensors) if self.llama_numerics else ()
+        return Linear(np.ascontiguousarray(w, dtype=np.float32), bias, groups, exact)
 
     def vector(self, gguf_file, name: str) -> np.ndarray:
         return np.ascontiguousarray(gguf_file.dequant(name).reshape(-1), dtype=np.float32)
@@ -190,7 +200,11 @@ class CpuBackend:
         return table.w[tokens]  # (T, d), a gathered copy
 
     def matmul(self, x: np.ndarray, lin: Linear) -> np.ndarray:
-        if not lin.groups:
+        if lin.exact:
+            parts = [kernel.matmul(x) if kernel is not None else x @ lin.w[lo:hi].T
+                     for lo, hi, kernel in lin.exact]
+            y = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        elif not lin.groups:
             y = x @ lin.w.T
         elif len(lin.groups) == 1:
             y = _group_matmul(x, lin.w, lin.groups[0])
@@ -202,6 +216,8 @@ class CpuBackend:
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
         """Normalise over the last axis (also used per head for q/k norms, x of shape (T, heads, hd))."""
+        if self.llama_numerics:
+            return ggml_numerics.rms_norm(x, weight, eps)
         # The mean of squares in float64, as ggml sums it, then the scale in float32. This is what
         # np.mean computes (a pairwise sum, then / n), without its wrapper's cost on decode-sized rows.
         ss = np.add.reduce(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
@@ -228,6 +244,8 @@ class CpuBackend:
     def swiglu(self, gate_up: np.ndarray) -> np.ndarray:
         """silu(gate) * up for gate|up fused along the last axis."""
         gate, up = _halves(gate_up)
+        if self.llama_numerics:
+            return ggml_numerics.silu_mul(gate, up)
         out = np.negative(gate)
         with np.errstate(over="ignore"):  # exp(-x) = inf for x < -88 gives x / inf = -0, as wanted
             np.exp(out, out=out)
@@ -252,10 +270,14 @@ class CpuBackend:
         except (AttributeError, IndexError):  # no table for this spec yet, or positions past its end
             table = self._rope_table(spec, int(positions.max()))
             cos, sin = table.cos.take(positions, axis=0), table.sin.take(positions, axis=0)
+        rotate = _rotate
+        if self.llama_numerics:
+            sin = np.where(table.first, -sin, sin)  # unsigned: rope_rotate fuses as GCC does
+            rotate = functools.partial(ggml_numerics.rope_rotate, first=table.first)
         if spec.dim == x.shape[-1]:
-            return _rotate(x, cos, sin, table.partner)
+            return rotate(x, cos, sin, table.partner)
         out = x.copy()  # the dimensions past spec.dim pass through unrotated
-        out[..., :spec.dim] = _rotate(x[..., :spec.dim], cos, sin, table.partner)
+        out[..., :spec.dim] = rotate(x[..., :spec.dim], cos, sin, table.partner)
         return out
 
     def _rope_table(self, spec: RopeSpec, max_pos: int) -> _RopeTable:
@@ -276,7 +298,8 @@ class CpuBackend:
         positions j <= p, and with a sliding window only those with p - j < window.
         """
         if self.llama_numerics:  # llama.cpp's f16 KV cache, and f16 queries for its f16 K matmul
-            q, k, v = _f16_round(q), _f16_round(k), _f16_round(v)
+            return self._attention_ggml(_f16_round(q), _f16_round(k), _f16_round(v), cache, layer,
+                                        slots, starts, counts, scale, window)
         if len(slots) == q.shape[0] and max(counts) == 1:  # one row per sequence: a decode step
             if len(slots) == 1:
                 cache.write(layer, slots[0], starts[0], k, v)
@@ -356,6 +379,38 @@ class CpuBackend:
         for b, (slot, lo, n, o) in enumerate(rows):
             np.matmul(scores[:, :, o:o + n], vc[slot, :, lo:lo + n], out=ctx[b])
         return ctx.reshape(n_rows, n_heads * hd)
+
+    def _attention_ggml(self, q, k, v, cache: KVCache, layer: int, slots, starts, counts,
+                        scale: float, window: int | None) -> np.ndarray:
+        """Attention with llama.cpp's arithmetic (no flash attention): for each sequence, its
+        queries against cache cells 0.. (cell = position), f16 K.Q, softmax, f16 V.P. A single query
+        takes ggml's vector dot kernel, several take tinyBLAS (they round differently)."""
+        n_heads, hd = q.shape[1], q.shape[2]
+        group = n_heads // cache.n_kv_heads
+        out = np.empty((q.shape[0], n_heads * hd), np.float32)
+        row = 0
+        for slot, start, n in zip(slots, starts, counts):
+            cache.write(layer, slot, start, k[row:row + n], v[row:row + n])
+            n_cells = start + n
+            keys = np.repeat(cache.keys(layer, slot, 0, n_cells), group, axis=0)       # (H, P, hd)
+            values_t = np.repeat(cache.values(layer, slot, 0, n_cells), group, axis=0).transpose(0, 2, 1)
+            for lo in range(0, n, 16 if n > 1 else 1):  # 16 queries at a time bound the temporaries
+                hi = min(n, lo + 16)
+                pos = np.arange(start + lo, start + hi)[:, None]
+                cells = np.arange(n_cells)[None, :]
+                visible = cells <= pos if window is None else (cells <= pos) & (pos - cells < window)
+                qh = q[row + lo:row + hi].transpose(1, 0, 2)                             # (H, m, hd)
+                if n == 1:
+                    scores = ggml_numerics.dot_f16_vec(keys, qh[:, 0])[:, None, :]       # (H, 1, P)
+                    probs = ggml_numerics.softmax_rows(scores, scale, visible)
+                    ctx = ggml_numerics.dot_f16_vec(values_t, _f16_round(probs[:, 0]))[:, None, :]
+                else:
+                    scores = ggml_numerics.dot_f16_gemm(keys, qh)                         # (H, m, P)
+                    probs = ggml_numerics.softmax_rows(scores, scale, visible)
+                    ctx = ggml_numerics.dot_f16_gemm(values_t, _f16_round(probs))        # (H, m, hd)
+                out[row + lo:row + hi] = ctx.transpose(1, 0, 2).reshape(hi - lo, n_heads * hd)
+            row += n
+        return out
 
     @property
     def _sum_dtype(self):
@@ -470,6 +525,23 @@ def _group_matmul(x: np.ndarray, w: np.ndarray, g: ActGroup) -> np.ndarray:
         exact = xq.reshape(*x.shape[:-1], -1, 32).sum(axis=-1)
         y += (sums - exact) @ g.mins.T
     return y
+
+
+def _exact_kernels(tensors) -> tuple[tuple[int, int, object], ...]:
+    """Bit-exact llama.cpp kernels for the parts of a fused matrix, or () if a part has none yet
+    (then the approximate `groups` rounding is used for the whole matrix)."""
+    out, row = [], 0
+    for t in tensors:
+        n_out, n_in = t.shape[0], t.shape[-1]
+        if t.qtype == QT.F32:
+            kernel = None
+        elif t.qtype.name in ("Q8_0", "Q4_0", "Q5_0", "Q4_1", "Q5_1"):
+            kernel = ggml_numerics.block_matrix(t.qtype.name, np.asarray(t.data).reshape(-1), n_out, n_in)
+        else:
+            return ()
+        out.append((row, row + n_out, kernel))
+        row += n_out
+    return tuple(out)
 
 
 def _act_groups(tensors) -> tuple[ActGroup, ...]:

@@ -30,6 +30,11 @@ class Backend(str, Enum):
     cuda = "cuda"
 
 
+class Numerics(str, Enum):
+    float32 = "float32"
+    llama_cpp = "llama.cpp"
+
+
 MODEL_HELP = "Path to a .gguf file or a known name (smollm2, gemma3-270m). Default: smollm2."
 ModelArg = typer.Argument(None, help=MODEL_HELP, show_default=False)
 RequiredModelArg = typer.Argument(..., help=MODEL_HELP, show_default=False)
@@ -106,6 +111,9 @@ def generate(
     ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens (default: model's, max 4096)."),
     chat_template_file: Optional[str] = typer.Option(None, "--chat-template-file", help="Jinja template to use instead of the model's."),
     backend: Backend = BackendOpt,
+    numerics: Numerics = typer.Option(
+        Numerics.float32, "--numerics", case_sensitive=False,
+        help="CPU arithmetic: float32, or llama.cpp to reproduce llama.cpp's CPU results bit for bit (slow)."),
     verbose: bool = VerboseOpt,
 ) -> None:
     """Answer one prompt and exit. Streams the text to stdout."""
@@ -115,7 +123,7 @@ def generate(
         model=model, prompt=prompt, system=system, max_tokens=max_tokens,
         sampling=_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
         raw=raw, stop=stop, json_out=json_out, ctx=ctx, chat_template_file=chat_template_file,
-        backend=backend.value, verbose=verbose,
+        backend=backend.value, numerics=numerics.value, verbose=verbose,
     )
 
 

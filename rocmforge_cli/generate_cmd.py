@@ -39,7 +39,7 @@ def build_request(engine, text: str, *, system: str | None, raw: bool, max_token
 
 
 def run(*, model, prompt, system, max_tokens, sampling, raw, stop, json_out, ctx, chat_template_file,
-        backend, verbose) -> None:
+        backend, verbose, numerics="float32") -> None:
     from rocmforge_cli.common import check_generation_flags
 
     params = check_generation_flags(sampling, max_tokens, ctx)  # bad flags fail before the model loads
@@ -50,7 +50,7 @@ def run(*, model, prompt, system, max_tokens, sampling, raw, stop, json_out, ctx
 
     path = resolve_model_path(model)
     engine = create_engine(path, backend=backend, n_ctx=ctx, n_slots=1,
-                           chat_template_file=chat_template_file)
+                           chat_template_file=chat_template_file, numerics=numerics)
     if verbose:
         print(f"backend: {engine.backend} ({engine.backend_reason}); model loaded in "
               f"{engine.load_ms:.0f} ms", file=sys.stderr)

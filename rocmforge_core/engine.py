@@ -458,40 +458,54 @@ class Engine:
 _LOADED: dict[tuple, tuple] = {}  # one loaded model per process: (key) -> (gguf, config, tokenizer, model)
 
 
-def _load(path: Path, backend: str):
+def _load(path: Path, backend: str, numerics: str = "float32"):
     """Load (or reuse) the model files. Keeping the last model lets a process build engines cheaply."""
+    from rocmforge_core.backends.cpu import CpuBackend
     from rocmforge_core.config import config_from_metadata
     from rocmforge_core.gguf_file import GGUFFile
     from rocmforge_core.models import load_model
     from rocmforge_core.tokenizer import Tokenizer
 
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, backend)
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, backend, numerics)
     if key not in _LOADED:
         _LOADED.clear()  # free the previous model before loading another
         gguf_file = GGUFFile(path)
         config = config_from_metadata(gguf_file.metadata)
         tokenizer = Tokenizer.from_gguf(gguf_file)
-        _LOADED[key] = (gguf_file, config, tokenizer, load_model(gguf_file, backend=backend))
+        ops = CpuBackend(numerics) if backend == "cpu" else backend
+        _LOADED[key] = (gguf_file, config, tokenizer, load_model(gguf_file, backend=ops))
     return _LOADED[key]
 
 
 def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_ctx: int | None = None,
                   n_slots: int = 4, max_queue: int = 64, chat_template_file: str | None = None,
-                  progress=None) -> Engine:
-    """The one way to build an engine: resolve and load the model, tokenizer and template (not started)."""
+                  numerics: str = "float32", progress=None) -> Engine:
+    """The one way to build an engine: resolve and load the model, tokenizer and template (not started).
+
+    `numerics` (CPU backend only): "float32", or "llama.cpp" to reproduce llama.cpp's CPU results
+    bit for bit (8-bit activations, its kernels' rounding; many times slower; see backends/cpu.py).
+    """
     from rocmforge_core.backends import select_backend
+    from rocmforge_core.backends.cpu import NUMERICS
     from rocmforge_core.chat_template import ChatTemplate
     from rocmforge_core.store import resolve_model
 
     t0 = time.perf_counter()
+    if numerics not in NUMERICS:
+        raise BadInputError(f"unknown numerics '{numerics}'", hint="choose " + " or ".join(NUMERICS))
+    if numerics != "float32":
+        if (backend or "auto").lower() not in ("auto", "cpu"):
+            raise BadInputError(f"--numerics {numerics} runs on the CPU backend only",
+                                hint="use --backend cpu")
+        backend = "cpu"
     name, reason = select_backend(backend)
     if n_ctx is not None and n_ctx < 8:
         raise BadInputError(f"--ctx must be at least 8 (got {n_ctx})")
     if n_slots < 1 or max_queue < 1:
         raise BadInputError("an engine needs at least one slot and a queue of at least one")
     path = resolve_model(None if model is None else str(model), progress=progress)
-    gguf_file, config, tokenizer, loaded = _load(path, name)
+    gguf_file, config, tokenizer, loaded = _load(path, name, numerics)
     template = ChatTemplate.for_model(gguf_file.metadata, override_file=chat_template_file)
     ctx = min(n_ctx if n_ctx is not None else DEFAULT_CTX, config.context_length)
     return Engine(model=loaded, tokenizer=tokenizer, chat_template=template, gguf_file=gguf_file,

@@ -103,3 +103,27 @@ def test_stop_string_not_printed(smollm2_path):
     out = json.loads(stopped.stdout)
     assert out["text"] == text[: text.index(" 7")]
     assert out["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("name, case", [("smollm2", 0), ("smollm2", 4), ("gemma3", 1)])
+def test_greedy_text_identical_to_llama_cpp_with_its_numerics(name, case, request):
+    """`generate --numerics llama.cpp --temperature 0 --raw -n 32` prints llama.cpp's continuation
+    (tests/data/generate_*.json, made with llama-cpp-python) token for token. Case 4 of SmolLM2 (French
+    text, multi-byte characters) is one where the default float32 numerics part from llama.cpp's."""
+    from pathlib import Path
+
+    fixture = json.loads((Path(__file__).parent / "data" / f"generate_{name}.json").read_text())
+    expected = fixture["runs"]["quantized"]["cases"][case]
+    path = request.getfixturevalue(f"{name}_path")
+    proc = rocmforge("generate", str(path), "--numerics", "llama.cpp", "--temperature", "0", "--raw",
+                     "-n", "32", "-p", expected["prompt"], "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["tokens"] == expected["ids"][:len(out["tokens"])]
+    assert out["text"] == expected["text"][:len(out["text"])]
+    assert len(out["tokens"]) == 32 or out["finish_reason"] == "stop"
+
+
+def test_numerics_needs_the_cpu_backend(smollm2_path):
+    proc = rocmforge("generate", str(smollm2_path), "--numerics", "llama.cpp", "--backend", "cuda", "-p", "hi")
+    assert_one_line_error(proc, needle="CPU backend")

@@ -3,22 +3,21 @@
 Expected values are committed fixtures (tests/data/generate_*.json) written once by
 scripts/gen_generation_fixtures.py with llama-cpp-python; see that script. Each holds two llama.cpp
 runs over the same prompts: "quantized" (the GGUF as shipped) and "dequantized" (the same weights in an
-F32 GGUF). llama.cpp's CPU matmuls quantize activations to 8 bits for quantized weights only, so:
+F32 GGUF), plus llama.cpp's own layer-0 tensors for one prompt.
 
-- against the dequantized run, our float32 model must agree closely: identical greedy tokens (a
-  divergence is allowed only at a step where llama.cpp's top-2 gap is < TIE_GAP) and logits within
-  DEQUANT_REL_TOL;
-- against the quantized run, the differences are llama.cpp's own activation-quantization noise. We
-  measured it with llama.cpp alone (quantized vs dequantized run, same weights): 2-4% of the largest
-  logit on SmolLM2, 2-14% on Gemma-3-270M, and greedy continuations that part at steps 4-16 in 7 of
-  12 prompts. Our float32 logits differ from the quantized run by the same amounts and part at exactly
-  the same steps. The tests assert that: tokens equal wherever llama.cpp's two runs agree, and a
-  logit error no larger than llama.cpp's own quantized-vs-dequantized difference plus DEQUANT_REL_TOL;
-- layer 0 with the CPU backend's "llama.cpp" numerics, fed llama.cpp's own inputs, reproduces its
-  matmuls, GELU and attention to ~1e-7: the 8-bit activation rounding is the whole difference.
+- With numerics="llama.cpp" the CPU backend reproduces llama.cpp's CPU arithmetic bit for bit
+  (backends/ggml_numerics.py): every greedy token of every fixture prompt and the first-position
+  logits are identical to the quantized run, and layer 0's ops return llama.cpp's exact tensors.
+- The default float32 numerics compute the same network without rounding activations to 8 bits. They
+  agree with the dequantized run (identical greedy tokens unless llama.cpp's top-2 gap is < TIE_GAP,
+  logits within DEQUANT_REL_TOL); against the quantized run the difference is llama.cpp's own
+  activation-quantization noise, measured with llama.cpp alone (quantized vs dequantized run): 2-4% of
+  the largest logit on SmolLM2, 2-14% on Gemma-3-270M, with 7 of 12 continuations parting at steps
+  4-16. Our float32 output parts from the quantized run at exactly those steps and by that much.
 
-Tokenization is tested elsewhere: the model is fed llama.cpp's prompt ids. All prompts of a model run
-together (one prefill per slot, then batched decode steps), which also covers batched decoding.
+Tokenization is tested elsewhere: the model is fed llama.cpp's prompt ids. The float32 run decodes all
+prompts of a model as one batch, which also covers batched decoding; the exact run decodes each prompt
+alone, as llama-cpp-python did (its kernels round differently for one row than for several).
 """
 
 from __future__ import annotations
@@ -48,9 +47,6 @@ TIE_GAP = 1e-3
 # attention probabilities in float16 (relative rounding 2^-11 = 4.9e-4); all else is float32 in both.
 # Measured: at most 8.8e-4 (SmolLM2), 8.3e-4 (Gemma-3-270M) over the fixture prompts.
 DEQUANT_REL_TOL = 2e-3
-# Layer-0 ops with llama.cpp numerics on llama.cpp's own inputs: only float summation order differs.
-# Measured: <= 4e-7. The float32 numerics are off by >= 1e-4 on the same ops.
-OP_REL_TOL = 1e-5
 
 
 def rel(a, b) -> float:
@@ -116,6 +112,42 @@ def run(request):
     return {"name": name, "path": model_path, "fixture": fixture, "firsts": firsts, "ids": ids}
 
 
+@pytest.fixture(scope="module")
+def exact_run(run):
+    """Every fixture prompt through the llama.cpp-numerics model, one sequence at a time: prefill
+    (all prompt rows through every layer, as llama-cpp-python with logits_all computed them) and
+    N_STEPS greedy tokens decoded one by one."""
+    model = load_model(GGUFFile(run["path"]), CpuBackend("llama.cpp"))
+    firsts, ids = [], []
+    for case in run["fixture"]["runs"]["quantized"]["cases"]:
+        prompt = case["prompt_ids"]
+        cache = model.make_cache(1, len(prompt) + N_STEPS)
+        logits = model.prefill(prompt, cache, 0, 0)
+        firsts.append(logits)
+        out = []
+        for step in range(N_STEPS):
+            out.append(int(logits.argmax()))
+            if step + 1 < N_STEPS:
+                logits = model.decode(np.array(out[-1:]), cache, np.array([0]), np.array([len(prompt) + step]))[0]
+        ids.append(out)
+    return {"firsts": firsts, "ids": ids}
+
+
+def test_greedy_identical_to_llama_cpp_with_its_numerics(run, exact_run):
+    for case, ours in zip(run["fixture"]["runs"]["quantized"]["cases"], exact_run["ids"]):
+        assert ours == case["ids"], (f"{run['name']} {case['prompt'][:30]!r}: parts from llama.cpp at step "
+                                     f"{first_difference(ours, case['ids'])}")
+
+
+def test_first_logits_identical_to_llama_cpp_with_its_numerics(run, exact_run):
+    for case, first in zip(run["fixture"]["runs"]["quantized"]["cases"], exact_run["firsts"]):
+        ids, (expected,) = on_common_ids(stored_logits(case["first_logits"]))
+        assert first.dtype == np.float32
+        assert np.array_equal(first[ids], expected), (
+            f"{run['name']} {case['prompt'][:30]!r}: {np.sum(first[ids] != expected)} of {len(ids)} logits "
+            f"differ, largest by {np.max(np.abs(first[ids] - expected)):.3g}")
+
+
 def cases(run, which: str):
     return zip(run["fixture"]["runs"][which]["cases"], run["firsts"], run["ids"])
 
@@ -169,11 +201,19 @@ def test_first_logits_within_llama_cpp_quantization_noise(run):
 
 
 def test_layer0_ops_reproduce_llama_cpp_with_its_numerics(run):
+    """Fed llama.cpp's own layer-0 inputs, each op returns llama.cpp's exact output tensor (float32
+    numerics differ from it by >= 1e-4 on every matrix product)."""
     layer0 = run["fixture"]["layer0"]
     t = {k: decode_f32(v["float32_b64"]).reshape(v["shape"]) for k, v in layer0["tensors"].items()}
     gguf_file = GGUFFile(run["path"])
     exact, plain = CpuBackend("llama.cpp"), CpuBackend("float32")
     n = len(layer0["prompt_ids"])
+
+    def same(ours, expected, what):
+        ours = np.asarray(ours).reshape(expected.shape)
+        assert np.array_equal(ours, expected), (
+            f"{what}: {np.mean(ours != expected):.1%} differ, rel {rel(ours, expected):.2g}")
+
     checks = [("attn_norm-0", ["blk.0.attn_q.weight"], "Qcur-0"),
               ("attn_norm-0", ["blk.0.attn_k.weight"], "Kcur-0"),
               ("attn_norm-0", ["blk.0.attn_v.weight"], "Vcur-0"),
@@ -182,16 +222,19 @@ def test_layer0_ops_reproduce_llama_cpp_with_its_numerics(run):
     act = "ffn_swiglu-0" if "ffn_swiglu-0" in t else "ffn_geglu-0"
     checks.append((act, ["blk.0.ffn_down.weight"], "ffn_out-0"))
     for src, names, dst in checks:
-        assert rel(exact.matmul(t[src], exact.linear(gguf_file, names)), t[dst]) < OP_REL_TOL, dst
+        same(exact.matmul(t[src], exact.linear(gguf_file, names)), t[dst], dst)
         assert rel(plain.matmul(t[src], plain.linear(gguf_file, names)), t[dst]) > 1e-4, dst
     gate_up = np.concatenate([t["ffn_gate-0"], t["ffn_up-0"]], axis=1)
     activation = exact.swiglu if act == "ffn_swiglu-0" else exact.geglu
-    assert rel(activation(gate_up), t[act]) < OP_REL_TOL
+    same(activation(gate_up), t[act], act)
     arch = importlib.import_module(f"rocmforge_core.models.{gguf_file.architecture}")
     a = arch.Model.make_args(gguf_file, config_from_metadata(gguf_file.metadata))
     q = t["Qcur-0#2"].reshape(n, a.n_heads, a.head_dim)     # after q-norm and rope
     k = t["Kcur-0#2"].reshape(n, a.n_kv_heads, a.head_dim)
     v = t["Vcur-0"].reshape(n, a.n_kv_heads, a.head_dim)
+    scale = a.attn_scale
+    if a.scale_queries:  # llama.cpp scales q (its own tensor after rope) before attention
+        q, scale = exact.scale(q, scale), 1.0
     cache = exact.make_cache(a.n_layers, 1, n, a.n_kv_heads, a.head_dim)
-    out = exact.attention(q, k, v, cache, 0, [0], [0], [n], a.attn_scale, a.windows[0])
-    assert rel(out, t["kqv_out-0"]) < OP_REL_TOL
+    out = exact.attention(q, k, v, cache, 0, [0], [0], [n], scale, a.windows[0])
+    same(out, t["kqv_out-0"], "kqv_out-0")

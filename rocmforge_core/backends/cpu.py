@@ -13,19 +13,19 @@ Memory cost: 4 bytes per parameter, SmolLM2-135M ~540 MB, Gemma-3-270M ~1.07 GB 
 262,144 x 640 embedding/output table is 671 MB). Per-layer on-the-fly dequantization would save that
 memory but cost a dequantization per layer per token, several times slower than the BLAS call itself.
 
-Numerics. The default, "float32", is plain float32 math on the dequantized weights. llama.cpp's CPU
-backend differs: before each dot product with a quantized weight it quantizes the activations to 8 bits
-(Q8_0, Q8_1 or Q8_K blocks by weight type; float16 for F16 weights), keeps K and V in float16, rounds
-queries and attention probabilities to float16 for its f16 matrix products, and computes GELU through a
-float16 table. On the default models that moves its logits by 2-15% (measured against llama.cpp itself
-running the same weights dequantized to F32, which our float32 numerics match to ~1e-3).
-numerics="llama.cpp" applies the same roundings, op by op, so that one layer's matmuls reproduce
-llama.cpp's to ~1e-7 (tests/test_models_real.py checks this against dumped llama.cpp tensors) and GPU
-kernels that quantize activations the same way can be tested against it. It does not make whole-model
-logits closer to llama.cpp's: rounding to 8 bits is discontinuous, so float-order differences of 1e-7
-flip a few roundings, each flip is a full quantization step, and within a few layers the two runs carry
-independent quantization noise of the same size. Being no closer end to end and further from the
-unquantized model, it is not the default.
+Numerics. The default, "float32", is plain float32 math on the dequantized weights: it matches
+llama.cpp run on the same weights converted to F32 (logits within ~1e-3). llama.cpp's CPU backend on
+the quantized file differs from both: before each product with a quantized weight it rounds the
+activations to 8 bits (Q8_0, Q8_1 or Q8_K blocks by weight type) and sums integer products, keeps K
+and V in float16, and takes GELU from a float16 table; on the default models that moves its logits by
+2-15% and its greedy text parts from the F32 run's in 7 of 12 fixture prompts.
+numerics="llama.cpp" reproduces that CPU arithmetic bit for bit (backends/ggml_numerics.py: its
+roundings, FMA contractions, SIMD lane orders and per-kernel choices for AVX2 machines), so greedy
+text and logits are identical to llama.cpp's. Near enough is not enough there: 8-bit rounding is
+discontinuous, so a one-ulp difference now and then flips a rounding, and within a dozen layers two
+runs that differ only in summation order carry independent quantization noise. The exact kernels
+sum integers in float64 and emulate every FMA, several times slower than float32 BLAS; the mode is
+for reproducing llama.cpp (and testing against it), not the default.
 """
 
 from __future__ import annotations
@@ -171,6 +171,10 @@ class CpuBackend:
             raise ValueError(f"numerics must be one of {NUMERICS}, not {numerics!r}")
         self.numerics = numerics
         self.llama_numerics = numerics == "llama.cpp"
+        # llama.cpp's matrix kernels depend on how many rows one product has (one row: vector dot
+        # kernels; several: tinyBLAS, 4-row gemm, tiled). Its fixtures were made with every prompt row
+        # computed through the last layer (logits for all positions), so the model must not drop rows.
+        self.keeps_all_rows = self.llama_numerics
         self._rope_tables: dict = {}
 
     # ---- weights: from the GGUF file into this backend's representation ----
@@ -258,7 +262,7 @@ class CpuBackend:
         """gelu_tanh(gate) * up for gate|up fused along the last axis."""
         gate, up = _halves(gate_up)
         if self.llama_numerics:
-            return _gelu_f16_table(gate) * up
+            return ggml_numerics.gelu_mul(gate, up)
         return _gelu(gate) * up
 
     def rope(self, x: np.ndarray, positions: np.ndarray, spec: RopeSpec) -> np.ndarray:
@@ -334,9 +338,7 @@ class CpuBackend:
         scores *= np.float32(scale)
         _apply_mask(scores, p0, k_lo, window)
         _exp_shifted(scores)
-        self._normalise(scores, np.add.reduce(scores, axis=-1, keepdims=True, dtype=self._sum_dtype))
-        if self.llama_numerics:  # llama.cpp multiplies the probabilities by f16 V in f16
-            scores = _f16_round(scores)
+        self._normalise(scores, np.add.reduce(scores, axis=-1, keepdims=True))
         ctx = scores.reshape(n_kv, group * n, -1) @ values  # (n_kv, group*n, hd)
         return ctx.reshape(n_kv, group, n, hd).transpose(2, 0, 1, 3).reshape(n, n_heads * hd)
 
@@ -364,17 +366,15 @@ class CpuBackend:
         scores *= np.float32(scale)
         if n_rows == 1:
             _exp_shifted(scores)
-            total = np.add.reduce(scores, axis=-1, keepdims=True, dtype=self._sum_dtype)
+            total = np.add.reduce(scores, axis=-1, keepdims=True)
         else:
             scores -= np.repeat(np.maximum.reduceat(scores, offs[:-1], axis=-1), lens, axis=-1)
             np.exp(scores, out=scores)
-            total = np.empty((n_kv, group, n_rows), self._sum_dtype or np.float32)
+            total = np.empty((n_kv, group, n_rows), np.float32)
             for b, (_, _, n, o) in enumerate(rows):
-                np.add.reduce(scores[:, :, o:o + n], axis=-1, dtype=self._sum_dtype, out=total[:, :, b])
+                np.add.reduce(scores[:, :, o:o + n], axis=-1, out=total[:, :, b])
         inv = (1.0 / total).astype(np.float32, copy=False)
         scores *= inv if n_rows == 1 else np.repeat(inv, lens, axis=-1)
-        if self.llama_numerics:
-            scores = _f16_round(scores)
         ctx = np.empty((n_rows, n_kv, group, hd), np.float32)
         for b, (slot, lo, n, o) in enumerate(rows):
             np.matmul(scores[:, :, o:o + n], vc[slot, :, lo:lo + n], out=ctx[b])
@@ -411,11 +411,6 @@ class CpuBackend:
                 out[row + lo:row + hi] = ctx.transpose(1, 0, 2).reshape(hi - lo, n_heads * hd)
             row += n
         return out
-
-    @property
-    def _sum_dtype(self):
-        # llama.cpp sums the softmax normaliser in float64 and applies it as one float32 factor.
-        return np.float64 if self.llama_numerics else None
 
     @staticmethod
     def _normalise(scores: np.ndarray, total: np.ndarray) -> None:
@@ -537,6 +532,8 @@ def _exact_kernels(tensors) -> tuple[tuple[int, int, object], ...]:
             kernel = None
         elif t.qtype.name in ("Q8_0", "Q4_0", "Q5_0", "Q4_1", "Q5_1"):
             kernel = ggml_numerics.block_matrix(t.qtype.name, np.asarray(t.data).reshape(-1), n_out, n_in)
+        elif t.qtype.name in ("Q4_K", "Q6_K"):
+            kernel = ggml_numerics.superblock_matrix(t.qtype.name, np.asarray(t.data).reshape(-1), n_out, n_in)
         else:
             return ()
         out.append((row, row + n_out, kernel))
@@ -584,20 +581,6 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     out = np.float32(0.5) * x
     out *= inner
     return out
-
-
-_GELU_TABLE: np.ndarray | None = None
-
-
-def _gelu_f16_table(x: np.ndarray) -> np.ndarray:
-    """GELU as ggml computes it: looked up at the fp16 input in a table of fp16 results."""
-    global _GELU_TABLE
-    if _GELU_TABLE is None:
-        grid = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-        with np.errstate(over="ignore", invalid="ignore"):
-            _GELU_TABLE = _f16_round(_gelu(grid))
-    y = _GELU_TABLE[x.astype(np.float16).view(np.uint16)]
-    return np.where(x <= -10.0, np.float32(0.0), np.where(x >= 10.0, x, y))
 
 
 def _rope_angles_ggml(positions: np.ndarray, spec: RopeSpec) -> np.ndarray:

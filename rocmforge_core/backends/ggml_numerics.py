@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 F32, F64 = np.float32, np.float64
+# Largest temporary (elements) a matrix product builds at once; bigger products go in row slices.
+CHUNK_ELEMENTS = 1 << 23
 
 
 def f16(x: np.ndarray) -> np.ndarray:
@@ -92,7 +94,15 @@ class BlockMatrix:
         return out
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x (T, n_in) float32 -> (T, n_out): ggml_vec_dot_q*_q8_* / tinyBLAS_Q0_AVX, per element.
+        """x (T, n_in) float32 -> (T, n_out), in slices of output rows that bound the temporaries."""
+        step = max(8, CHUNK_ELEMENTS // (max(1, x.shape[0]) * self.n_in // 4))
+        if step >= self.n_out:
+            return self._matmul(x)
+        return np.concatenate([self.rows(lo, min(self.n_out, lo + step))._matmul(x)
+                               for lo in range(0, self.n_out, step)], axis=1)
+
+    def _matmul(self, x: np.ndarray) -> np.ndarray:
+        """ggml_vec_dot_q*_q8_* / tinyBLAS_Q0_AVX, per element.
 
         Per block: the 32 products are summed as 8 int32 lanes of 4 (exact), each lane converted to
         float and accumulated with one FMA by the float32 product of the two block scales; the 8
@@ -289,3 +299,185 @@ def _libm():
             lib = None
         _LIBM.append(lib)
     return _LIBM[0]
+
+
+# ---- 256-element super-blocks (Q4_K, Q6_K) with Q8_K activations ----
+
+def quantize_q8_k(x: np.ndarray, positive_ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """quantize_row_q8_K over blocks of 256: scale -127 / (the signed value of largest magnitude),
+    round half to even, d = 1 / scale kept in float32. Returns integers (T, n) and d (T, n / 256).
+
+    Where +m and -m tie for the largest magnitude, the reference takes the first; the 4-row AVX2
+    variant used for matrix-matrix products (ggml_quantize_mat_q8_K_4x8) takes +m (`positive_ties`).
+    """
+    blocks = np.asarray(x, F32).reshape(x.shape[0], -1, 256)
+    amax = np.abs(blocks).max(axis=-1)
+    first = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=-1)[..., None], axis=-1)[..., 0]
+    signed = np.where((blocks == amax[..., None]).any(axis=-1), amax, first) if positive_ties else first
+    with np.errstate(divide="ignore"):
+        iscale = np.where(amax != 0, F32(-127.0) / signed, F32(0.0)).astype(F32)
+        d = np.where(amax != 0, F32(1.0) / iscale, F32(0.0)).astype(F32)
+    q = np.minimum(np.rint(blocks * iscale[..., None]), 127)
+    return q.reshape(x.shape), d
+
+
+class SuperBlockMatrix:
+    """Q4_K or Q6_K weights as the integers ggml's kernels multiply: per 256-element super-block a
+    float16 scale d (and dmin for Q4_K), per sub-block an integer scale (and min for Q4_K), and
+    per element an unsigned code (Q4_K 0..15; Q6_K 0..63 with an offset of 32)."""
+
+    def __init__(self, kind: str, codes, d, sub_scales, dmin=None, sub_mins=None):
+        self.kind = kind
+        self.n_out, self.n_in = codes.shape
+        self.nb = self.n_in // 256
+        self.codes = codes            # (n_out, n_in) int16
+        self.d = d                    # (n_out, nb) float32 (float16 values)
+        self.sub_scales = sub_scales  # (n_out, nb, 8 or 16) int
+        self.dmin, self.sub_mins = dmin, sub_mins
+        sub = 32 if kind == "Q4_K" else 16
+        # codes times their sub-block scale, grouped by sub-block: one matmul gives every
+        # (scaled) sub-block dot product; float64 keeps the integer sums exact
+        scaled = codes.reshape(self.n_out, self.nb, -1, sub).astype(F64)
+        if kind == "Q6_K":
+            scaled = (scaled - 32) * sub_scales[..., None]
+        self._groups = np.ascontiguousarray(scaled.reshape(self.n_out, -1, sub).transpose(1, 0, 2))
+
+    def rows(self, lo: int, hi: int) -> "SuperBlockMatrix":
+        sl = slice(lo, hi)
+        return SuperBlockMatrix(self.kind, self.codes[sl], self.d[sl], self.sub_scales[sl],
+                                None if self.dmin is None else self.dmin[sl],
+                                None if self.sub_mins is None else self.sub_mins[sl])
+
+    def _sub_dots(self, q: np.ndarray) -> np.ndarray:
+        """Integer dot products per sub-block: (n_out, T, nb, n_sub)."""
+        T = q.shape[0]
+        sub = self._groups.shape[-1]
+        dots = np.matmul(self._groups, q.astype(F64).reshape(T, -1, sub).transpose(1, 2, 0))
+        return dots.reshape(self.nb, -1, self.n_out, T).transpose(2, 3, 0, 1)
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, F32)
+        if self.kind == "Q4_K":
+            return self._q4_k(x)
+        return self._q6_k_tiled(x) if x.shape[0] >= 8 else self._q6_k_vec(x)
+
+    def _q4_k(self, x: np.ndarray) -> np.ndarray:
+        """ggml_gemm/gemv_q4_K_8x8_q8_K (weights repacked 8 rows at a time). Integer sums are exact;
+        each is converted to float and FMA-accumulated with d * d8 (the mins with dmin * d8), and
+        the result is the difference of the two accumulators. Rows come in groups of four (the
+        gemm, quantized by the 4-row routine), which accumulate every 64 elements; the remaining
+        rows go one by one (the gemv), which accumulates every 256."""
+        T = x.shape[0]
+        n4 = T - T % 4
+        out = np.empty((T, self.n_out), F32)
+        if n4:
+            out[:n4] = self._q4_k_rows(*quantize_q8_k(x[:n4], positive_ties=True), per_block=2)
+        if n4 < T:
+            out[n4:] = self._q4_k_rows(*quantize_q8_k(x[n4:]), per_block=8)
+        return out
+
+    def _q4_k_rows(self, q: np.ndarray, d8: np.ndarray, per_block: int) -> np.ndarray:
+        T = q.shape[0]
+        steps = 8 // per_block  # accumulation steps per super-block
+        dots = self._sub_dots(q)                                                  # (o, T, nb, 8)
+        isum = (dots * self.sub_scales[:, None].astype(F64)).reshape(self.n_out, T, self.nb, steps, per_block).sum(-1)
+        bsum = q.reshape(T, self.nb, 8, 32).sum(axis=-1, dtype=F64)               # (T, nb, 8)
+        imin = (bsum[None] * self.sub_mins[:, None].astype(F64)).reshape(self.n_out, T, self.nb, steps, per_block).sum(-1)
+        acc = np.zeros((self.n_out, T), F32)
+        accm = np.zeros((self.n_out, T), F32)
+        for b in range(self.nb):
+            scale = self.d[:, b, None] * d8[None, :, b]
+            scale_min = self.dmin[:, b, None] * d8[None, :, b]
+            for k in range(steps):
+                acc = fma(isum[..., b, k].astype(F32), scale, acc)
+                accm = fma(imin[..., b, k].astype(F32), scale_min, accm)
+        return (acc - accm).T
+
+    def _q6_k_vec(self, x: np.ndarray) -> np.ndarray:
+        """ggml_vec_dot_q6_K_q8_K (AVX2): eight int32 lanes per super-block, lane l holding elements
+        32c + 4l .. 32c + 4l + 3 of every 32-chunk c (codes as unsigned 0..63) minus 32 times the
+        scaled Q8_K block sums 2l and 2l+1; each lane converted to float and FMA-accumulated with
+        d8 * d; hsum at the end."""
+        T = x.shape[0]
+        q, d8 = quantize_q8_k(x)
+        codes = self.codes.reshape(self.n_out, self.nb, 8, 8, 4).astype(F64)   # (o, b, chunk, lane, 4)
+        scales = np.repeat(self.sub_scales.astype(F64), 16, axis=-1).reshape(self.n_out, self.nb, 8, 8, 4)
+        w = (codes * scales).transpose(1, 3, 0, 2, 4).reshape(self.nb * 8, self.n_out, 32)
+        qa = q.astype(F64).reshape(T, self.nb, 8, 8, 4).transpose(1, 3, 2, 4, 0).reshape(self.nb * 8, 32, T)
+        lanes = np.matmul(w, qa).reshape(self.nb, 8, self.n_out, T)
+        bsum16 = q.reshape(T, self.nb, 16, 16).sum(axis=-1, dtype=F64)           # (T, nb, 16)
+        sub = 32 * np.einsum("tblk,oblk->bl" + "ot", bsum16.reshape(T, self.nb, 8, 2),
+                             self.sub_scales.astype(F64).reshape(self.n_out, self.nb, 8, 2))
+        lanes = (lanes - sub).astype(F32)                                         # (nb, 8, o, T)
+        acc = np.zeros((8, self.n_out, T), F32)
+        for b in range(self.nb):
+            acc = fma((d8[:, b][None, :] * self.d[:, b, None])[None], lanes[b], acc)
+        return np.ascontiguousarray(hsum8(np.moveaxis(acc, 0, -1)).T)
+
+    def _q6_k_tiled(self, x: np.ndarray) -> np.ndarray:
+        """The tiled kernel (8 or more rows): per super-block the exact integer dot s, then
+        out = fma(d * float(s), d8, out) over the super-blocks in order."""
+        T = x.shape[0]
+        q, d8 = quantize_q8_k(x)
+        s = self._sub_dots(q).sum(axis=-1)                                        # (o, T, nb) exact
+        out = np.zeros((self.n_out, T), F32)
+        for b in range(self.nb):
+            out = fma(self.d[:, b, None] * s[..., b].astype(F32), d8[None, :, b], out)
+        return np.ascontiguousarray(out.T)
+
+
+def superblock_matrix(qtype_name: str, raw: np.ndarray, n_out: int, n_in: int) -> SuperBlockMatrix:
+    """Unpack the raw bytes of a Q4_K or Q6_K tensor (n_out rows of n_in)."""
+    nb = n_in // 256
+    blocks = np.asarray(raw, np.uint8).reshape(n_out, nb, -1)
+    if qtype_name == "Q4_K":
+        d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(F32)
+        dmin = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(F32)
+        sc = blocks[..., 4:16].astype(np.int32)
+        scales = np.empty((n_out, nb, 8), np.int32)
+        mins = np.empty((n_out, nb, 8), np.int32)
+        scales[..., :4] = sc[..., 0:4] & 63
+        mins[..., :4] = sc[..., 4:8] & 63
+        scales[..., 4:] = (sc[..., 8:12] & 0xF) | ((sc[..., 0:4] >> 6) << 4)
+        mins[..., 4:] = (sc[..., 8:12] >> 4) | ((sc[..., 4:8] >> 6) << 4)
+        qs = blocks[..., 16:144].reshape(n_out, nb, 4, 32)
+        codes = np.stack([qs & 0x0F, qs >> 4], axis=3).reshape(n_out, n_in).astype(np.int16)
+        return SuperBlockMatrix("Q4_K", codes, d, scales, dmin, mins)
+    if qtype_name == "Q6_K":
+        ql = blocks[..., 0:128].reshape(n_out, nb, 2, 64).astype(np.int16)
+        qh = blocks[..., 128:192].reshape(n_out, nb, 2, 32).astype(np.int16)
+        scales = blocks[..., 192:208].view(np.int8).astype(np.int32)
+        d = blocks[..., 208:210].copy().view(np.float16)[..., 0].astype(F32)
+        lo, hi = ql[..., :32], ql[..., 32:]
+        codes = np.stack([(lo & 0xF) | ((qh & 3) << 4), (hi & 0xF) | (((qh >> 2) & 3) << 4),
+                          (lo >> 4) | (((qh >> 4) & 3) << 4), (hi >> 4) | (((qh >> 6) & 3) << 4)], axis=3)
+        return SuperBlockMatrix("Q6_K", codes.reshape(n_out, n_in), d, scales)
+    raise ValueError(f"no super-block kernel for {qtype_name}")
+
+
+_GELU_TABLE: list = []
+
+
+def gelu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """ggml_vec_geglu_f32: GELU(tanh) looked up at the float16 value of x in a float16 table
+    (0 for x <= -10, x itself for x >= 10), times up."""
+    if not _GELU_TABLE:
+        _GELU_TABLE.append(_gelu_table())
+    gate = np.asarray(gate, F32)
+    y = _GELU_TABLE[0][gate.astype(np.float16).view(np.uint16)]
+    return np.where(gate <= F32(-10.0), F32(0.0), np.where(gate >= F32(10.0), gate, y)) * up
+
+
+def _gelu_table() -> np.ndarray:
+    """ggml_gelu_f32 at every float16 value, rounded to float16: 0.5 x (1 + tanhf(sqrt(2/pi) x
+    (1 + 0.044715 x x))) with the inner 1 + (0.044715 x) x fused, as GCC compiles it."""
+    x = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(F32)
+    with np.errstate(all="ignore"):
+        arg = F32(0.7978845608028654) * x * fma(F32(0.044715) * x, x, F32(1.0))
+        libm = _libm()
+        if libm is None or not hasattr(libm, "tanhf"):
+            t = np.tanh(arg.astype(F64)).astype(F32)
+        else:
+            libm.tanhf.restype, libm.tanhf.argtypes = libm.cosf.restype, libm.cosf.argtypes
+            t = np.fromiter(map(libm.tanhf, arg.tolist()), F32, len(arg))
+        return f16(F32(0.5) * x * (F32(1.0) + t))

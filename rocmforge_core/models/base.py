@@ -35,6 +35,8 @@ class DecoderArgs:
     windows: list[int | None]             # sliding window per layer, None = global attention
     attn_scale: float
     embed_scale: float = 1.0              # gemma: sqrt(d_model)
+    scale_queries: bool = False           # gemma3: q *= attn_scale before attention (softmax scale 1),
+                                          # the order llama.cpp's graph uses (same math, same bits)
     activation: str = "silu"              # "silu" (SwiGLU) or "gelu" (GELU-tanh gated)
     qkv_bias: bool = False                # qwen2
     qk_norm: bool = False                 # qwen3, gemma3: RMSNorm over each q/k head
@@ -168,10 +170,15 @@ class Decoder:
         x = ops.embedding(w.embed, tokens)  # (N, d)
         if a.embed_scale != 1.0:
             x = ops.scale(x, a.embed_scale)
+        # Only the kept rows matter after the last attention (its K/V are already cached), so the
+        # last layer drops the others early, unless the backend reproduces a run that computes
+        # every row (llama.cpp numerics: its kernels round differently for one row than for many).
+        early = keep is not None and not getattr(ops, "keeps_all_rows", False)
         for i, layer in enumerate(w.layers):
-            # Only the kept rows matter after the last attention (its K/V are already cached).
-            last_keep = keep if i == a.n_layers - 1 else None
+            last_keep = keep if early and i == a.n_layers - 1 else None
             x = self._layer(i, layer, x, positions, cache, slots, starts, counts, last_keep)
+        if keep is not None and not early:
+            x = x[keep]
         x = ops.rms_norm(x, w.output_norm, a.norm_eps)
         logits = ops.matmul(x, w.output)  # (rows, vocab)
         if a.final_softcap:
@@ -209,7 +216,10 @@ class Decoder:
             k = ops.rms_norm(k, lw.k_norm, a.norm_eps)
         q = ops.rope(q, positions, a.ropes[i])
         k = ops.rope(k, positions, a.ropes[i])
-        return ops.attention(q, k, v, cache, i, slots, starts, counts, a.attn_scale, a.windows[i])
+        scale = a.attn_scale
+        if a.scale_queries:
+            q, scale = ops.scale(q, scale), 1.0
+        return ops.attention(q, k, v, cache, i, slots, starts, counts, scale, a.windows[i])
 
     def _check_tokens(self, tokens: np.ndarray) -> None:
         if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.args.vocab_size):

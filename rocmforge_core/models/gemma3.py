@@ -37,6 +37,6 @@ class Model(Decoder):
             context_length=c.context_length, norm_eps=c.norm_eps,
             ropes=[local_rope if s else global_rope for s in sliding],
             windows=[c.sliding_window if s else None for s in sliding],
-            attn_scale=1.0 / math.sqrt(scale_dim), embed_scale=math.sqrt(c.dim),
+            attn_scale=1.0 / math.sqrt(scale_dim), scale_queries=True, embed_scale=math.sqrt(c.dim),
             activation="gelu", qk_norm=True, post_norms=True,
             final_softcap=c.final_logit_softcapping or None)

@@ -39,6 +39,9 @@ MODEL_HELP = "Path to a .gguf file or a known name (smollm2, gemma3-270m). Defau
 ModelArg = typer.Argument(None, help=MODEL_HELP, show_default=False)
 RequiredModelArg = typer.Argument(..., help=MODEL_HELP, show_default=False)
 BackendOpt = typer.Option(Backend.auto, "--backend", help="Where the model runs.", case_sensitive=False)
+NumericsOpt = typer.Option(
+    Numerics.float32, "--numerics", case_sensitive=False,
+    help="CPU arithmetic: float32, or llama.cpp to reproduce llama.cpp's CPU results bit for bit (slow).")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Stats on stderr; tracebacks on errors.")
 
 
@@ -111,9 +114,7 @@ def generate(
     ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens (default: model's, max 4096)."),
     chat_template_file: Optional[str] = typer.Option(None, "--chat-template-file", help="Jinja template to use instead of the model's."),
     backend: Backend = BackendOpt,
-    numerics: Numerics = typer.Option(
-        Numerics.float32, "--numerics", case_sensitive=False,
-        help="CPU arithmetic: float32, or llama.cpp to reproduce llama.cpp's CPU results bit for bit (slow)."),
+    numerics: Numerics = NumericsOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Answer one prompt and exit. Streams the text to stdout."""
@@ -164,13 +165,14 @@ def bench(
     n_gen: int = typer.Option(128, "--n-gen", "-n", help="Tokens generated one at a time."),
     repetitions: int = typer.Option(5, "--repetitions", "-r", help="Runs; the median is reported."),
     backend: Backend = BackendOpt,
+    numerics: Numerics = NumericsOpt,
     json_out: bool = typer.Option(False, "--json", help="One JSON object."),
 ) -> None:
     """Measure prompt processing (pp) and generation (tg) speed in tokens/s, like llama-bench."""
     from rocmforge_cli import bench_cmd
 
     bench_cmd.run(model=model, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
-                  backend=backend.value, json_out=json_out)
+                  backend=backend.value, json_out=json_out, numerics=numerics.value)
 
 
 def _verbose_requested(argv: list[str]) -> bool:

@@ -64,7 +64,7 @@ async def measure(engine, n_prompt: int, n_gen: int, repetitions: int) -> dict:
     return {"pp": statistics.median(pp) if pp else None, "tg": statistics.median(tg) if tg else None}
 
 
-def run(*, model, n_prompt, n_gen, repetitions, backend, json_out) -> None:
+def run(*, model, n_prompt, n_gen, repetitions, backend, json_out, numerics="float32") -> None:
     if n_prompt < 0 or n_gen < 0 or (n_prompt == 0 and n_gen == 0):
         raise BadInputError("-p and -n must be >= 0 and not both 0")
     if repetitions < 1:
@@ -73,11 +73,12 @@ def run(*, model, n_prompt, n_gen, repetitions, backend, json_out) -> None:
     from rocmforge_core.engine import create_engine
 
     path = resolve_model_path(model)
-    engine = create_engine(path, backend=backend, n_ctx=max(n_prompt + 8, n_gen + 8, 64), n_slots=1)
+    engine = create_engine(path, backend=backend, n_ctx=max(n_prompt + 8, n_gen + 8, 64), n_slots=1,
+                           numerics=numerics)
     device = cpu_name() if engine.backend == "cpu" else engine.model.ops.device.name
     result = asyncio.run(measure(engine, n_prompt, n_gen, repetitions))
     report = {
-        "model": str(path), "backend": engine.backend, "device": device,
+        "model": str(path), "backend": engine.backend, "device": device, "numerics": numerics,
         "pp": {"n_tokens": n_prompt, "tokens_per_s": round(result["pp"] or 0.0, 2)},
         "tg": {"n_tokens": n_gen, "tokens_per_s": round(result["tg"] or 0.0, 2)},
     }
@@ -87,7 +88,8 @@ def run(*, model, n_prompt, n_gen, repetitions, backend, json_out) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{path.name} on {engine.backend} ({device})")
+    suffix = "" if numerics == "float32" else f", {numerics} numerics"
+    table = Table(title=f"{path.name} on {engine.backend} ({device}{suffix})")
     for col in ("test", "tokens", "tokens/s"):
         table.add_column(col, justify="right" if col != "test" else "left")
     if n_prompt:

@@ -523,14 +523,18 @@ def _group_matmul(x: np.ndarray, w: np.ndarray, g: ActGroup) -> np.ndarray:
 
 
 def _exact_kernels(tensors) -> tuple[tuple[int, int, object], ...]:
-    """Bit-exact llama.cpp kernels for the parts of a fused matrix, or () if a part has none yet
-    (then the approximate `groups` rounding is used for the whole matrix)."""
+    """Bit-exact llama.cpp kernels for the parts of a fused matrix, or () if a part has none (then
+    the whole matrix takes the approximate `groups` rounding: right formats, float32 sums).
+
+    Exact kernels exist for the weight types of the two default models (Q4_1, Q5_0, Q8_0, Q4_K,
+    Q6_K), each checked against llama.cpp's own tensors. Other types take other ggml kernels on
+    AVX2 (Q4_0 and IQ4_NL are repacked, F16 goes through tinyBLAS) that are not reproduced yet."""
     out, row = [], 0
     for t in tensors:
         n_out, n_in = t.shape[0], t.shape[-1]
         if t.qtype == QT.F32:
             kernel = None
-        elif t.qtype.name in ("Q8_0", "Q4_0", "Q5_0", "Q4_1", "Q5_1"):
+        elif t.qtype.name in ("Q8_0", "Q5_0", "Q4_1"):
             kernel = ggml_numerics.block_matrix(t.qtype.name, np.asarray(t.data).reshape(-1), n_out, n_in)
         elif t.qtype.name in ("Q4_K", "Q6_K"):
             kernel = ggml_numerics.superblock_matrix(t.qtype.name, np.asarray(t.data).reshape(-1), n_out, n_in)

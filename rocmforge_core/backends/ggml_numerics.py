@@ -73,8 +73,8 @@ def quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 class BlockMatrix:
     """A weight matrix whose rows are 32-wide integer blocks with one scale (and offset) per block.
 
-    Holds what ggml's dot kernels read from Q8_0, Q4_0, Q5_0, Q4_1 and Q5_1 blocks: the integer
-    weights (unsigned 0..15/31 with an offset m for the _1 types, signed for the _0 types), laid out
+    Holds what ggml's dot kernels read from Q8_0, Q5_0 and Q4_1 blocks: the integer weights
+    (signed for the _0 types; unsigned 0..15 with an offset m per block for Q4_1), laid out
     (n_in / 4, n_out, 4) so that one batched matrix product gives every lane sum at once.
     """
 
@@ -106,18 +106,20 @@ class BlockMatrix:
 
         Per block: the 32 products are summed as 8 int32 lanes of 4 (exact), each lane converted to
         float and accumulated with one FMA by the float32 product of the two block scales; the 8
-        lanes are added at the end (hsum_float_8). Q4_1/Q5_1 add sum(m * s) over blocks, FMA-chained.
+        lanes are added at the end (hsum_float_8). Q4_1 adds sum(m * s) over blocks, FMA-chained.
         """
         T = x.shape[0]
         nb = self.n_in // 32
         q, d, s = quantize_q8(x)
         lane_sums = np.matmul(self.lanes, q.reshape(T, -1, 4).transpose(1, 2, 0))  # (n_in/4, n_out, T)
         lane_sums = lane_sums.reshape(nb, 8, self.n_out, T)
-        acc = np.zeros((8, self.n_out, T), F64)
+        acc = np.zeros((8, self.n_out, T), F32)
+        prod = np.empty((8, self.n_out, T), F64)
         for b in range(nb):
-            scale = (self.scales[:, b, None] * d[None, :, b]).astype(F64)  # float32 product
-            acc = (scale * lane_sums[b] + acc).astype(F32).astype(F64)
-        out = hsum8(np.moveaxis(acc.astype(F32), 0, -1))  # (n_out, T)
+            scale = self.scales[:, b, None] * d[None, :, b]  # float32 product
+            np.multiply(scale, lane_sums[b], out=prod, dtype=F64)  # exact
+            np.add(prod, acc, out=acc, casting="unsafe")  # one rounding to float32: the FMA
+        out = hsum8(np.moveaxis(acc, 0, -1))  # (n_out, T)
         if self.mins is not None:
             summs = np.zeros((self.n_out, T), F32)
             for b in range(nb):
@@ -127,32 +129,23 @@ class BlockMatrix:
 
 
 def block_matrix(qtype_name: str, raw: np.ndarray, n_out: int, n_in: int) -> BlockMatrix:
-    """Unpack the raw bytes of a Q8_0/Q4_0/Q5_0/Q4_1/Q5_1 tensor (n_out rows of n_in) into a BlockMatrix."""
+    """Unpack the raw bytes of a Q8_0, Q5_0 or Q4_1 tensor (n_out rows of n_in) into a BlockMatrix."""
     nb = n_in // 32
     blocks = np.asarray(raw, np.uint8).reshape(n_out, nb, -1)
     scales = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(F32)
     mins = None
     if qtype_name == "Q8_0":
         ints = blocks[..., 2:34].view(np.int8).astype(np.int16)
-    elif qtype_name in ("Q4_0", "Q4_1"):
-        off = 2 if qtype_name == "Q4_0" else 4
-        qs = blocks[..., off:off + 16]
+    elif qtype_name == "Q4_1":
+        mins = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(F32)
+        qs = blocks[..., 4:20]
         ints = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int16)  # elements 0..15, 16..31
-        if qtype_name == "Q4_0":
-            ints -= 8
-        else:
-            mins = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(F32)
-    elif qtype_name in ("Q5_0", "Q5_1"):
-        off = 2 if qtype_name == "Q5_0" else 4
-        qh = blocks[..., off:off + 4].copy().view("<u4")[..., 0]
-        qs = blocks[..., off + 4:off + 20]
+    elif qtype_name == "Q5_0":
+        qh = blocks[..., 2:6].copy().view("<u4")[..., 0]
+        qs = blocks[..., 6:22]
         low = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int16)
         high = ((qh[..., None] >> np.arange(32, dtype=np.uint32)) & 1).astype(np.int16) << 4
-        ints = low | high
-        if qtype_name == "Q5_0":
-            ints -= 16
-        else:
-            mins = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(F32)
+        ints = (low | high) - 16
     else:
         raise ValueError(f"no 32-block integer kernel for {qtype_name}")
     return BlockMatrix(ints.reshape(n_out, n_in), scales, mins)

@@ -46,6 +46,9 @@ print(json.dumps({"pp": statistics.median(pp), "tg": statistics.median(tg),
 """
 
 
+TABLE_HEADING = "## Generation speed vs llama.cpp (CPU)"
+
+
 def cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -64,6 +67,7 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--numerics", default="float32", help="rocmforge's CPU numerics (float32 or llama.cpp)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "BENCHMARKS.md"))
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -71,23 +75,37 @@ def main() -> int:
 
     ours = json.loads(subprocess.run(
         [sys.executable, "-m", "rocmforge_cli", "bench", args.model, "-p", str(args.p), "-n", str(args.n),
-         "-r", str(args.r), "--backend", args.backend, "--json"],
+         "-r", str(args.r), "--backend", args.backend, "--numerics", args.numerics, "--json"],
         check=True, capture_output=True, text=True).stdout)
     theirs = json.loads(subprocess.run(
         [args.llama_python, "-c", LLAMA_SIDE, ours["model"], str(args.p), str(args.n), str(args.r),
          str(threads)], check=True, capture_output=True, text=True).stdout)
 
     pp_ours, tg_ours = ours["pp"]["tokens_per_s"], ours["tg"]["tokens_per_s"]
+    backend = ours["backend"] + ("" if args.numerics == "float32" else f", {args.numerics} numerics")
     row = (f"| {datetime.date.today().isoformat()} | {cpu_name()}, {threads} threads | "
-           f"{Path(ours['model']).name} | {ours['backend']} | pp{args.p}: {pp_ours:.1f} | "
+           f"{Path(ours['model']).name} | {backend} | pp{args.p}: {pp_ours:.1f} | "
            f"pp{args.p}: {theirs['pp']:.1f} | **{pp_ours / theirs['pp']:.2f}x** | "
            f"tg{args.n}: {tg_ours:.1f} | tg{args.n}: {theirs['tg']:.1f} | **{tg_ours / theirs['tg']:.2f}x** | "
            f"llama-cpp-python {theirs['version']} |")
     print(row)
     if not args.no_write:
-        with open(args.out, "a") as f:
-            f.write(row + "\n")
+        add_row(Path(args.out), row)
     return 0
+
+
+def add_row(path: Path, row: str) -> None:
+    """Insert the row after the last row of the "vs llama.cpp (CPU)" table (or append if none)."""
+    lines = path.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(TABLE_HEADING)), None)
+    if start is None:
+        lines.append(row)
+    else:
+        i = next(i for i in range(start, len(lines)) if lines[i].startswith("|"))
+        while i < len(lines) and lines[i].startswith("|"):
+            i += 1
+        lines.insert(i, row)
+    path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -384,7 +384,11 @@ class CpuBackend:
                         scale: float, window: int | None) -> np.ndarray:
         """Attention with llama.cpp's arithmetic (no flash attention): for each sequence, its
         queries against cache cells 0.. (cell = position), f16 K.Q, softmax, f16 V.P. A single query
-        takes ggml's vector dot kernel, several take tinyBLAS (they round differently)."""
+        takes ggml's vector dot kernel, several take tinyBLAS (they round differently).
+
+        Cell = position holds for one sequence in llama.cpp's cache from an empty start; its
+        sliding-window cache reuses cells once a sequence outgrows the window, which is not
+        reproduced (the sums would group other cells together)."""
         n_heads, hd = q.shape[1], q.shape[2]
         group = n_heads // cache.n_kv_heads
         out = np.empty((q.shape[0], n_heads * hd), np.float32)

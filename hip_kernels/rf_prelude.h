@@ -73,6 +73,13 @@ typedef int int32_t;
 
 #define RF_DEV static __device__ __forceinline__
 
+// Full unrolling of a constant-count loop, so arrays indexed by its counter stay in registers.
+#if defined(RF_PLATFORM_HOST)
+#define RF_UNROLL
+#else
+#define RF_UNROLL _Pragma("unroll")
+#endif
+
 // A "minus infinity" that needs no math header: expf of it minus anything finite is exactly 0.
 #define RF_NEG_BIG (-3.0e38f)
 
@@ -123,21 +130,51 @@ RF_DEV uint32_t rf_load_u32(const uint8_t* p) {
 RF_DEV float rf_load_half(const uint8_t* p) { return rf_half2float(rf_load_u16(p)); }
 
 // ---------------------------------------------------------------- int8 dot product
-// Four int8 lanes of a and b multiplied and added to c. Hardware where it exists (__dp4a on NVIDIA,
-// v_dot4_i32_i8 on the CDNA parts that have it), a portable byte loop everywhere else (RDNA2 and
-// the host emulation).
+// Four int8 lanes of a and b multiplied and added to c. The hardware instruction per target:
+// __dp4a on NVIDIA; v_dot4_i32_i8 (sdot4) on GCN5/CDNA (gfx906, gfx908, gfx90a, gfx94x, gfx950) and
+// RDNA2 (gfx103x); RDNA3/4 (gfx11xx, gfx12xx) have only the mixed-sign form (sudot4, both signed here).
+// A portable byte loop everywhere else (older parts and the host emulation).
+#if defined(RF_PLATFORM_HIP) && (defined(__gfx906__) || defined(__gfx908__) || defined(__gfx90a__) || \
+    defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__) || defined(__gfx950__) ||       \
+    defined(__gfx1030__) || defined(__gfx1031__) || defined(__gfx1032__) || defined(__gfx1034__) ||   \
+    defined(__gfx1035__) || defined(__gfx1036__))
+#define RF_DOT4_SDOT4 1
+#elif defined(RF_PLATFORM_HIP) && (defined(__gfx1100__) || defined(__gfx1101__) || defined(__gfx1102__) || \
+    defined(__gfx1103__) || defined(__gfx1150__) || defined(__gfx1151__) || defined(__gfx1200__) ||         \
+    defined(__gfx1201__))
+#define RF_DOT4_SUDOT4 1  // guarded: ROCm 5.2's compiler (our CI) builds neither of these targets
+#endif
+
 RF_DEV int rf_dot4_i8(int a, int b, int c) {
 #if defined(RF_PLATFORM_CUDA)
     return __dp4a(a, b, c);
-#elif defined(RF_PLATFORM_HIP) && (defined(__gfx906__) || defined(__gfx908__) || defined(__gfx90a__) || \
-                                   defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__))
+#elif defined(RF_DOT4_SDOT4)
     return __builtin_amdgcn_sdot4(a, b, c, false);
+#elif defined(RF_DOT4_SUDOT4)
+    return __builtin_amdgcn_sudot4(true, a, true, b, c, false);
 #else
     for (int i = 0; i < 4; ++i) {
         c += (int)(int8_t)((a >> (8 * i)) & 0xff) * (int)(int8_t)((b >> (8 * i)) & 0xff);
     }
     return c;
 #endif
+}
+
+// ---------------------------------------------------------------- 16-byte loads
+// One 16-byte load per lane is what streams memory at full speed on every vendor; the pointer must be
+// 16-byte aligned (the repacked weight layout and the q8 activation rows guarantee it).
+struct __attribute__((aligned(16))) rf_u32x4 { uint32_t x, y, z, w; };
+
+RF_DEV rf_u32x4 rf_load16(const void* p) {
+#if defined(RF_PLATFORM_HOST)
+    rf_u32x4 v; memcpy(&v, p, 16); return v;
+#else
+    return *(const rf_u32x4*)p;
+#endif
+}
+
+RF_DEV uint32_t rf_u4_at(const rf_u32x4& v, int k) {  // k must be a compile-time constant after unrolling
+    return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
 }
 
 // ---------------------------------------------------------------- reductions

@@ -28,6 +28,7 @@ import numpy as np
 
 from rocmforge_core.backends.cpu import RopeSpec
 from rocmforge_core.errors import BadInputError, UnsupportedModelError
+from rocmforge_core.gpu import mvq
 from rocmforge_core.gpu.runtime import GpuError, GpuRuntime, PackedArgs
 from rocmforge_core.kv_cache import KVCache
 
@@ -62,20 +63,28 @@ SIGNATURES = {
     "softmax_f32": ("p", "p", "i32"),
     "argmax_f32": ("p", "p", "i32"),
     "dot4_i8_rows": ("p", "p", "p", "i32", "i32"),
-    "quantize_q8": ("p", "p", "p", "i32"),
-    "mv_q8_0_q8": ("p", "i64", "p", "p", "p", "i32", "i32", "i32"),
+    "mvq": ("p", "i32", "i32", "p", "p", "p", "i32", "p", "p", "i32", "i32"),
+    "get_rows_split": ("p", "i32", "i32", "p", "p", "f32"),
+    "repack_blocks": ("p", "p", "i64", "i32", "i32", "i32"),
+    "quantize_q8": ("p", "i32", "p", "p", "i32"),
+    "rms_norm_q8": ("p", "p", "p", "i32", "f32", "p", "p"),
 }
 KERNEL_FILES = {
     "rms_norm_f32": "norm", "add_f32": "elementwise", "scale_f32": "elementwise",
     "softcap_f32": "elementwise", "copy2d_f32": "elementwise", "gather_rows_f32": "elementwise",
     "dot4_i8_rows": "elementwise", "swiglu_f32": "activation", "geglu_f32": "activation",
     "rope_f32": "rope", "kv_append_f32": "rope", "rope_kv_append_f32": "rope", "attn_f32": "attention",
-    "softmax_f32": "softmax", "argmax_f32": "softmax", "quantize_q8": "mv_q", "mv_q8_0_q8": "mv_q",
+    "softmax_f32": "softmax", "argmax_f32": "softmax", "quantize_q8": "mmvq", "rms_norm_q8": "mmvq",
+    "repack_blocks": "mmvq",
 }
 
 
 def _signature(kernel: str) -> tuple[str, ...]:
-    if kernel.startswith("mv_") and kernel != "mv_q8_0_q8":
+    if kernel.startswith("mvq_"):
+        return SIGNATURES["mvq"]
+    if kernel.startswith("get_rows_split_"):
+        return SIGNATURES["get_rows_split"]
+    if kernel.startswith("mv_"):
         return SIGNATURES["mv"]
     if kernel.startswith("get_rows_"):
         return SIGNATURES["get_rows"]
@@ -83,8 +92,10 @@ def _signature(kernel: str) -> tuple[str, ...]:
 
 
 def _kernel_file(kernel: str) -> str:
+    if kernel.startswith(("mvq_", "get_rows_split_")):
+        return "mmvq"
     for prefix in ("mv_", "get_rows_"):
-        if kernel.startswith(prefix) and kernel != "mv_q8_0_q8":
+        if kernel.startswith(prefix):
             suffix = kernel[len(prefix):]
             return next(f for s, f in WEIGHT_KERNELS.values() if s == suffix)
     return KERNEL_FILES[kernel]
@@ -157,7 +168,7 @@ _F32 = np.dtype(np.float32)
 class DeviceArray:
     """A contiguous device array (float32 unless said otherwise). `block` keeps the memory alive."""
 
-    __slots__ = ("ops", "ptr", "shape", "dtype", "block", "size", "__weakref__")
+    __slots__ = ("ops", "ptr", "shape", "dtype", "block", "size", "q8", "__weakref__")
 
     def __init__(self, ops: "GpuOps", ptr: int, shape: tuple[int, ...], dtype=_F32, block: Any = None):
         # Built for every op output: plain-int arithmetic only (numpy scalar math costs microseconds).
@@ -165,6 +176,7 @@ class DeviceArray:
         self.dtype = dtype if dtype is _F32 else np.dtype(dtype)
         self.block = block
         self.size = math.prod(self.shape)
+        self.q8 = None  # (xq, xd): the same rows quantized to 8 bits, when the producer made them
 
     @property
     def nbytes(self) -> int:
@@ -231,6 +243,8 @@ class _Part:
     n_in: int
     row_bytes: int
     col_off: int
+    type_name: str = ""
+    split: bool = False  # blocks split into [bulk | meta] for the int8 mat-vec (gpu/mvq.py)
 
 
 @dataclass
@@ -377,6 +391,9 @@ class GpuOps:
         # Decode through captured graphs (see the module docstring); `_graph` is the step being
         # warmed up or captured: ops then draw memory from its pool and read its input buffers.
         self.use_graphs = os.environ.get("ROCMFORGE_GPU_GRAPHS", "1") != "0"
+        # Projections read 8-bit activations (gpu/mvq.py) for the weight types that have the int8
+        # mat-vec; ROCMFORGE_GPU_Q8=0 keeps every product in float32 (the CPU's arithmetic, to 1e-5).
+        self.q8_activations = os.environ.get("ROCMFORGE_GPU_Q8", "1") != "0"
         self._graph: DecodeGraph | None = None
         self.graph_failures: list[str] = []  # why a capture fell back to op-by-op (for diagnostics)
         dev = rt.device
@@ -477,8 +494,9 @@ class GpuOps:
                 raise BadInputError(f"{name} has {k} inputs, the fused weights before it {n_in}")
             n_in = k
             raw = np.ascontiguousarray(np.asarray(info.data).reshape(-1).view(np.uint8))
-            block = self.upload(raw)
-            parts.append(_Part(block, kname[0], n_out, k, raw.nbytes // n_out, off))
+            split = self.q8_activations and mvq.splits(info.qtype.name, k)
+            block = mvq.split_on_device(self, raw, info.qtype.name) if split else self.upload(raw)
+            parts.append(_Part(block, kname[0], n_out, k, raw.nbytes // n_out, off, info.qtype.name, split))
             off += n_out
         bias = None
         if bias_names:
@@ -499,9 +517,13 @@ class GpuOps:
         part = table.parts[0]
         ids = self.upload_cached("tokens", np.asarray(tokens).reshape(-1))
         out = self.empty((len(ids), table.n_in))
-        items = (table.n_in + 31) // 32
-        self.launch(f"get_rows_{part.kernel}", (len(ids),), self.threads(min(items, 128)),
-                    part.block.ptr, part.row_bytes, ids.ptr, out.ptr, table.n_in, 1.0)
+        block = self.threads(min((table.n_in + 31) // 32, 128))
+        if part.split:
+            self.launch(f"get_rows_split_{part.kernel}", (len(ids),), block, part.block.ptr, part.n_out,
+                        table.n_in, ids.ptr, out.ptr, 1.0)
+        else:
+            self.launch(f"get_rows_{part.kernel}", (len(ids),), block, part.block.ptr, part.row_bytes, ids.ptr,
+                        out.ptr, table.n_in, 1.0)
         return out
 
     def matmul(self, x: DeviceArray, lin: GpuLinear):
@@ -519,8 +541,13 @@ class GpuOps:
         rows = x.size // lin.n_in
         block = self.threads(min(4 * self.warp, self.max_threads))
         per_block = max(1, block // self.warp)
+        q8 = x.q8
         for p in lin.parts:
             bias = lin.bias.ptr + 4 * p.col_off if lin.bias is not None else 0
+            if p.split:
+                q8 = q8 or mvq.quantize(self, x.reshape(rows, lin.n_in))
+                mvq.launch(self, p, q8, rows, y.ptr + 4 * p.col_off, lin.n_out, bias)
+                continue
             grid = ((p.n_out + per_block - 1) // per_block, (rows + MV_ROWS_PER_PASS - 1) // MV_ROWS_PER_PASS)
             self.launch(f"mv_{p.kernel}", grid, block, p.block.ptr, p.row_bytes, x.ptr, lin.n_in,
                         y.ptr + 4 * p.col_off, lin.n_out, bias, p.n_in, p.n_out, rows)
@@ -528,6 +555,13 @@ class GpuOps:
     def rms_norm(self, x: DeviceArray, weight: DeviceArray, eps: float) -> DeviceArray:
         n = x.shape[-1]
         y = self.empty(x.shape)
+        if self.q8_activations and x.ndim == 2 and n % mvq.Q8_BLOCK == 0:
+            # The projection after a norm reads 8-bit activations: quantize them in the same kernel.
+            xq, xd = self.empty(x.shape, np.int8), self.empty((x.shape[0], n // mvq.Q8_BLOCK, 2))
+            self.launch("rms_norm_q8", (x.shape[0],), self.threads(min(max(n // mvq.Q8_BLOCK, 32), 256)),
+                        x.ptr, y.ptr, weight.ptr, n, eps, xq.ptr, xd.ptr)
+            y.q8 = (xq, xd)
+            return y
         self.launch("rms_norm_f32", (x.size // n,), self.threads(min(n, 256)), x.ptr, y.ptr, weight.ptr, n, eps)
         return y
 

@@ -66,6 +66,20 @@ def rt(backend_name):
 
 @pytest.fixture(scope="session")
 def ops(rt):
+    """GPU ops with every product in float32: the CPU backend's arithmetic up to summation order,
+    which the float-reference tests hold to 1e-4."""
     from rocmforge_core.backends.gpu import GpuOps
 
-    return GpuOps(rt)
+    ops = GpuOps(rt)
+    ops.q8_activations = False
+    return ops
+
+
+@pytest.fixture(scope="session")
+def ops_q8(rt):
+    """GPU ops as users run them: 8-bit activations for the weight types of the int8 mat-vec."""
+    from rocmforge_core.backends.gpu import GpuOps
+
+    ops = GpuOps(rt)
+    ops.q8_activations = True
+    return ops

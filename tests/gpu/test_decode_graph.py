@@ -15,7 +15,7 @@ import pytest
 from rocmforge_core.backends.gpu import GpuOps
 from rocmforge_core.gguf_file import GGUFFile
 from rocmforge_core.models import load_model
-from test_model_gpu import GPU_CASES, LOGIT_TOL, cpu_model, rel_err
+from test_model_gpu import GPU_CASES, LOGIT_TOL, Q8_LOGIT_TOL, cpu_model, rel_err
 from test_models_random import VOCAB, make_tiny_model
 
 # One model per architecture; gemma3's window of 4 is crossed by the positions decoded below.
@@ -32,17 +32,23 @@ def case(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def op_by_op(rt):
+def op_by_op(rt, numerics):
     ops = GpuOps(rt)
-    ops.use_graphs = False
+    ops.use_graphs, ops.q8_activations = False, numerics == "q8"
     return ops
 
 
 @pytest.fixture(scope="module")
-def graphed(rt):
+def graphed(rt, numerics):
     ops = GpuOps(rt)
-    ops.use_graphs = True
+    ops.use_graphs, ops.q8_activations = True, numerics == "q8"
     return ops
+
+
+@pytest.fixture(scope="module", params=["f32", "q8"])
+def numerics(request) -> str:
+    """Graphs must replay exactly what op by op computes, with float32 and with 8-bit activations."""
+    return request.param
 
 
 def captured(ops, cache) -> list[int]:
@@ -95,7 +101,7 @@ def test_batched_graph_equals_op_by_op_and_cpu(case, op_by_op, graphed):
     assert captured(graphed, cache) == [1, 2, 3], name
     for i, (r, e, g) in enumerate(zip(ref, eager, graph)):
         assert np.array_equal(g, e), (name, i)
-        assert rel_err(g, r) < LOGIT_TOL, (name, i)
+        assert rel_err(g, r) < (Q8_LOGIT_TOL if graphed.q8_activations else LOGIT_TOL), (name, i)
 
 
 def test_graphs_live_with_their_cache(rt, case):

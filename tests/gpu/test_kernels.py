@@ -229,26 +229,3 @@ def test_int8_dot_helper(ops, request):
     ops.launch("dot4_i8_rows", ((37 + t - 1) // t,), t, da.ptr, db.ptr, out.ptr, 9, 37)
     ref = (a.astype(np.int64) * b).sum(axis=1)
     assert np.array_equal(ops.to_host(out), ref)
-
-
-def test_q8_activation_path(ops, request):
-    """quantize_q8 + mv_q8_0_q8 (the int8-dot mat-vec) against numpy on the same quantized x."""
-    rng = rng_for(request)
-    n_out, n_in, rows = 45, 160, 3
-    lin, w = weight(ops, QT.Q8_0, n_out, n_in, rng)
-    x = rng.standard_normal((rows, n_in)).astype(np.float32)
-    xq = ops.empty((rows, n_in), np.int8)
-    xd = ops.empty((rows, n_in // 32))
-    n_blocks = rows * n_in // 32
-    dx = ops.upload(x)
-    t = ops.threads(64)
-    ops.launch("quantize_q8", ((n_blocks + t - 1) // t,), t, dx.ptr, xq.ptr, xd.ptr, n_blocks)
-    y = poisoned(ops, (rows, n_out))
-    per_block = ops.threads(4 * ops.warp) // ops.warp
-    ops.launch("mv_q8_0_q8", ((n_out + per_block - 1) // per_block, rows), ops.threads(4 * ops.warp),
-               lin.parts[0].block.ptr, lin.parts[0].row_bytes, xq.ptr, xd.ptr, y.ptr, n_out, n_in, n_out)
-    d = np.abs(x.reshape(rows, -1, 32)).max(axis=2) / 127
-    q = np.rint(x.reshape(rows, -1, 32) / np.where(d > 0, d, 1)[..., None])
-    assert np.array_equal(ops.to_host(xq).reshape(rows, -1, 32), q.astype(np.int8))
-    xr = (q * d[..., None]).reshape(rows, n_in)
-    assert rel_err(ops.to_host(y), xr @ w.T) < F32_BOUND

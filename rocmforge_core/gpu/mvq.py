@@ -1,0 +1,83 @@
+"""The int8-activation mat-vec (hip_kernels/mmvq.hip): weight repacking at load, activation
+quantization, and the launch geometry.
+
+Weights of the types below are split at load, on the device, into [bulk | meta] (the quants of every
+block, then the scales), the same bytes as the file's. Activations are quantized to blocks of 32 int8
+values once per producer (the norm before a projection does it in the same kernel), and every weight
+row is an integer dot product of 16-byte loads. Other weight types keep the float mat-vec.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# GGUF type -> (values per block, bytes per block, first bulk byte, bulk bytes); as in mmvq.hip.
+SPLIT_TYPES = {
+    "Q4_0": (32, 18, 2, 16), "Q4_1": (32, 20, 4, 16), "Q5_0": (32, 22, 6, 16), "Q5_1": (32, 24, 8, 16),
+    "Q8_0": (32, 34, 2, 32), "Q4_K": (256, 144, 16, 128), "Q5_K": (256, 176, 48, 128),
+    "Q6_K": (256, 210, 0, 192),
+}
+ITEMS_PER_BLOCK = {32: 1, 256: 8}
+COLUMN_BUCKETS = (1, 2, 4, 8)  # activation rows per launch: kernels mvq_<type>_<n>
+Q8_BLOCK = 32
+THREADS = 128
+
+
+def splits(type_name: str, n_in: int) -> bool:
+    """Whether a weight of this type and row length takes the int8 path."""
+    spec = SPLIT_TYPES.get(type_name)
+    return spec is not None and n_in % spec[0] == 0
+
+
+def split_on_device(ops, raw: np.ndarray, type_name: str) -> Any:
+    """Upload raw GGUF blocks and split them into [bulk | meta] on the device; returns the new array.
+    The raw copy lives in a staging allocation of its own, freed at once, so loading leaves nothing
+    but the split weights behind."""
+    qk, block_bytes, at, bulk = SPLIT_TYPES[type_name]
+    out = ops.empty((raw.nbytes,), np.uint8)
+    rt = ops.rt
+    staged = rt.alloc(raw.nbytes)
+    try:
+        rt.copy_htod(staged, raw, raw.nbytes, ops.stream)
+        n_blocks = raw.nbytes // block_bytes
+        t = ops.threads(256)
+        ops.launch("repack_blocks", ((n_blocks + t - 1) // t,), t, staged, out.ptr, n_blocks, block_bytes, at, bulk)
+        rt.stream_synchronize(ops.stream)
+    finally:
+        rt.free(staged)
+    return out
+
+
+def quantize(ops, x, ldx: int | None = None) -> tuple[Any, Any]:
+    """Rows of x (n_rows, n) -> (xq int8 (n_rows, n), xd float32 (n_rows, n / 32, 2))."""
+    n = x.shape[-1]
+    rows = x.size // n if ldx is None else x.shape[0]
+    xq = ops.empty((rows, n), np.int8)
+    xd = ops.empty((rows, n // Q8_BLOCK, 2))
+    block = ops.threads(min(max(n // Q8_BLOCK, 1), 256))
+    ops.launch("quantize_q8", (rows,), block, x.ptr, ldx or n, xq.ptr, xd.ptr, n)
+    return xq, xd
+
+
+def lanes_per_row(ops, n_items: int) -> int:
+    """The largest power of two <= the row's items, capped at the warp: short rows share a warp."""
+    lpr = 1
+    while lpr * 2 <= min(n_items, ops.warp):
+        lpr *= 2
+    return lpr
+
+
+def launch(ops, part, q8: tuple[Any, Any], rows: int, y_ptr: int, ldy: int, bias_ptr: int = 0,
+           res_ptr: int = 0) -> None:
+    """y[r, col_off + i] = part[i, :] . x[r, :] (+ bias) (+ res) for every activation row r."""
+    qk = SPLIT_TYPES[part.type_name][0]
+    n_items = part.n_in // qk * ITEMS_PER_BLOCK[qk]
+    lpr = lanes_per_row(ops, n_items)
+    block = ops.threads(THREADS)
+    nc = next((c for c in COLUMN_BUCKETS if c >= rows), COLUMN_BUCKETS[-1])
+    grid = ((part.n_out * lpr + block - 1) // block, (rows + nc - 1) // nc)
+    xq, xd = q8
+    ops.launch(f"mvq_{part.kernel}_{nc}", grid, block, part.block.ptr, part.n_out, part.n_in, xq.ptr, xd.ptr,
+               y_ptr, ldy, bias_ptr, res_ptr, rows, lpr)

@@ -1,0 +1,120 @@
+"""The int8-activation mat-vec (hip_kernels/mmvq.hip, rocmforge_core/gpu/mvq.py) against numpy.
+
+Two references per case, on fresh random blocks at awkward shapes (rows that are not a multiple of
+the launch's column bucket, output counts not a multiple of the block, rows shorter than a warp):
+  - exact arithmetic on the same 8-bit activations: the kernel's only freedom is float32 summation
+    order, so 2e-5 of the largest output (as for the float mat-vec);
+  - float activations (what the CPU backend computes): rounding moves each value by at most 1/254 of
+    its block's largest |x|, so by Cauchy-Schwarz each output moves by at most ||W row|| times the
+    norm of those per-value bounds (a hard bound, not a statistical one), plus float32 slack.
+Every output buffer is poisoned with NaN first, so an element the kernel fails to write fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+
+from gguf_factory import random_blocks
+from rocmforge_core.backends.gpu import GpuLinear, WEIGHT_KERNELS, _Part
+from rocmforge_core.gpu import mvq
+from rocmforge_core.quants import dequantize
+from test_kernels import F32_BOUND, poisoned, rel_err, rng_for
+
+TYPES = [QT[name] for name in mvq.SPLIT_TYPES]
+
+
+def split_weight(ops_q8, qtype: QT, n_out: int, n_in: int, rng) -> tuple[GpuLinear, np.ndarray]:
+    raw = random_blocks(qtype, (n_out, n_in), rng, scale=0.05)
+    ref = dequantize(raw, qtype, (n_out, n_in)).astype(np.float64)
+    flat = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    block = mvq.split_on_device(ops_q8, flat, qtype.name)
+    part = _Part(block, WEIGHT_KERNELS[qtype.name][0], n_out, n_in, flat.nbytes // n_out, 0, qtype.name, True)
+    return GpuLinear([part], n_out, n_in), ref
+
+
+def q8_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """numpy's version of quantize_q8: per 32 values d = max|x| / 127, q = rint(x * (127 / max|x|))."""
+    blocks = x.reshape(x.shape[0], -1, 32)
+    amax = np.abs(blocks).max(axis=2)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.rint(blocks * inv[..., None]).astype(np.int8)
+    return q, (amax / np.float32(127)).astype(np.float32)
+
+
+def q8_error_bound(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(rows, n_out) bound on |x_q8 @ w.T - x @ w.T| from the per-value rounding bound amax / 254."""
+    amax = np.abs(x.astype(np.float64).reshape(x.shape[0], -1, 32)).max(axis=2)
+    per_row = np.sqrt(32 * ((amax / 254) ** 2).sum(axis=1))  # (rows,) norm of the rounding bounds
+    return per_row[:, None] * np.linalg.norm(w, axis=1)[None, :] * 1.0001
+
+
+def shapes(qtype: QT):
+    qk = mvq.SPLIT_TYPES[qtype.name][0]
+    return [(37, qk * 3), (5, qk), (130, qk * 13 if qk == 32 else qk * 2)]
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
+def test_int8_matvec(ops_q8, qtype, request):
+    ops = ops_q8
+    rng = rng_for(request)
+    for n_out, n_in in shapes(qtype):
+        lin, w = split_weight(ops_q8, qtype, n_out, n_in, rng)
+        for rows in (1, 3, 8, 11):  # buckets 1, 4, 8 and 8 + a partial 4
+            x = rng.standard_normal((rows, n_in)).astype(np.float32)
+            y = poisoned(ops_q8, (rows, n_out))
+            ops.matmul_into(ops.upload(x), lin, y)
+            got = ops.to_host(y)
+            q, d = q8_reference(x)
+            xr = (q.astype(np.float64) * d[..., None]).reshape(rows, n_in)
+            where = f"{qtype.name} {n_out}x{n_in} rows={rows}"
+            assert rel_err(got, xr @ w.T) < F32_BOUND, where
+            ref = x.astype(np.float64) @ w.T
+            assert np.all(np.abs(got - ref) <= q8_error_bound(x, w) + F32_BOUND * np.abs(ref).max()), where
+
+
+def test_quantize_matches_numpy(ops_q8, request):
+    ops = ops_q8
+    rng = rng_for(request)
+    x = rng.standard_normal((5, 320)).astype(np.float32) * 3
+    x[2, :32] = 0  # an all-zero block: d = 0, q = 0
+    xq, xd = mvq.quantize(ops_q8, ops.upload(x))
+    q, d = q8_reference(x)
+    assert np.array_equal(ops.to_host(xq).reshape(q.shape), q)
+    ds = ops.to_host(xd)
+    assert np.array_equal(ds[..., 0], d)
+    assert np.allclose(ds[..., 1], d * q.astype(np.float32).sum(axis=2), rtol=1e-6, atol=0)
+
+
+def test_rms_norm_also_quantizes(ops_q8, request):
+    ops = ops_q8
+    rng = rng_for(request)
+    x = rng.standard_normal((3, 576)).astype(np.float32)
+    w = rng.standard_normal(576).astype(np.float32)
+    y = ops.rms_norm(ops.upload(x), ops.upload(w), 1e-5)
+    assert y.q8 is not None
+    yh = ops.to_host(y)
+    q, d = q8_reference(yh)
+    got_q = ops.to_host(y.q8[0]).reshape(q.shape).astype(np.int16)
+    assert np.abs(got_q - q).max() <= 1 and np.mean(got_q != q) < 1e-2  # y rounded the same way, or 1 ulp off
+    assert np.allclose(ops.to_host(y.q8[1])[..., 0], d, rtol=1e-6)
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
+def test_gather_from_split_layout(ops_q8, qtype, request):
+    ops = ops_q8
+    rng = rng_for(request)
+    n_out, n_in = shapes(qtype)[0]
+    lin, w = split_weight(ops_q8, qtype, n_out, n_in, rng)
+    tokens = rng.integers(0, n_out, 9)
+    tokens[2] = n_out - 1
+    got = ops.embedding(lin, tokens)
+    assert rel_err(ops.to_host(got), w[tokens]) < 1e-6
+
+
+def test_lanes_per_row(ops_q8):
+    ops = ops_q8
+    assert mvq.lanes_per_row(ops_q8, 1) == 1
+    assert mvq.lanes_per_row(ops_q8, 18) == min(16, ops.warp)
+    assert mvq.lanes_per_row(ops_q8, 448) == ops.warp

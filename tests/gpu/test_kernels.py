@@ -18,8 +18,10 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 
 from gguf_factory import random_blocks
-from rocmforge_core.backends.cpu import CpuBackend, RopeSpec
-from rocmforge_core.backends.gpu import WEIGHT_KERNELS, GpuLinear, _Part
+from rocmforge_core.backends.cpu import CpuBackend
+from rocmforge_core.rope import RopeSpec
+from rocmforge_core.gpu.kernels import weight_kernel
+from rocmforge_core.gpu.weights import GpuLinear, WeightPart
 from rocmforge_core.kv_cache import KVCache
 from rocmforge_core.quants import dequantize
 
@@ -50,7 +52,7 @@ def weight(ops, qtype: QT, n_out: int, n_in: int, rng) -> tuple[GpuLinear, np.nd
     raw = random_blocks(qtype, (n_out, n_in), rng, scale=0.05)
     ref = dequantize(raw, qtype, (n_out, n_in)).astype(np.float64)
     block = ops.upload(np.ascontiguousarray(raw).reshape(-1).view(np.uint8))
-    part = _Part(block, WEIGHT_KERNELS[qtype.name][0], n_out, n_in, raw.reshape(n_out, -1).shape[1], 0)
+    part = WeightPart(block, weight_kernel(qtype.name), n_out, n_in, raw.reshape(n_out, -1).shape[1], 0)
     return GpuLinear([part], n_out, n_in), ref
 
 

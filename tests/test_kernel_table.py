@@ -12,7 +12,7 @@ MV = ("p", "i64", "p", "i32", "p", "i32", "p", "i32", "i32", "i32")
 GET_ROWS = ("p", "i64", "p", "p", "i32", "f32")
 # name -> (file, layout): what the ops in backends/gpu.py pack for each launch.
 EXPECTED = {
-    "rms_norm_f32": ("norm", ("p", "p", "p", "i32", "f32")),
+    "rms_norm_f32": ("norm", ("p", "i64", "i32", "p", "p", "i32", "f32")),
     "add_f32": ("elementwise", ("p", "p", "p", "i64")),
     "scale_f32": ("elementwise", ("p", "p", "i64", "f32")),
     "softcap_f32": ("elementwise", ("p", "p", "i64", "f32")),
@@ -21,9 +21,9 @@ EXPECTED = {
     "dot4_i8_rows": ("elementwise", ("p", "p", "p", "i32", "i32")),
     "swiglu_f32": ("activation", ("p", "p", "i32", "i32")),
     "geglu_f32": ("activation", ("p", "p", "i32", "i32")),
-    "rope_f32": ("rope", ("p", "p", "p", "p", "p", "i32", "i32", "i32", "i32")),
-    "kv_append_f32": ("rope", ("p", "p", "p", "p", "p", "p", "i32", "i32", "i32")),
-    "rope_kv_append_f32": ("rope", ("p",) * 8 + ("i32",) * 5),
+    "rope_f32": ("rope", ("p", "i64", "p", "p", "p", "p", "i32", "i32", "i32", "i32")),
+    "kv_append_f32": ("rope", ("p", "i64", "p", "i64", "p", "p", "p", "p", "i32", "i32", "i32")),
+    "rope_kv_append_f32": ("rope", ("p", "i64", "p", "i64") + ("p",) * 6 + ("i32",) * 5),
     "attn_f32": ("attention", ("p",) * 6 + ("i32",) * 4 + ("f32", "i32")),
     "softmax_f32": ("softmax", ("p", "p", "i32")),
     "argmax_f32": ("softmax", ("p", "p", "i32")),

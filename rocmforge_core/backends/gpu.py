@@ -6,6 +6,10 @@ lives on the device (gpu/cache.py), and activations are DeviceArrays from a stre
 numpy array, every other op stays on the device. Kernels are found by name in hip_kernels/
 (gpu/kernels.py); an op is a Python method that picks a launch shape and passes pointers and sizes.
 
+Column slices of an activation (`qkv[:, a:b]`) are strided views (DeviceArray.ld): the ops that
+consume q, k and v (matmul, rms_norm, rope, kv append) take the row stride, the others copy a view
+to contiguous rows first (`contiguous`).
+
 Per-step indices (token ids, positions, cache slots) come either as host arrays (uploaded here, once
 per distinct content) or as device int32 arrays, which the decode step (gpu/decode_step.py) passes
 so that a captured graph reads them from fixed buffers.
@@ -117,6 +121,7 @@ class GpuOps:
     def to_host(self, x) -> np.ndarray:
         if isinstance(x, np.ndarray):
             return x
+        x = self.contiguous(x)
         out = np.empty(x.shape, dtype=x.dtype)
         if out.nbytes:
             self.rt.copy_dtoh(out, x.ptr, out.nbytes, self.stream)
@@ -190,18 +195,24 @@ class GpuOps:
 
     def matmul_into(self, x: DeviceArray, lin: GpuLinear, y: DeviceArray) -> None:
         rows = x.size // lin.n_in
+        if not x.contiguous and x.row_size != lin.n_in:
+            x = self.contiguous(x)
+        ldx = lin.n_in if x.contiguous else x.ld  # the mat-vec reads activation rows ldx apart
         block = self.threads(min(4 * self.warp, self.max_threads))
         per_block = max(1, block // self.warp)
         for p in lin.parts:
             bias = lin.bias.ptr + 4 * p.col_off if lin.bias is not None else 0
             grid = ((p.n_out + per_block - 1) // per_block, (rows + MV_ROWS_PER_PASS - 1) // MV_ROWS_PER_PASS)
-            self.launch(f"mv_{p.kernel}", grid, block, p.block.ptr, p.row_bytes, x.ptr, lin.n_in,
+            self.launch(f"mv_{p.kernel}", grid, block, p.block.ptr, p.row_bytes, x.ptr, ldx,
                         y.ptr + 4 * p.col_off, lin.n_out, bias, p.n_in, p.n_out, rows)
 
     def rms_norm(self, x: DeviceArray, weight: DeviceArray, eps: float) -> DeviceArray:
         n = x.shape[-1]
+        # Rows of n, grouped `heads` to a token row of the (possibly strided) first axis.
+        heads, ldx = (1, n) if x.contiguous else (x.row_size // n, x.ld)
         y = self.empty(x.shape)
-        self.launch("rms_norm_f32", (x.size // n,), self.threads(min(n, 256)), x.ptr, y.ptr, weight.ptr, n, eps)
+        self.launch("rms_norm_f32", (x.size // n,), self.threads(min(n, 256)), x.ptr, ldx, heads, y.ptr,
+                    weight.ptr, n, eps)
         return y
 
     def _elementwise(self, kernel: str, n: int, *args) -> None:
@@ -210,11 +221,13 @@ class GpuOps:
         self.launch(kernel, (grid,), block, *args)
 
     def add(self, a: DeviceArray, b: DeviceArray) -> DeviceArray:
+        a, b = self.contiguous(a), self.contiguous(b)
         y = self.empty(a.shape)
         self._elementwise("add_f32", a.size, a.ptr, b.ptr, y.ptr, a.size)
         return y
 
     def scale(self, x: DeviceArray, s: float) -> DeviceArray:
+        x = self.contiguous(x)
         y = self.empty(x.shape)
         self._elementwise("scale_f32", x.size, x.ptr, y.ptr, x.size, float(s))
         return y
@@ -222,11 +235,13 @@ class GpuOps:
     def softcap(self, x, cap: float):
         if isinstance(x, np.ndarray):  # logits are already on the host: same formula as the CPU
             return np.tanh(x / np.float32(cap)) * np.float32(cap)
+        x = self.contiguous(x)
         y = self.empty(x.shape)
         self._elementwise("softcap_f32", x.size, x.ptr, y.ptr, x.size, float(cap))
         return y
 
     def _gated(self, kernel: str, gate_up: DeviceArray) -> DeviceArray:
+        gate_up = self.contiguous(gate_up)
         f = gate_up.shape[-1] // 2
         rows = gate_up.size // (2 * f)
         y = self.empty(gate_up.shape[:-1] + (f,))
@@ -239,13 +254,17 @@ class GpuOps:
     def geglu(self, gate_up: DeviceArray) -> DeviceArray:
         return self._gated("geglu_f32", gate_up)
 
-    def columns(self, x: DeviceArray, lo: int, hi: int) -> DeviceArray:
-        """x[:, lo:hi] as a new contiguous array."""
-        rows, cols = x.shape[0], hi - lo
-        y = self.empty((rows, cols))
+    def contiguous(self, x: DeviceArray) -> DeviceArray:
+        """x itself, or for a strided view (a column slice) a contiguous copy: for the ops whose
+        kernels read contiguous rows only."""
+        if x.contiguous:
+            return x
+        rows, cols = x.shape[0], x.row_size
+        y = self.empty(x.shape, x.dtype)
         if rows and cols:
-            self.launch("copy2d_f32", (rows,), self.threads(min(cols, 256)), x.ptr + 4 * lo, x.shape[1],
-                        y.ptr, cols, cols)
+            if x.dtype != _F32:
+                raise GpuError(f"no strided copy for {x.dtype.name} arrays")
+            self.launch("copy2d_f32", (rows,), self.threads(min(cols, 256)), x.ptr, x.ld, y.ptr, cols, cols)
         return y
 
     def take_rows(self, x: DeviceArray, idx: np.ndarray) -> DeviceArray:
@@ -253,6 +272,7 @@ class GpuOps:
         idx = np.where(idx < 0, idx + x.shape[0], idx)
         if len(idx) and np.all(np.diff(idx) == 1):
             return x.row_view(int(idx[0]), int(idx[-1]) + 1)
+        x = self.contiguous(x)
         cols = x.size // max(1, x.shape[0])
         y = self.empty((len(idx),) + x.shape[1:])
         ids = self.upload(idx.astype(np.int32))
@@ -285,8 +305,8 @@ class GpuOps:
             cos_t, sin_t = self._rope_table(spec, int(positions.max(initial=0)))
         pos = self._indices("positions", positions)
         y = self.empty(x.shape)
-        self.launch("rope_f32", (t * heads,), self.threads(min(hd, 256)), x.ptr, y.ptr, cos_t.ptr, sin_t.ptr,
-                    pos.ptr, heads, hd, spec.dim, int(spec.neox))
+        self.launch("rope_f32", (t * heads,), self.threads(min(hd, 256)), x.ptr, x.ld, y.ptr, cos_t.ptr,
+                    sin_t.ptr, pos.ptr, heads, hd, spec.dim, int(spec.neox))
         return y
 
     def attention(self, q: DeviceArray, k: DeviceArray, v: DeviceArray, cache: GpuKVCache, layer: int,
@@ -294,11 +314,12 @@ class GpuOps:
                   scale: float, window: int | None) -> DeviceArray:
         n, heads, hd = q.shape
         kv_heads = k.shape[1]
+        q = self.contiguous(q)  # k and v (N, kv_heads, hd) may be strided: kv_append takes their ld
         slot_d, pos_d = self._row_index(slots, starts, counts)
         kc, vc = cache.k[layer], cache.v[layer]
         block = self.threads(min(hd, 256))
-        self.launch("kv_append_f32", (n * kv_heads,), block, k.ptr, v.ptr, kc, vc, slot_d.ptr, pos_d.ptr,
-                    kv_heads, hd, cache.n_ctx)
+        self.launch("kv_append_f32", (n * kv_heads,), block, k.ptr, k.ld, v.ptr, v.ld, kc, vc, slot_d.ptr,
+                    pos_d.ptr, kv_heads, hd, cache.n_ctx)
         out = self.empty((n, heads * hd))
         att_block = self.threads(4 * self.warp)
         self.launch("attn_f32", (heads, n), att_block, q.ptr, kc, vc, out.ptr, slot_d.ptr, pos_d.ptr,
@@ -321,12 +342,14 @@ class GpuOps:
 
     # ---- sampling helpers (device-side)
     def softmax(self, x: DeviceArray) -> DeviceArray:
+        x = self.contiguous(x)
         n = x.shape[-1]
         y = self.empty(x.shape)
         self.launch("softmax_f32", (x.size // n,), self.threads(min(n, 256)), x.ptr, y.ptr, n)
         return y
 
     def argmax(self, x: DeviceArray) -> np.ndarray:
+        x = self.contiguous(x)
         n = x.shape[-1]
         rows = x.size // n
         out = self.empty((rows,), np.int32)

@@ -76,16 +76,30 @@ _F32 = np.dtype(np.float32)
 
 
 class DeviceArray:
-    """A contiguous device array (float32 unless said otherwise). `block` keeps the memory alive."""
+    """A device array (float32 unless said otherwise) whose first axis may be strided: rows are `ld`
+    elements apart, the rest of each row contiguous. Column slices of a 2-D array are such views
+    (`qkv[:, a:b]`: q, k and v read in place from the fused projection); the ops that consume them
+    take the stride, the others make a contiguous copy first. `block` keeps the memory alive."""
 
-    __slots__ = ("ops", "ptr", "shape", "dtype", "block", "size", "__weakref__")
+    __slots__ = ("ops", "ptr", "shape", "dtype", "block", "size", "ld", "__weakref__")
 
-    def __init__(self, ops: Any, ptr: int, shape: tuple[int, ...], dtype=_F32, block: Any = None):
+    def __init__(self, ops: Any, ptr: int, shape: tuple[int, ...], dtype=_F32, block: Any = None,
+                 ld: int | None = None):
         # Built for every op output: plain-int arithmetic only (numpy scalar math costs microseconds).
         self.ops, self.ptr, self.shape = ops, ptr, tuple(map(int, shape))
         self.dtype = dtype if dtype is _F32 else np.dtype(dtype)
         self.block = block
         self.size = math.prod(self.shape)
+        self.ld = self.row_size if ld is None else int(ld)
+
+    @property
+    def row_size(self) -> int:
+        """Elements per index of the first axis (1 for a 1-D array)."""
+        return math.prod(self.shape[1:])
+
+    @property
+    def contiguous(self) -> bool:
+        return len(self.shape) < 2 or self.shape[0] <= 1 or self.ld == self.row_size
 
     @property
     def nbytes(self) -> int:
@@ -99,7 +113,8 @@ class DeviceArray:
         return self.shape[0]
 
     def __repr__(self) -> str:
-        return f"DeviceArray(shape={self.shape}, dtype={self.dtype.name}, ptr=0x{self.ptr:x})"
+        ld = "" if self.contiguous else f", ld={self.ld}"
+        return f"DeviceArray(shape={self.shape}, dtype={self.dtype.name}{ld}, ptr=0x{self.ptr:x})"
 
     def reshape(self, *shape) -> "DeviceArray":
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -110,12 +125,21 @@ class DeviceArray:
             shape[shape.index(-1)] = self.size // max(1, known)
         if math.prod(shape) != self.size:
             raise ValueError(f"cannot reshape {self.shape} into {tuple(shape)}")
-        return DeviceArray(self.ops, self.ptr, tuple(shape), self.dtype, self)
+        if self.contiguous:
+            return DeviceArray(self.ops, self.ptr, tuple(shape), self.dtype, self)
+        if shape[0] != self.shape[0]:  # a view's rows cannot be merged or split without a copy
+            raise ValueError(f"cannot reshape the strided view {self.shape} into {tuple(shape)}")
+        return DeviceArray(self.ops, self.ptr, tuple(shape), self.dtype, self, self.ld)
 
     def row_view(self, lo: int, hi: int) -> "DeviceArray":
         """Rows lo..hi-1 along the first axis, without a copy."""
-        row = self.nbytes // max(1, self.shape[0])
-        return DeviceArray(self.ops, self.ptr + lo * row, (hi - lo,) + self.shape[1:], self.dtype, self)
+        ptr = self.ptr + lo * self.ld * self.dtype.itemsize
+        return DeviceArray(self.ops, ptr, (hi - lo,) + self.shape[1:], self.dtype, self, self.ld)
+
+    def column_view(self, lo: int, hi: int) -> "DeviceArray":
+        """Columns lo..hi-1 of a 2-D array, without a copy (rows keep their stride)."""
+        ptr = self.ptr + lo * self.dtype.itemsize
+        return DeviceArray(self.ops, ptr, (self.shape[0], hi - lo), self.dtype, self, self.ld)
 
     def __getitem__(self, key) -> "DeviceArray":
         if isinstance(key, (int, np.integer)):
@@ -129,7 +153,7 @@ class DeviceArray:
         if (isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None) and isinstance(key[1], slice)
                 and key[1].step in (None, 1) and self.ndim == 2):
             lo, hi, _ = key[1].indices(self.shape[1])
-            return self.ops.columns(self, lo, hi)
+            return self.column_view(lo, max(lo, hi))
         raise TypeError(f"DeviceArray does not support indexing with {key!r}")
 
     def numpy(self) -> np.ndarray:

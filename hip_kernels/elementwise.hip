@@ -1,5 +1,6 @@
 // Element-wise helpers of the decoder: residual add, scaling, logit soft-capping, sub-matrix copy
-// (column slices of fused projections) and row gathers of float32 activations. Grid-stride loops.
+// (a strided view made contiguous, for ops whose kernels read contiguous rows only) and row gathers
+// of float32 activations. Grid-stride loops.
 #include "rf_prelude.h"
 
 #define RF_GRID_STRIDE(i, n) \

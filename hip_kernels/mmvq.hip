@@ -307,21 +307,54 @@ RF_DEV void rf_get_rows_split(const uint8_t* __restrict__ w, int n_vocab, int n_
     }
 }
 
-#define RF_MVQ_TYPE(T, D)                                                                               \
+#define RF_SPLIT_GATHER(T, D)                                                                           \
     extern "C" __global__ void get_rows_split_##T(const uint8_t* __restrict__ w, int n_vocab, int n_in,  \
                                                   const int* __restrict__ ids, float* __restrict__ out, \
                                                   float scale) {                                        \
         rf_get_rows_split<D>(w, n_vocab, n_in, ids, out, scale);                                        \
-    }                                                                                                   \
-    RF_MVQ_KERNEL(T, D, 1) RF_MVQ_KERNEL(T, D, 2) RF_MVQ_KERNEL(T, D, 4) RF_MVQ_KERNEL(T, D, 8)
-RF_MVQ_TYPE(q4_0, MQ4_0)
-RF_MVQ_TYPE(q4_1, MQ4_1)
-RF_MVQ_TYPE(q5_0, MQ5_0)
-RF_MVQ_TYPE(q5_1, MQ5_1)
-RF_MVQ_TYPE(q8_0, MQ8_0)
-RF_MVQ_TYPE(q4_K, MQ4_K)
-RF_MVQ_TYPE(q5_K, MQ5_K)
-RF_MVQ_TYPE(q6_K, MQ6_K)
+    }
+
+// One line per instance (no macro calling another): gpu/kernels.py reads the kernel table from here.
+RF_SPLIT_GATHER(q4_0, MQ4_0)
+RF_MVQ_KERNEL(q4_0, MQ4_0, 1)
+RF_MVQ_KERNEL(q4_0, MQ4_0, 2)
+RF_MVQ_KERNEL(q4_0, MQ4_0, 4)
+RF_MVQ_KERNEL(q4_0, MQ4_0, 8)
+RF_SPLIT_GATHER(q4_1, MQ4_1)
+RF_MVQ_KERNEL(q4_1, MQ4_1, 1)
+RF_MVQ_KERNEL(q4_1, MQ4_1, 2)
+RF_MVQ_KERNEL(q4_1, MQ4_1, 4)
+RF_MVQ_KERNEL(q4_1, MQ4_1, 8)
+RF_SPLIT_GATHER(q5_0, MQ5_0)
+RF_MVQ_KERNEL(q5_0, MQ5_0, 1)
+RF_MVQ_KERNEL(q5_0, MQ5_0, 2)
+RF_MVQ_KERNEL(q5_0, MQ5_0, 4)
+RF_MVQ_KERNEL(q5_0, MQ5_0, 8)
+RF_SPLIT_GATHER(q5_1, MQ5_1)
+RF_MVQ_KERNEL(q5_1, MQ5_1, 1)
+RF_MVQ_KERNEL(q5_1, MQ5_1, 2)
+RF_MVQ_KERNEL(q5_1, MQ5_1, 4)
+RF_MVQ_KERNEL(q5_1, MQ5_1, 8)
+RF_SPLIT_GATHER(q8_0, MQ8_0)
+RF_MVQ_KERNEL(q8_0, MQ8_0, 1)
+RF_MVQ_KERNEL(q8_0, MQ8_0, 2)
+RF_MVQ_KERNEL(q8_0, MQ8_0, 4)
+RF_MVQ_KERNEL(q8_0, MQ8_0, 8)
+RF_SPLIT_GATHER(q4_K, MQ4_K)
+RF_MVQ_KERNEL(q4_K, MQ4_K, 1)
+RF_MVQ_KERNEL(q4_K, MQ4_K, 2)
+RF_MVQ_KERNEL(q4_K, MQ4_K, 4)
+RF_MVQ_KERNEL(q4_K, MQ4_K, 8)
+RF_SPLIT_GATHER(q5_K, MQ5_K)
+RF_MVQ_KERNEL(q5_K, MQ5_K, 1)
+RF_MVQ_KERNEL(q5_K, MQ5_K, 2)
+RF_MVQ_KERNEL(q5_K, MQ5_K, 4)
+RF_MVQ_KERNEL(q5_K, MQ5_K, 8)
+RF_SPLIT_GATHER(q6_K, MQ6_K)
+RF_MVQ_KERNEL(q6_K, MQ6_K, 1)
+RF_MVQ_KERNEL(q6_K, MQ6_K, 2)
+RF_MVQ_KERNEL(q6_K, MQ6_K, 4)
+RF_MVQ_KERNEL(q6_K, MQ6_K, 8)
 
 // ---------------------------------------------------------------- activations to 8 bits
 // Block of 32: d = max|x| / 127, q = round(x / d), and s = d * sum(q) (what a zero-point multiplies).

@@ -20,33 +20,38 @@ RF_DEV void rf_rope_row(const float* __restrict__ x, float* __restrict__ y, cons
     }
 }
 
-// x, y: (T, heads, hd) contiguous (y may not alias x); pos: (T,). One block per (token, head).
-extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restrict__ y,
+// x: (T, heads, hd) with tokens ldx elements apart (a column slice of a fused projection is read in
+// place); y: (T, heads, hd) contiguous, not aliasing x; pos: (T,). One block per (token, head).
+extern "C" __global__ void rope_f32(const float* __restrict__ x, long long ldx, float* __restrict__ y,
                                    const float* __restrict__ cos_tab, const float* __restrict__ sin_tab,
                                    const int* __restrict__ pos, int heads, int hd, int rot_dim, int neox) {
-    const int t = blockIdx.x / heads;
-    const long long off = (long long)blockIdx.x * hd;
+    const int t = blockIdx.x / heads, h = blockIdx.x % heads;
     const long long tab = (long long)pos[t] * (rot_dim / 2);
-    rf_rope_row(x + off, y + off, cos_tab + tab, sin_tab + tab, hd, rot_dim, neox);
+    rf_rope_row(x + (long long)t * ldx + (long long)h * hd, y + (long long)blockIdx.x * hd, cos_tab + tab,
+                sin_tab + tab, hd, rot_dim, neox);
 }
 
-// Cache layout per layer: (n_slots, kv_heads, n_ctx, hd). Row n of k/v (N, kv_heads, hd) goes to
-// slot row_slot[n], position row_pos[n]. One block per (row, kv head).
-extern "C" __global__ void kv_append_f32(const float* __restrict__ k, const float* __restrict__ v,
+// Cache layout per layer: (n_slots, kv_heads, n_ctx, hd). Row n of k/v (N, kv_heads, hd; rows ldk and
+// ldv elements apart, so slices of a fused projection are read in place) goes to slot row_slot[n],
+// position row_pos[n]. One block per (row, kv head).
+extern "C" __global__ void kv_append_f32(const float* __restrict__ k, long long ldk,
+                                        const float* __restrict__ v, long long ldv,
                                         float* __restrict__ kc, float* __restrict__ vc,
                                         const int* __restrict__ row_slot, const int* __restrict__ row_pos,
                                         int kv_heads, int hd, int n_ctx) {
     const int n = blockIdx.x / kv_heads, h = blockIdx.x % kv_heads;
-    const long long src = (long long)blockIdx.x * hd;
+    const float* kr = k + (long long)n * ldk + (long long)h * hd;
+    const float* vr = v + (long long)n * ldv + (long long)h * hd;
     const long long dst = (((long long)row_slot[n] * kv_heads + h) * n_ctx + row_pos[n]) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        kc[dst + i] = k[src + i];
-        vc[dst + i] = v[src + i];
+        kc[dst + i] = kr[i];
+        vc[dst + i] = vr[i];
     }
 }
 
 // The fused form: rotate k and write it, with v, straight into the cache (one pass, no k copy).
-extern "C" __global__ void rope_kv_append_f32(const float* __restrict__ k, const float* __restrict__ v,
+extern "C" __global__ void rope_kv_append_f32(const float* __restrict__ k, long long ldk,
+                                             const float* __restrict__ v, long long ldv,
                                              float* __restrict__ kc, float* __restrict__ vc,
                                              const float* __restrict__ cos_tab,
                                              const float* __restrict__ sin_tab,
@@ -54,9 +59,10 @@ extern "C" __global__ void rope_kv_append_f32(const float* __restrict__ k, const
                                              const int* __restrict__ row_pos, int kv_heads, int hd,
                                              int n_ctx, int rot_dim, int neox) {
     const int n = blockIdx.x / kv_heads, h = blockIdx.x % kv_heads;
-    const long long src = (long long)blockIdx.x * hd;
+    const float* vr = v + (long long)n * ldv + (long long)h * hd;
     const long long dst = (((long long)row_slot[n] * kv_heads + h) * n_ctx + row_pos[n]) * hd;
     const long long tab = (long long)row_pos[n] * (rot_dim / 2);
-    rf_rope_row(k + src, kc + dst, cos_tab + tab, sin_tab + tab, hd, rot_dim, neox);
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) vc[dst + i] = v[src + i];
+    rf_rope_row(k + (long long)n * ldk + (long long)h * hd, kc + dst, cos_tab + tab, sin_tab + tab, hd,
+                rot_dim, neox);
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) vc[dst + i] = vr[i];
 }

@@ -43,6 +43,7 @@ from gguf import GGMLQuantizationType as QT
 
 from rocmforge_core.backends import ggml_numerics
 from rocmforge_core.kv_cache import KVCache
+from rocmforge_core.rope import PairTable, RopeSpec, angles_ggml, cos_sin, table_size
 
 # Queries per attention block in prefill: bounds the (heads, block, keys) score matrix to a few MB
 # per thousand cached positions, whatever the prompt length, and skips most of the causally masked
@@ -58,60 +59,6 @@ ACTIVATION_FORMAT: dict[QT, str | None] = {
     QT.Q4_0: "q8_0", QT.Q5_0: "q8_0", QT.Q8_0: "q8_0", QT.Q4_1: "q8_1", QT.Q5_1: "q8_1",
     QT.Q2_K: "q8_K", QT.Q3_K: "q8_K", QT.Q4_K: "q8_K", QT.Q5_K: "q8_K", QT.Q6_K: "q8_K",
 }
-
-
-@dataclass(frozen=True)
-class RopeSpec:
-    """How one layer rotates q and k. `freq_factors` divides the per-pair frequencies (llama3)."""
-
-    dim: int                 # rotated dimensions (the rest of the head passes through)
-    base: float
-    neox: bool               # pairs (i, i + dim/2) when True, adjacent pairs (2i, 2i+1) otherwise
-    pos_scale: float = 1.0   # linear scaling: positions are multiplied by this (1 / factor)
-    freq_factors: tuple[float, ...] | None = None
-
-    def inv_freq(self) -> np.ndarray:
-        inv = self.base ** (-np.arange(0, self.dim, 2, dtype=np.float64) / self.dim)
-        if self.freq_factors is not None:
-            inv = inv / np.asarray(self.freq_factors, dtype=np.float64)
-        return inv
-
-
-@dataclass(frozen=True)
-class _RopeTable:
-    """cos/sin of one RopeSpec for positions 0..n-1, laid out so rotation is two products and a sum.
-
-    Each rotated pair (a, b) becomes (a cos - b sin, b cos + a sin). With `partner` the index of each
-    dimension's pair partner, `cos` holding each pair's cosine at both members and `sin` holding
-    -sin at the first member and +sin at the second, that is x * cos + x[partner] * sin. IEEE
-    arithmetic makes a + b * (-s) equal a - b * s bit for bit, so the results are those of the
-    textbook formula.
-    """
-
-    cos: np.ndarray      # (n, 1, dim) float32
-    sin: np.ndarray      # (n, 1, dim) float32, signed as above
-    partner: np.ndarray  # (dim,) int
-    first: np.ndarray    # (dim,) bool: the first member of its pair
-
-    @classmethod
-    def build(cls, spec: RopeSpec, n: int, ggml_angles: bool) -> "_RopeTable":
-        positions = np.arange(n)
-        # Angles per position exactly as before tables existed (elementwise, so the same bits).
-        angles = _rope_angles_ggml(positions, spec) if ggml_angles else \
-            np.outer(positions.astype(np.float64) * spec.pos_scale, spec.inv_freq())
-        if ggml_angles:
-            cos, sin = ggml_numerics.cos_sin(angles)
-        else:
-            cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)  # (n, dim/2)
-        half = spec.dim // 2
-        if spec.neox:  # pairs (i, i + half)
-            cos2, sin2 = np.concatenate([cos, cos], 1), np.concatenate([-sin, sin], 1)
-            partner = np.concatenate([np.arange(half, spec.dim), np.arange(half)])
-        else:          # pairs (2i, 2i + 1)
-            cos2, sin2 = np.repeat(cos, 2, axis=1), np.stack([-sin, sin], 2).reshape(n, spec.dim)
-            partner = np.arange(spec.dim) ^ 1
-        first = np.arange(spec.dim) < half if spec.neox else np.arange(spec.dim) % 2 == 0
-        return cls(cos2[:, None, :], sin2[:, None, :], partner, first)
 
 
 def _halves(gate_up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -284,10 +231,14 @@ class CpuBackend:
         out[..., :spec.dim] = rotate(x[..., :spec.dim], cos, sin, table.partner)
         return out
 
-    def _rope_table(self, spec: RopeSpec, max_pos: int) -> _RopeTable:
+    def _rope_table(self, spec: RopeSpec, max_pos: int) -> PairTable:
         """Build the spec's table up to at least max_pos; every layer with this spec shares it."""
-        size = max(1024, 1 << max_pos.bit_length())  # powers of two: a long context rebuilds it rarely
-        table = _RopeTable.build(spec, size, self.llama_numerics)
+        size = table_size(max_pos)
+        if self.llama_numerics:
+            cos, sin = ggml_numerics.cos_sin(angles_ggml(np.arange(size), spec))
+        else:
+            cos, sin = cos_sin(spec, size)
+        table = PairTable.build(spec, cos, sin)
         self._rope_tables[spec] = table
         return table
 
@@ -589,15 +540,3 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     out = np.float32(0.5) * x
     out *= inner
     return out
-
-
-def _rope_angles_ggml(positions: np.ndarray, spec: RopeSpec) -> np.ndarray:
-    """Rotation angles (T, dim/2) computed as ggml does: float32, theta *= base^(-2/dim) per pair."""
-    half = spec.dim // 2
-    theta_scale = np.float32(spec.base) ** np.float32(-2.0 / spec.dim)
-    steps = np.full((len(positions), half), theta_scale, dtype=np.float32)
-    steps[:, 0] = positions.astype(np.float32)
-    theta = np.cumprod(steps, axis=1, dtype=np.float32)  # sequential products, like ggml's loop
-    if spec.freq_factors is not None:
-        theta = theta / np.asarray(spec.freq_factors, dtype=np.float32)
-    return theta * np.float32(spec.pos_scale)

@@ -1,4 +1,9 @@
-"""GPU runtimes: one interface (runtime.GpuRuntime) over hip-python (AMD) and cuda-bindings (NVIDIA).
+"""The GPU layer under backends/gpu.py (the ops), one job per module:
+
+- runtime.py (+ runtime_hip.py, runtime_cuda.py): one interface over hip-python and cuda-bindings;
+- kernels.py: the kernel table read from hip_kernels/ (file and argument layout of each kernel);
+- memory.py: the buffer pool and DeviceArray;  cache.py: the KV cache;  weights.py: packed weights;
+- decode_step.py: the decode step captured into a graph and replayed, a layer above the ops.
 
 `open_runtime("hip" | "cuda")` returns the process-wide runtime for device 0, or raises
 GpuUnavailableError (a BadInputError: one line naming the extra to install) when the Python package or

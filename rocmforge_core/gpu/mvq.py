@@ -51,9 +51,9 @@ def split_on_device(ops, raw: np.ndarray, type_name: str) -> Any:
 
 
 def quantize(ops, x, ldx: int | None = None) -> tuple[Any, Any]:
-    """Rows of x (n_rows, n) -> (xq int8 (n_rows, n), xd float32 (n_rows, n / 32, 2))."""
-    n = x.shape[-1]
-    rows = x.size // n if ldx is None else x.shape[0]
+    """Rows of x (n_rows, n), ldx apart -> (xq int8 (n_rows, n), xd float32 (n_rows, n / 32, 2))."""
+    n = x.shape[-1] if x.ndim == 2 else x.size // x.shape[0]
+    rows = x.shape[0]
     xq = ops.empty((rows, n), np.int8)
     xd = ops.empty((rows, n // Q8_BLOCK, 2))
     block = ops.threads(min(max(n // Q8_BLOCK, 1), 256))

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rocmforge_core.backends.cpu import RopeSpec
+from rocmforge_core.rope import RopeSpec
 from rocmforge_core.errors import BadInputError, UnsupportedModelError
 
 
@@ -132,6 +132,7 @@ class Decoder:
         if n == 0:
             raise BadInputError("cannot prefill an empty prompt")
         cache.check(slot, start, n)
+        self._check_tokens(tokens)
         positions = np.arange(start, start + n)
         keep = None if all_logits else np.array([n - 1])
         logits = self._forward(tokens, positions, cache, [slot], [start], [n], keep)
@@ -151,22 +152,28 @@ class Decoder:
             raise BadInputError("decode got the same cache slot twice in one batch")
         for s, p in zip(slots.tolist(), positions.tolist()):
             cache.check(s, p, 1)
-        replay = getattr(self.ops, "decode_step", None)
-        if replay is not None:  # a backend that runs the step its own way (GPU graphs), else the same forward
-            return replay(self, tokens, cache, slots, positions)
+        self._check_tokens(tokens)
+        # The hook of a backend that runs the whole step its own way (the GPU's captured graphs); it
+        # calls forward_decode, so the step is the same network either way.
+        step = getattr(self.ops, "decode_step", None)
+        if step is not None:
+            return step(self, tokens, cache, slots, positions)
         return self.forward_decode(tokens, cache, slots, positions)
 
-    def forward_decode(self, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """The decode step through the ops, one op at a time (inputs already checked by `decode`)."""
+    def forward_decode(self, tokens, cache, slots, positions) -> np.ndarray:
+        """The decode step through the ops, one op at a time (inputs already checked by `decode`).
+
+        tokens, slots, positions: int arrays of one entry per sequence; numpy, or the backend's own
+        arrays (a backend that keeps a step's inputs on its device passes those straight to its ops).
+        """
         ones = [1] * len(tokens)
-        return self._forward(tokens, positions, cache, slots.tolist(), positions.tolist(), ones, None)
+        return self._forward(tokens, positions, cache, _as_list(slots), _as_list(positions), ones, None)
 
     # ---- the network ----
 
     def _forward(self, tokens, positions, cache, slots, starts, counts, keep) -> np.ndarray:
         """tokens (N,) at positions (N,) -> logits of the rows `keep` (all rows when None)."""
         a, ops, w = self.args, self.ops, self.weights
-        self._check_tokens(tokens)
         x = ops.embedding(w.embed, tokens)  # (N, d)
         if a.embed_scale != 1.0:
             x = ops.scale(x, a.embed_scale)
@@ -224,6 +231,11 @@ class Decoder:
     def _check_tokens(self, tokens: np.ndarray) -> None:
         if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.args.vocab_size):
             raise BadInputError(f"token id out of range for a vocabulary of {self.args.vocab_size}")
+
+
+def _as_list(a):
+    """numpy indices as a list (what the numpy ops index with), any other array as it is."""
+    return a.tolist() if isinstance(a, np.ndarray) else a
 
 
 # ---- helpers the architecture files share ----

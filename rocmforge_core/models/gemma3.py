@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from rocmforge_core.backends.cpu import RopeSpec
+from rocmforge_core.rope import RopeSpec
 from rocmforge_core.models.base import Decoder, DecoderArgs, rope_scaling
 
 GEMMA3_27B_LAYERS = 62  # llama.cpp scales the 27B's queries by d_model / n_heads instead of head_dim

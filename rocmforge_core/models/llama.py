@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from rocmforge_core.backends.cpu import RopeSpec
+from rocmforge_core.rope import RopeSpec
 from rocmforge_core.models.base import Decoder, DecoderArgs, rope_scaling
 
 

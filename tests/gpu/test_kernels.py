@@ -18,8 +18,10 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 
 from gguf_factory import random_blocks
-from rocmforge_core.backends.cpu import CpuBackend, RopeSpec
-from rocmforge_core.backends.gpu import WEIGHT_KERNELS, GpuLinear, _Part
+from rocmforge_core.backends.cpu import CpuBackend
+from rocmforge_core.rope import RopeSpec
+from rocmforge_core.gpu.kernels import weight_kernel
+from rocmforge_core.gpu.weights import GpuLinear, WeightPart
 from rocmforge_core.kv_cache import KVCache
 from rocmforge_core.quants import dequantize
 
@@ -50,7 +52,7 @@ def weight(ops, qtype: QT, n_out: int, n_in: int, rng) -> tuple[GpuLinear, np.nd
     raw = random_blocks(qtype, (n_out, n_in), rng, scale=0.05)
     ref = dequantize(raw, qtype, (n_out, n_in)).astype(np.float64)
     block = ops.upload(np.ascontiguousarray(raw).reshape(-1).view(np.uint8))
-    part = _Part(block, WEIGHT_KERNELS[qtype.name][0], n_out, n_in, raw.reshape(n_out, -1).shape[1], 0)
+    part = WeightPart(block, weight_kernel(qtype.name), n_out, n_in, raw.reshape(n_out, -1).shape[1], 0)
     return GpuLinear([part], n_out, n_in), ref
 
 
@@ -145,6 +147,47 @@ def test_column_slices_and_row_gathers(ops, request):
     assert np.array_equal(np.asarray(d[4]), x[4])
 
 
+def test_column_views_are_read_in_place(ops, request):
+    """Column slices of a fused projection are strided views: the ops that consume q/k/v read them
+    in place (no copy2d launch) and give the results of contiguous inputs exactly."""
+    rng = rng_for(request)
+    n, heads, n_kv, hd = 5, 4, 2, 16
+    qkv = rng.standard_normal((n, (heads + 2 * n_kv) * hd)).astype(np.float32)
+    d = ops.upload(qkv)
+    q_end, k_end = heads * hd, (heads + n_kv) * hd
+    q = d[:, :q_end].reshape(n, heads, hd)
+    k = d[:, q_end:k_end].reshape(n, n_kv, hd)
+    v = d[:, k_end:].reshape(n, n_kv, hd)
+    assert not q.contiguous and q.ld == qkv.shape[1] and k.ld == v.ld == qkv.shape[1]
+    w = ops.upload(rng.standard_normal(hd).astype(np.float32))
+    spec = RopeSpec(hd, 10000.0, True)
+    positions = np.arange(3, 3 + n)
+    cache, host = _gpu_cache(ops, 2, n_kv, 16, hd, rng)
+    launched = []
+    launch = ops.launch
+    ops.launch = lambda name, *a: launched.append(name) or launch(name, *a)
+    try:
+        normed, roped = ops.rms_norm(q, w, 1e-6), ops.rope(k, positions, spec)
+        att = ops.attention(ops.rope(q, positions, spec), roped, v, cache, 0, [1], [3], [n], 0.25, None)
+    finally:
+        del ops.launch
+    assert "copy2d_f32" not in launched, launched
+    ref_q, ref_k = ops.upload(qkv[:, :q_end].reshape(n, heads, hd)), ops.upload(qkv[:, q_end:k_end].reshape(n, n_kv, hd))
+    ref_v = ops.upload(qkv[:, k_end:].reshape(n, n_kv, hd))
+    assert np.array_equal(ops.to_host(normed), ops.to_host(ops.rms_norm(ref_q, w, 1e-6)))
+    assert np.array_equal(ops.to_host(roped), ops.to_host(ops.rope(ref_k, positions, spec)))
+    cache2, _ = _gpu_cache(ops, 2, n_kv, 16, hd, np.random.default_rng(0))
+    ops.rt.copy_htod(cache2.k[0], host.k[0], host.k[0].nbytes, ops.stream)
+    ops.rt.copy_htod(cache2.v[0], host.v[0], host.v[0].nbytes, ops.stream)
+    ref = ops.attention(ops.rope(ref_q, positions, spec), ops.rope(ref_k, positions, spec), ref_v, cache2, 0,
+                        [1], [3], [n], 0.25, None)
+    assert np.array_equal(ops.to_host(att), ops.to_host(ref))
+    assert np.array_equal(cache.values(0, 1, 0, 16), cache2.values(0, 1, 0, 16))
+    lin, wm = weight(ops, QT.F32, 7, q_end, rng)
+    assert np.array_equal(ops.to_host(ops.matmul(d[:, :q_end], lin)), ops.to_host(ops.matmul(ref_q.reshape(n, -1), lin)))
+    assert np.array_equal(np.asarray(d[:, q_end:k_end]), qkv[:, q_end:k_end])  # a download copies once
+
+
 @pytest.mark.parametrize("neox,rot,hd", [(True, 64, 64), (False, 16, 16), (True, 12, 20), (False, 80, 80)])
 def test_rope(ops, neox, rot, hd, request):
     rng = rng_for(request)
@@ -199,7 +242,8 @@ def test_fused_rope_kv_append(ops, request):
     cos_t, sin_t = ops._rope_table(spec, 19)
     s, p = ops.upload(row_slot, np.int32), ops.upload(row_pos, np.int32)
     dk, dv = ops.upload(k), ops.upload(v)  # held: a dropped DeviceArray's memory is reused at once
-    ops.launch("rope_kv_append_f32", (4 * n_kv,), ops.threads(hd), dk.ptr, dv.ptr, cache.k[0], cache.v[0], cos_t.ptr, sin_t.ptr, s.ptr, p.ptr, n_kv, hd, n_ctx, spec.dim, 1)
+    ops.launch("rope_kv_append_f32", (4 * n_kv,), ops.threads(hd), dk.ptr, dk.ld, dv.ptr, dv.ld, cache.k[0],
+               cache.v[0], cos_t.ptr, sin_t.ptr, s.ptr, p.ptr, n_kv, hd, n_ctx, spec.dim, 1)
     for i, (slot, pos) in enumerate(zip(row_slot, row_pos)):
         host.write(0, slot, pos, cpu.rope(k[i:i + 1], np.array([pos]), spec), v[i:i + 1])
     for slot in (0, 1):

@@ -17,7 +17,8 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 
 from gguf_factory import random_blocks
-from rocmforge_core.backends.gpu import GpuLinear, WEIGHT_KERNELS, _Part
+from rocmforge_core.gpu.kernels import weight_kernel
+from rocmforge_core.gpu.weights import GpuLinear, WeightPart
 from rocmforge_core.gpu import mvq
 from rocmforge_core.quants import dequantize
 from test_kernels import F32_BOUND, poisoned, rel_err, rng_for
@@ -30,7 +31,7 @@ def split_weight(ops_q8, qtype: QT, n_out: int, n_in: int, rng) -> tuple[GpuLine
     ref = dequantize(raw, qtype, (n_out, n_in)).astype(np.float64)
     flat = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
     block = mvq.split_on_device(ops_q8, flat, qtype.name)
-    part = _Part(block, WEIGHT_KERNELS[qtype.name][0], n_out, n_in, flat.nbytes // n_out, 0, qtype.name, True)
+    part = WeightPart(block, weight_kernel(qtype.name), n_out, n_in, flat.nbytes // n_out, 0, qtype.name, True)
     return GpuLinear([part], n_out, n_in), ref
 
 

@@ -251,3 +251,20 @@ def test_smollm2_shaped_random_model(ops, backend_name, tmp_path_factory):
           f"{eager_speed:.1f} tok/s op by op, {cpu_speed:.1f} tok/s cpu")
     assert prefill_err < REAL_LOGIT_TOL and step_err < REAL_LOGIT_TOL
     assert gpu_tokens == cpu_tokens == eager_tokens
+
+
+def test_fused_projections_are_not_copied(ops, tiny):
+    """q, k and v are read in place from the fused projection: a prefill and a decode step launch
+    no copy2d (STYLE point 5)."""
+    name, gguf_file, _ = tiny
+    model = load_model(gguf_file, ops)
+    cache = model.make_cache(1, 32)
+    launched = []
+    launch = ops.launch
+    ops.launch = lambda kernel, *a: launched.append(kernel) or launch(kernel, *a)
+    try:
+        model.prefill([5, 9, 2], cache, 0, 0)
+        op_by_op(ops, lambda: model.decode(np.array([7]), cache, np.array([0]), np.array([3])))
+    finally:
+        del ops.launch
+    assert "rope_f32" in launched and "copy2d_f32" not in launched, name

@@ -1,0 +1,126 @@
+"""The decode step as a layer above the GPU ops: capture one step into a graph, then replay it.
+
+Why: for small models the per-op host cost (argument packing, one driver call per kernel) bounds
+decode speed, and a replay pays it once per step. A graph bakes in every address it touches, so the
+step's inputs live in buffers of its own (int32 tokens | positions | slots, uploaded before each
+replay) and the model's forward runs over those device arrays: the ops read every per-step value
+from them (a row's attention length is its position + 1). The step also owns the logits buffer,
+downloaded after each replay. One graph per model, cache and batch size, kept by the cache (it
+writes the cache's addresses, so it dies with it). Prefill keeps the op-by-op path, as does any step
+whose capture fails (ops.graph_failures says why).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rocmforge_core.gpu.memory import BufferPool, DeviceArray
+
+
+def run(ops, model, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """One checked decode step of `model` on `cache`: a replay, or the first run and its capture."""
+    key = (id(model), len(tokens))
+    if key not in cache.graphs:
+        return _capture(ops, model, key, tokens, cache, slots, positions)
+    graph = cache.graphs[key]
+    if graph is None:  # capture failed once for this step: op by op from now on
+        return model.forward_decode(tokens, cache, slots, positions)
+    return graph.replay(tokens, slots, positions)
+
+
+def _capture(ops, model, key, tokens, cache, slots, positions) -> np.ndarray:
+    """Run this step op by op through a new graph's pool and inputs (allocating everything the step
+    needs, and giving this step's logits), then capture the same sequence for replays. Capturing
+    runs nothing, so the cache holds exactly what this step wrote."""
+    graph = DecodeGraph(ops, model, cache, len(tokens))
+    try:
+        out = graph.warm_up(tokens, cache, slots, positions)
+    except Exception:
+        graph.close()
+        raise
+    try:
+        graph.capture(cache)
+        cache.graphs[key] = graph
+    except Exception as exc:  # a runtime that cannot capture this: keep the op-by-op path
+        ops.graph_failures.append(f"{type(exc).__name__}: {exc}")
+        graph.close()
+        cache.graphs[key] = None
+    return out
+
+
+class DecodeGraph:
+    """One captured decode step of `batch` rows for one model and cache.
+
+    Everything the captured kernels touch stays allocated at a fixed address until `close`: the
+    weights and the rope tables (referenced here), the cache (the owner of this object), the step's
+    inputs, its logits and every intermediate (this graph's own pool, never shared with the op-by-op
+    path).
+    """
+
+    def __init__(self, ops, model: Any, cache, batch: int):
+        self.ops, self.model, self.batch = ops, model, batch
+        # Tables for every position the cache can hold, so no capture ever needs a larger one.
+        self.keep = ops.reserve_rope(set(model.args.ropes), cache.n_ctx)
+        self.pool = BufferPool(ops.rt, ops.stream)
+        block = self.pool.get(3 * batch * 4)
+        self.inputs = block
+        i32 = np.dtype(np.int32)
+        self.tokens = DeviceArray(ops, block.ptr, (batch,), i32, block)
+        self.positions = DeviceArray(ops, block.ptr + 4 * batch, (batch,), i32, block)
+        self.slots = DeviceArray(ops, block.ptr + 8 * batch, (batch,), i32, block)
+        logits = self.pool.get(4 * batch * model.args.vocab_size)
+        self.logits = DeviceArray(ops, logits.ptr, (batch, model.args.vocab_size), block=logits)
+        self.exe: Any = None
+
+    def warm_up(self, tokens, cache, slots, positions) -> np.ndarray:
+        host = self._upload_inputs(tokens, slots, positions)
+        self._forward(cache, capturing=False)
+        out = self._download_logits()  # synchronises: `host` was read by then
+        del host
+        return out
+
+    def capture(self, cache) -> None:
+        rt, stream = self.ops.rt, self.ops.stream
+        rt.capture_begin(stream)
+        try:
+            self._forward(cache, capturing=True)
+        finally:
+            self.exe = rt.capture_end(stream)  # always leave capture mode
+
+    def replay(self, tokens, slots, positions) -> np.ndarray:
+        host = self._upload_inputs(tokens, slots, positions)
+        self.ops.rt.graph_launch(self.exe, self.ops.stream)
+        out = self._download_logits()
+        del host
+        return out
+
+    def _forward(self, cache, capturing: bool) -> None:
+        """The model's decode forward over the step's device inputs, drawing memory from its pool."""
+        with self.ops.step_scope(self.pool, self.logits, capturing):
+            self.model.forward_decode(self.tokens, cache, self.slots, self.positions)
+
+    def _upload_inputs(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Queue the step's inputs; returns the host array, which must live until the next sync."""
+        host = np.concatenate([tokens, positions, slots]).astype(np.int32)
+        self.ops.rt.copy_htod(self.inputs.ptr, host, host.nbytes, self.ops.stream)
+        return host
+
+    def _download_logits(self) -> np.ndarray:
+        """The step's logits on the host, softcapped exactly as the op-by-op path does (on the host)."""
+        ops = self.ops
+        out = np.empty(self.logits.shape, dtype=np.float32)
+        ops.rt.copy_dtoh(out, self.logits.ptr, out.nbytes, ops.stream)
+        ops.sync()
+        cap = self.model.args.final_softcap
+        return ops.softcap(out, cap) if cap else out
+
+    def close(self) -> None:
+        if self.exe is not None:
+            exe, self.exe = self.exe, None
+            self.ops.rt.synchronize()
+            self.ops.rt.graph_destroy(exe)
+        self.logits = self.tokens = self.positions = self.slots = None
+        self.inputs = None
+        self.pool.close()

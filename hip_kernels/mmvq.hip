@@ -13,7 +13,6 @@
 // The mat-vec is written once over that (rf_mvq).
 #include "rf_prelude.h"
 
-#define RF_Q8 32  // values per activation block
 
 struct rf_item {
     int w[8];      // bytes to multiply, groups of 4 words
@@ -357,32 +356,24 @@ RF_MVQ_KERNEL(q6_K, MQ6_K, 4)
 RF_MVQ_KERNEL(q6_K, MQ6_K, 8)
 
 // ---------------------------------------------------------------- activations to 8 bits
-// Block of 32: d = max|x| / 127, q = round(x / d), and s = d * sum(q) (what a zero-point multiplies).
-RF_DEV void rf_quantize_block(const float* v, int8_t* q, float* ds) {
-    float amax = 0.0f;
-    for (int i = 0; i < RF_Q8; ++i) amax = fmaxf(amax, fabsf(v[i]));
-    const float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    int sum = 0;
-    for (int i = 0; i < RF_Q8; ++i) {
-        const int qi = (int)rintf(v[i] * inv);
-        q[i] = (int8_t)qi;
-        sum += qi;
-    }
-    ds[0] = d;
-    ds[1] = d * (float)sum;
-}
-
-// Rows of x (row stride ldx) -> xq (n_rows, n) int8, xd (n_rows, n / 32, 2). One block per row.
+// Rows of x (row stride ldx) -> xq (n_rows, n) int8, xd (n_rows, n / 32, 2); n a multiple of 32.
+// grid = (ceil(n / (blockDim.x * per_thread)), n_rows): per_thread 1 value on GPUs, a block of 32
+// in the host emulation (rf_prelude.h, 8-bit activation blocks).
 extern "C" __global__ void quantize_q8(const float* __restrict__ x, int ldx, int8_t* __restrict__ xq,
                                        float* __restrict__ xd, int n) {
-    const long long r = blockIdx.x;
-    const int nxb = n / RF_Q8;
-    for (int b = threadIdx.x; b < nxb; b += blockDim.x) {
-        rf_quantize_block(x + r * ldx + b * RF_Q8, xq + r * n + b * RF_Q8, xd + 2 * (r * nxb + b));
-    }
+    const long long r = blockIdx.y;
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+#if defined(RF_Q8_COOPERATIVE)
+    if (i >= n) return;  // whole groups of 32 leave together (n % 32 == 0)
+    rf_quantize_lane(x[r * ldx + i], i, xq + r * n, xd + r * (n / RF_Q8) * 2);
+#else
+    if (i * RF_Q8 >= n) return;
+    rf_quantize_serial(x + r * ldx + i * RF_Q8, xq + r * n + i * RF_Q8, xd + 2 * (r * (n / RF_Q8) + i));
+#endif
 }
 
 // RMSNorm (as rms_norm_f32) whose output is also quantized for the mat-vec that reads it next.
+// One block per row, blockDim a multiple of 32.
 extern "C" __global__ void rms_norm_q8(const float* __restrict__ x, float* __restrict__ y,
                                        const float* __restrict__ w, int n, float eps,
                                        int8_t* __restrict__ xq, float* __restrict__ xd) {
@@ -394,13 +385,20 @@ extern "C" __global__ void rms_norm_q8(const float* __restrict__ x, float* __res
     for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
     ss = rf_block_sum(ss, scratch);
     const float scale = 1.0f / sqrtf(ss / (float)n + eps);
-    const int nxb = n / RF_Q8;
-    for (int b = threadIdx.x; b < nxb; b += blockDim.x) {
+#if defined(RF_Q8_COOPERATIVE)
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = xr[i] * scale * w[i];
+        yr[i] = v;
+        rf_quantize_lane(v, i, xq + r * n, xd + r * (n / RF_Q8) * 2);
+    }
+#else
+    for (int b = threadIdx.x; b < n / RF_Q8; b += blockDim.x) {
         float v[RF_Q8];
         for (int i = 0; i < RF_Q8; ++i) {
             v[i] = xr[b * RF_Q8 + i] * scale * w[b * RF_Q8 + i];
             yr[b * RF_Q8 + i] = v[i];
         }
-        rf_quantize_block(v, xq + r * n + b * RF_Q8, xd + 2 * (r * nxb + b));
+        rf_quantize_serial(v, xq + r * n + b * RF_Q8, xd + 2 * (r * (n / RF_Q8) + b));
     }
+#endif
 }

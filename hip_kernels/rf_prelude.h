@@ -291,3 +291,46 @@ RF_DEV void rf_get_rows(const uint8_t* __restrict__ w, long long row_bytes, cons
                                             int n_cols, float scale) {                                  \
         rf_get_rows<D>(w, row_bytes, ids, out, n_cols, scale);                                          \
     }
+
+// ---------------------------------------------------------------- 8-bit activation blocks
+// Values are rounded in blocks of 32 to int8 q = rint(v * 127 / max|v|) with d = max|v| / 127, and
+// each block keeps (d, d * sum(q)) (what a weight's zero-point or minimum multiplies). On GPUs the
+// 32 values of a block are 32 consecutive lanes of one warp (blocks are launched in multiples of 32
+// threads and WARP_SIZE is 32 or 64), so a block's max and sum are five xor-shuffles inside its group
+// of 32 lanes; the host emulation (one lane) does a block per thread instead.
+#define RF_Q8 32
+#if WARP_SIZE >= RF_Q8
+#define RF_Q8_COOPERATIVE 1
+#endif
+
+RF_DEV void rf_quantize_serial(const float* v, int8_t* q, float* ds) {
+    float amax = 0.0f;
+    for (int i = 0; i < RF_Q8; ++i) amax = fmaxf(amax, fabsf(v[i]));
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int sum = 0;
+    for (int i = 0; i < RF_Q8; ++i) {
+        const int qi = (int)rintf(v[i] * inv);
+        q[i] = (int8_t)qi;
+        sum += qi;
+    }
+    ds[0] = amax / 127.0f;
+    ds[1] = ds[0] * (float)sum;
+}
+
+#if defined(RF_Q8_COOPERATIVE)
+// Element `i` of a row held by this lane; every lane of the 32-lane group must call it together.
+RF_DEV void rf_quantize_lane(float v, long long i, int8_t* q, float* ds) {
+    float amax = fabsf(v);
+    for (int m = RF_Q8 / 2; m > 0; m >>= 1) amax = fmaxf(amax, RF_SHFL_XOR(amax, m));
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const int qi = (int)rintf(v * inv);
+    q[i] = (int8_t)qi;
+    float sum = (float)qi;  // exact: |sum| <= 32 * 127
+    for (int m = RF_Q8 / 2; m > 0; m >>= 1) sum += RF_SHFL_XOR(sum, m);
+    if ((i & (RF_Q8 - 1)) == 0) {
+        const float d = amax / 127.0f;
+        ds[2 * (i / RF_Q8)] = d;
+        ds[2 * (i / RF_Q8) + 1] = d * sum;
+    }
+}
+#endif

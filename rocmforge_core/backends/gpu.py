@@ -225,8 +225,9 @@ class GpuOps:
         y = self.empty(x.shape)
         if self.q8_activations and x.ndim == 2 and x.contiguous and n % mvq.Q8_BLOCK == 0:
             # The projection after a norm reads 8-bit activations: quantize them in the same kernel.
-            xq, xd = self.empty(x.shape, np.int8), self.empty((x.shape[0], n // mvq.Q8_BLOCK, 2))
-            self.launch("rms_norm_q8", (x.shape[0],), self.threads(min(max(n // mvq.Q8_BLOCK, 32), 256)),
+            xq, xd = mvq.empty_q8(self, x.shape[0], n)
+            per_thread = 1 if self.warp >= mvq.Q8_BLOCK else mvq.Q8_BLOCK  # as in mvq.q8_launch
+            self.launch("rms_norm_q8", (x.shape[0],), self.threads(min(n // per_thread, 1024)),
                         x.ptr, y.ptr, weight.ptr, n, eps, xq.ptr, xd.ptr)
             y.q8 = (xq, xd)
             return y
@@ -264,6 +265,12 @@ class GpuOps:
         f = gate_up.shape[-1] // 2
         rows = gate_up.size // (2 * f)
         y = self.empty(gate_up.shape[:-1] + (f,))
+        if self.q8_activations and f % mvq.Q8_BLOCK == 0:
+            # The down projection reads 8-bit activations: quantize them in the same kernel.
+            y.q8 = mvq.empty_q8(self, rows, f)
+            grid, block = mvq.q8_launch(self, f, rows)
+            self.launch(kernel.replace("_f32", "_q8"), grid, block, gate_up.ptr, y.ptr, f, y.q8[0].ptr, y.q8[1].ptr)
+            return y
         self._elementwise(kernel, rows * f, gate_up.ptr, y.ptr, rows, f)
         return y
 

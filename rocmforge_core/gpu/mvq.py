@@ -50,14 +50,25 @@ def split_on_device(ops, raw: np.ndarray, type_name: str) -> Any:
     return out
 
 
+def q8_launch(ops, n: int, rows: int) -> tuple[tuple[int, int], int]:
+    """(grid, block) of the kernels that quantize rows of n values (quantize_q8, swiglu_q8, ...): one
+    value per thread in groups of 32 lanes on GPUs, one block of 32 per thread in host emulation."""
+    per_thread = 1 if ops.warp >= Q8_BLOCK else Q8_BLOCK
+    block = ops.threads(256)
+    return ((n // per_thread + block - 1) // block, rows), block
+
+
+def empty_q8(ops, rows: int, n: int) -> tuple[Any, Any]:
+    return ops.empty((rows, n), np.int8), ops.empty((rows, n // Q8_BLOCK, 2))
+
+
 def quantize(ops, x, ldx: int | None = None) -> tuple[Any, Any]:
     """Rows of x (n_rows, n), ldx apart -> (xq int8 (n_rows, n), xd float32 (n_rows, n / 32, 2))."""
     n = x.shape[-1] if x.ndim == 2 else x.size // x.shape[0]
     rows = x.shape[0]
-    xq = ops.empty((rows, n), np.int8)
-    xd = ops.empty((rows, n // Q8_BLOCK, 2))
-    block = ops.threads(min(max(n // Q8_BLOCK, 1), 256))
-    ops.launch("quantize_q8", (rows,), block, x.ptr, ldx or n, xq.ptr, xd.ptr, n)
+    xq, xd = empty_q8(ops, rows, n)
+    grid, block = q8_launch(ops, n, rows)
+    ops.launch("quantize_q8", grid, block, x.ptr, ldx or n, xq.ptr, xd.ptr, n)
     return xq, xd
 
 

@@ -19,11 +19,13 @@ from gguf import GGMLQuantizationType as QT
 from gguf_factory import random_blocks
 from rocmforge_core.gpu.kernels import weight_kernel
 from rocmforge_core.gpu.weights import GpuLinear, WeightPart
+from rocmforge_core.backends.cpu import CpuBackend
 from rocmforge_core.gpu import mvq
 from rocmforge_core.quants import dequantize
 from test_kernels import F32_BOUND, poisoned, rel_err, rng_for
 
 TYPES = [QT[name] for name in mvq.SPLIT_TYPES]
+cpu_ref = CpuBackend()
 
 
 def split_weight(ops_q8, qtype: QT, n_out: int, n_in: int, rng) -> tuple[GpuLinear, np.ndarray]:
@@ -99,6 +101,21 @@ def test_rms_norm_also_quantizes(ops_q8, request):
     q, d = q8_reference(yh)
     got_q = ops.to_host(y.q8[0]).reshape(q.shape).astype(np.int16)
     assert np.abs(got_q - q).max() <= 1 and np.mean(got_q != q) < 1e-2  # y rounded the same way, or 1 ulp off
+    assert np.allclose(ops.to_host(y.q8[1])[..., 0], d, rtol=1e-6)
+
+
+@pytest.mark.parametrize("act", ["swiglu", "geglu"])
+def test_gated_activation_also_quantizes(ops_q8, act, request):
+    ops = ops_q8
+    rng = rng_for(request)
+    gu = rng.standard_normal((3, 2 * 288)).astype(np.float32)
+    y = getattr(ops, act)(ops.upload(gu))
+    ref = getattr(cpu_ref, act)(gu.astype(np.float64))
+    yh = ops.to_host(y)
+    assert rel_err(yh, ref) < F32_BOUND
+    q, d = q8_reference(yh)
+    got_q = ops.to_host(y.q8[0]).reshape(q.shape).astype(np.int16)
+    assert np.abs(got_q - q).max() <= 1 and np.mean(got_q != q) < 1e-2
     assert np.allclose(ops.to_host(y.q8[1])[..., 0], d, rtol=1e-6)
 
 

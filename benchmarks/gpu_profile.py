@@ -1,0 +1,143 @@
+"""Where a GPU decode step's time goes: each mat-vec at a model's shapes (GB/s against the copy
+bandwidth), the captured step's replay alone, and the whole token (replay + logits + host sampling).
+
+    python benchmarks/gpu_profile.py MODEL.gguf [--backend cuda] [--steps 64]
+
+Weights of each timed mat-vec are rotated over enough copies to exceed the L2 cache, so the numbers
+are DRAM streaming rates, not cache hits. Event-timed medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+L2_BYTES = 64 << 20
+
+
+def event_ms(ops, fn, reps: int = 30) -> float:
+    rt = ops.rt
+    start, stop = rt.event_create(), rt.event_create()
+    fn()
+    times = []
+    for _ in range(reps):
+        rt.event_record(start, ops.stream)
+        fn()
+        rt.event_record(stop, ops.stream)
+        rt.event_synchronize(stop)
+        times.append(rt.event_elapsed_ms(start, stop))
+    return statistics.median(times)
+
+
+def graph_ms(ops, fn, n: int = 20) -> float:
+    """Device time of one fn() call: n calls captured into a graph, replayed, divided by n (no host
+    launch cost in the number, as inside the decode step's own graph)."""
+    rt = ops.rt
+    rt.capture_begin(ops.stream)
+    try:
+        for _ in range(n):
+            fn()
+    finally:
+        exe = rt.capture_end(ops.stream)
+    ms = event_ms(ops, lambda: rt.graph_launch(exe, ops.stream), reps=10) / n
+    rt.graph_destroy(exe)
+    return ms
+
+
+def matvec_rates(ops, model) -> list[str]:
+    """Device time of each projection (and the output) on 1 activation row (x already quantized)."""
+    w = model.weights
+    layer = w.layers[0]
+    lines = []
+    for name, lin in (("qkv", layer.qkv), ("wo", layer.wo), ("gate_up", layer.gate_up), ("down", layer.down),
+                      ("output", w.output)):
+        nbytes = sum(p.row_bytes * p.n_out for p in lin.parts)
+        x = ops.upload(np.random.default_rng(0).standard_normal((1, lin.n_in)).astype(np.float32))
+        if any(p.split for p in lin.parts):
+            from rocmforge_core.gpu import mvq
+            x.q8 = mvq.quantize(ops, x)
+        y = ops.empty((1, lin.n_out))
+        # the layers' own copies of this projection rotate the weights past the L2
+        layers = [getattr(l, name) for l in w.layers] if name != "output" else [lin]
+        need = max(1, min(len(layers), -(-2 * L2_BYTES // nbytes)))
+        copies = layers[:need]
+        state = {"i": 0}
+
+        def one():
+            ops.matmul_into(x, copies[state["i"] % len(copies)], y)
+            state["i"] += 1
+        ms = graph_ms(ops, one)
+        kinds = ",".join(sorted({p.kernel + ("/q8" if p.split else "") for p in lin.parts}))
+        lines.append(f"{name:8s} {lin.n_out:6d}x{lin.n_in:<6d} {kinds:12s} {nbytes / 1e6:8.1f} MB "
+                     f"{ms * 1e3:8.1f} us {nbytes / ms / 1e6:7.0f} GB/s")
+    return lines
+
+
+def step_times(ops, model, steps: int) -> list[str]:
+    cache = model.make_cache(1, 512)
+    model.prefill([1, 2, 3, 4], cache, 0, 0)
+    pos = 4
+    tok = np.array([5])
+    for _ in range(3):  # capture + warm
+        model.decode(tok, cache, np.array([0]), np.array([pos]))
+        pos += 1
+    graph = next(g for g in cache.graphs.values() if g is not None)
+    graph._upload_inputs(tok, np.array([0]), np.array([pos]))
+    replay_ms = event_ms(ops, lambda: ops.rt.graph_launch(graph.exe, ops.stream), reps=20)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        logits = model.decode(tok, cache, np.array([0]), np.array([pos]))
+        tok = np.array([int(np.argmax(logits[0]))])
+        pos = 4 + (pos - 3) % 400
+    whole = (time.perf_counter() - t0) / steps * 1e3
+    return [f"graph replay alone {replay_ms:.3f} ms; decode + download + argmax per token {whole:.3f} ms"
+            f" ({1e3 / whole:.0f} tok/s)"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--backend", default="cuda")
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--profile-step", action="store_true",
+                    help="after warm-up, one op-by-op decode step between cuProfilerStart/Stop (for ncu "
+                         "--profile-from-start off)")
+    args = ap.parse_args()
+    from rocmforge_core.backends.gpu import make_ops
+    from rocmforge_core.gguf_file import GGUFFile
+    from rocmforge_core.models import load_model
+
+    ops = make_ops(args.backend)
+    t0 = time.perf_counter()
+    model = load_model(GGUFFile(args.model), ops)
+    ops.sync()
+    print(f"{Path(args.model).name}: loaded in {time.perf_counter() - t0:.2f} s on {ops.device.name}")
+    if args.profile_step:
+        return profile_one_step(ops, model)
+    for line in matvec_rates(ops, model) + step_times(ops, model, args.steps):
+        print(line, flush=True)
+
+
+def profile_one_step(ops, model) -> None:
+    from cuda.bindings import driver
+
+    cache = model.make_cache(1, 512)
+    model.prefill(list(range(1, 65)), cache, 0, 0)
+    ops.use_graphs = False
+    model.decode(np.array([5]), cache, np.array([0]), np.array([64]))
+    ops.sync()
+    driver.cuProfilerStart()
+    model.decode(np.array([5]), cache, np.array([0]), np.array([65]))
+    ops.sync()
+    driver.cuProfilerStop()
+
+
+if __name__ == "__main__":
+    main()

@@ -406,7 +406,7 @@ class Engine:
             self._finish(state, "cancelled")
 
     async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _quietly, fn, *args)
 
     async def _contained(self, state: _Active, work) -> None:
         """Await one request's work; if the model or sampler raises, only that request ends ("error")."""
@@ -530,6 +530,13 @@ class Engine:
         if state.gen_start:
             t.gen_ms = (time.perf_counter() - state.gen_start) * 1e3
         state.events.put_nowait(Event(text=tail, finish_reason=reason, timings=t, error=error))
+
+
+def _quietly(fn, *args):
+    """Run model or sampler work with numpy's float warnings off: they would print to stderr in the
+    middle of a streamed reply. Failures reach the caller as exceptions, and so as "error" events."""
+    with np.errstate(all="ignore"):
+        return fn(*args)
 
 
 _LOADED: dict[tuple, tuple] = {}  # one loaded model per process: (key) -> (gguf, config, tokenizer, model)

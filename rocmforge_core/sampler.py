@@ -220,7 +220,12 @@ def candidate_probs(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndar
         out = ids, np.ones(ids.shape, dtype=np.float64)
     else:
         ids, vals = _shortlist(logits2d, params)
-        vals = vals.astype(np.float64) / params.temperature
+        # Shift to the best logit before dividing: a tiny temperature then sends the others to -inf
+        # (probability 0, the greedy limit) instead of overflowing to inf, and inf - inf = NaN.
+        vals = vals.astype(np.float64)
+        vals -= np.max(vals, axis=-1, keepdims=True)
+        with np.errstate(over="ignore"):
+            vals /= params.temperature
         out = ids, np.exp(_log_softmax_rows(vals))
     return (out[0][0], out[1][0]) if row else out
 

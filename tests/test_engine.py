@@ -10,6 +10,7 @@ import gc
 import threading
 import time
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -469,3 +470,18 @@ def test_stop_during_a_long_prefill_is_prompt(tmp_path):
           f"(the first 2,560 tokens took {reach:.2f} s)")
     assert events[-1].finish_reason == "cancelled"
     assert latency < 0.12 * reach, f"stop() took {latency:.2f}s; the prefill to 2,560 took {reach:.2f}s"
+
+
+def test_a_tiny_temperature_is_greedy_and_prints_no_numpy_warning(tiny_path):
+    """temperature 1e-308 overflowed logits / T to inf, then inf - inf = NaN: RuntimeWarnings on stderr
+    and draws from NaN probabilities. The limit of a tiny temperature is the greedy choice."""
+    logits = np.random.default_rng(2).standard_normal(VOCAB).astype(np.float32) * 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Sampler(SamplingParams(temperature=1e-308, seed=1)).sample(logits) == int(np.argmax(logits))
+    greedy = Request(prompt="Hello there", max_tokens=8, sampling=GREEDY)
+    tiny = Request(prompt="Hello there", max_tokens=8, sampling=SamplingParams(temperature=1e-308, seed=5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert alone(tiny_path, [tiny]) == alone(tiny_path, [greedy])
+    assert [w for w in caught if issubclass(w.category, RuntimeWarning)] == []

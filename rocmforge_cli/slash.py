@@ -8,18 +8,26 @@ again, forget the KV cache). That keeps every command testable as plain function
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
+import re
+import secrets
 import shlex
+import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 from rocmforge_core.errors import BadInputError
 from rocmforge_core.sampler import SamplingParams
+from rocmforge_core.validate import is_int
 
 SAVE_FORMAT = "rocmforge-chat"
 SAVE_VERSION = 1
+MAX_FILE_BYTES = 16 * 2**20  # a chat file larger than this is refused before it is read
+MAX_DEPTH = 8                # the format nests 3 deep (document, messages list, message)
 
 # Outcome actions the REPL carries out after a command.
 EXIT = "exit"
@@ -108,6 +116,8 @@ def dispatch(state: ChatState, line: str) -> Outcome:
         return command.handler(state, arg)
     except BadInputError as exc:
         return Outcome(error=exc.one_line())
+    except Exception as exc:  # a bug in one command must not end the chat and lose the conversation
+        return Outcome(error=f"/{name} failed: {type(exc).__name__}: {exc}")
 
 
 # ---- the commands ----------------------------------------------------------------------------------
@@ -252,29 +262,80 @@ def _stats(state: ChatState, arg: str) -> Outcome:
 def _save(state: ChatState, arg: str) -> Outcome:
     path = _path_arg(arg, "/save FILE")
     data = to_json(state)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:  # write then rename, so a failed save never leaves half a file where a good one was
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        _write_atomically(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: text that UTF-8 cannot hold (a lone surrogate)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise BadInputError(f"cannot write {path}: {reason}") from None
     return Outcome(message=f"saved {len(data['messages'])} messages to {path}")
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write a temporary file beside `path`, then rename it over `path`, so a failed save never leaves
+    half a file where a good one was. The temporary name is short: a target name near the 255-byte
+    limit must still have room for it."""
+    tmp = path.parent / f".rocmforge-{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it the file
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # the first error is the one to report
+            os.unlink(tmp)
+        raise
 
 
 def _load(state: ChatState, arg: str) -> Outcome:
     path = _path_arg(arg, "/load FILE")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_chat_file(path)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise BadInputError(f"cannot read {path}: {reason}") from None
+    depth = _nesting_depth(text)
+    if depth > MAX_DEPTH:
+        raise BadInputError(f"{path} is not a rocmforge chat file (JSON nested {depth} deep; "
+                            f"a chat file nests {MAX_DEPTH} at most)")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadInputError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from None
     from_json(state, data, source=str(path))
     return Outcome(message=f"loaded {len(state.conversation())} messages from {path}")
+
+
+def _read_chat_file(path: Path) -> str:
+    """The file's text, refusing what is not a regular file of at most MAX_FILE_BYTES *before* reading:
+    /dev/zero never ends and a FIFO blocks until a writer comes."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise BadInputError(f"cannot read {path}: not a regular file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise BadInputError(f"{path} is {st.st_size / 2**20:.1f} MiB; a chat file is at most "
+                            f"{MAX_FILE_BYTES >> 20} MiB")
+    # O_NONBLOCK: if the path was swapped for a FIFO since the stat, opening it must not hang
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise BadInputError(f"cannot read {path}: not a regular file")
+        raw = f.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:  # it grew after the stat
+        raise BadInputError(f"{path} is over {MAX_FILE_BYTES >> 20} MiB; a chat file is at most that")
+    return raw.decode("utf-8")
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _nesting_depth(text: str) -> int:
+    """How deep the arrays and objects of a JSON text nest, measured without parsing it: json.loads
+    recurses once per level and a file of 100,000 "[" ends in RecursionError."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(itertools.accumulate(1 if c in "[{" else -1 for c in brackets), default=0)
 
 
 def _path_arg(arg: str, usage: str) -> Path:
@@ -318,16 +379,36 @@ def to_json(state: ChatState) -> dict:
     }
 
 
+_TOP_LEVEL = ("format", "version", "model", "messages", "params")
+_MESSAGE_KEYS = {"role", "content"}
+
+
 def from_json(state: ChatState, data, source: str = "the file") -> None:
-    """Restore a /save document into `state`; BadInputError (state untouched) when it is not one."""
+    """Restore a /save document into `state`, checked field by field; BadInputError (state untouched)
+    when it is not one. "format" and "version" may be left out of a hand-written file."""
     if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
         raise BadInputError(f"{source} is not a rocmforge chat file (no \"messages\" list)")
+    _check_header(data, source)
     system, messages = _check_messages(data["messages"], source)
     params = data.get("params")
     sampling, max_tokens = _check_params({} if params is None else params, state, source)
     state.system, state.messages = system, messages
     state.sampling, state.max_tokens = sampling, max_tokens
     state.last_stats = None
+
+
+def _check_header(data: dict, source: str) -> None:
+    unknown = sorted(set(data) - set(_TOP_LEVEL))
+    if unknown:
+        raise BadInputError(f"{source}: unknown field(s) {', '.join(map(repr, unknown))}")
+    if data.get("format", SAVE_FORMAT) != SAVE_FORMAT:
+        raise BadInputError(f"{source}: \"format\" is {data['format']!r}, not {SAVE_FORMAT!r}")
+    version = data.get("version", SAVE_VERSION)
+    if not is_int(version) or not 1 <= version <= SAVE_VERSION:
+        raise BadInputError(f"{source}: version {version!r} is not one this rocmforge reads "
+                            f"(1..{SAVE_VERSION})")
+    if not isinstance(data.get("model", ""), str):
+        raise BadInputError(f"{source}: \"model\" must be a text name")
 
 
 def _check_messages(items: list, source: str) -> tuple[str | None, list[dict]]:
@@ -337,6 +418,9 @@ def _check_messages(items: list, source: str) -> tuple[str | None, list[dict]]:
                 and item.get("role") in ("system", "user", "assistant")):
             raise BadInputError(f"{source}: message {i + 1} needs a role (system, user or assistant) "
                                 "and a text content")
+        if set(item) != _MESSAGE_KEYS:
+            raise BadInputError(f"{source}: message {i + 1} has unknown field(s) "
+                                f"{', '.join(map(repr, sorted(set(item) - _MESSAGE_KEYS)))}")
         if item["role"] == "system":
             if i != 0:
                 raise BadInputError(f"{source}: a system message may only come first (message {i + 1})")
@@ -354,12 +438,12 @@ def _check_params(params, state: ChatState, source: str) -> tuple[dict, int]:
     if unknown:
         raise BadInputError(f"{source}: unknown parameter(s) {', '.join(unknown)}")
     sampling = dict(state.sampling, **{k: v for k, v in params.items() if k != "max_tokens"})
-    try:
+    try:  # types and ranges of every field: a float top_k here would fail at the next reply
         SamplingParams(**sampling).validate()
-    except TypeError as exc:  # e.g. a string where a number belongs
-        raise BadInputError(f"{source}: bad parameter value ({exc})") from None
+    except BadInputError as exc:
+        raise BadInputError(f"{source}: bad parameter value: {exc.message}") from None
     max_tokens = params.get("max_tokens", state.max_tokens)
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+    if not is_int(max_tokens) or max_tokens < 1:
         raise BadInputError(f"{source}: max_tokens must be a whole number >= 1 (got {max_tokens!r})")
     return sampling, max_tokens
 

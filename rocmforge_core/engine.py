@@ -23,9 +23,14 @@ import numpy as np
 from rocmforge_core.errors import BadInputError, RocmforgeError
 from rocmforge_core.sampler import Sampler, SamplingParams
 from rocmforge_core.stops import StopMatcher
+from rocmforge_core.validate import check_int
 
 DEFAULT_CTX = 4096
 PREFILL_CHUNK = 512  # tokens per prefill batch, like llama.cpp's default micro-batch
+# stop() and a cancel wait for the prefill chunk in flight. On the CPU a 512-token chunk deep into a
+# long prompt takes seconds; 64 tokens bound that wait at about the same total speed (measured on
+# SmolLM2: 4,000 tokens in 21-24 s either way). llama.cpp numerics keep 512, llama.cpp's own batches.
+CPU_PREFILL_CHUNK = 64
 
 
 class EngineBusyError(RocmforgeError):
@@ -170,6 +175,7 @@ class _Active:
     history: list[int] = field(default_factory=list)
     next_token: int | None = None
     cancelled: bool = False
+    done: bool = False  # its final event is queued
     finished_delivered: bool = False
     timings: Timings = field(default_factory=Timings)
     gen_start: float = 0.0
@@ -179,7 +185,8 @@ class Engine:
     """Owns a loaded model, its KV cache and the inference loop. Build it with `create_engine`."""
 
     def __init__(self, *, model, tokenizer, chat_template, gguf_file, backend: str, backend_reason: str,
-                 n_ctx: int, n_slots: int, max_queue: int, load_ms: float):
+                 n_ctx: int, n_slots: int, max_queue: int, load_ms: float,
+                 prefill_chunk: int = PREFILL_CHUNK):
         self.model = model
         self.tokenizer = tokenizer
         self.chat_template = chat_template
@@ -190,6 +197,9 @@ class Engine:
         self.n_slots = n_slots
         self.max_queue = max_queue
         self.load_ms = load_ms
+        self.prefill_chunk = prefill_chunk
+        # The embedding's rows bound the ids a prompt may hold; the tokenizer's list can be longer.
+        self.n_vocab = int(model.args.vocab_size)
         self._cache = None
         self._free_slots: list[int] = []
         self._intake: asyncio.Queue | None = None
@@ -284,6 +294,37 @@ class Engine:
             raise ContextOverflowError(len(ids), self.n_ctx)
         return ids
 
+    def _check_request(self, request: Request) -> None:
+        """Every field of a request, so that nothing a client sends can fail later inside the loop."""
+        if not isinstance(request, Request):
+            raise BadInputError(f"submit() takes a Request (got {type(request).__name__})")
+        given = [n for n in ("prompt", "messages", "tokens") if getattr(request, n) is not None]
+        if len(given) > 1:
+            raise BadInputError(f"a request takes one of prompt, messages or tokens (got {' and '.join(given)})")
+        if request.prompt is not None and not isinstance(request.prompt, str):
+            raise BadInputError(f"the prompt must be text (got {type(request.prompt).__name__})")
+        if request.messages is not None:
+            _check_messages(request.messages)
+        if request.tokens is not None:
+            self._check_ids(_token_list(request.tokens), "tokens")
+        check_int("--max-tokens", request.max_tokens, lo=1)
+        _check_stops(request.stop)
+        if not isinstance(request.ignore_eos, bool):
+            raise BadInputError(f"ignore_eos must be true or false (got {request.ignore_eos!r})")
+        if not isinstance(request.sampling, SamplingParams):
+            raise BadInputError(f"sampling must be SamplingParams (got {type(request.sampling).__name__})")
+        session = request.session
+        if session is not None and (not isinstance(session, ChatSession) or session._engine is not self):
+            raise BadInputError("the session does not belong to this engine", hint="use engine.open_session()")
+
+    def _check_ids(self, ids: Sequence[int], what: str) -> None:
+        """Token ids index the embedding, so its row count bounds them (the tokenizer's list may be longer)."""
+        n = self.n_vocab
+        bad = next((t for t in ids if not 0 <= t < n), None)
+        if bad is not None:
+            raise BadInputError(f"{what}: token id {bad} is out of range for the model's {n} embedding rows "
+                                f"(ids 0..{n - 1})")
+
     def _special_text(self, token_id: int | None) -> str:
         if token_id is None:
             return ""
@@ -293,13 +334,13 @@ class Engine:
         """Queue a request; returns its event stream. Raises BadInputError or EngineBusyError at once."""
         if not self._accepting or self._intake is None:
             raise EngineStateError("the engine is not running", hint="await engine.start() first")
-        if request.max_tokens <= 0:
-            raise BadInputError(f"--max-tokens must be at least 1 (got {request.max_tokens})")
+        self._check_request(request)
         params = request.sampling.validate()
         session = request.session
         if session is not None and (session.closed or session.busy):
             raise EngineStateError("this chat session is closed or already answering")
         prompt = self.prepare_prompt(request)
+        self._check_ids(prompt, "the prompt")
         if session is not None:
             session.busy = True
         state = _Active(request=request, prompt=prompt, sampler=Sampler(params),
@@ -331,20 +372,20 @@ class Engine:
                     session = state.request.session
                     state.slot = session.slot if session is not None else self._free_slots.pop()
                     admitting[:] = [state]
-                    await self._prefill(state)
+                    await self._contained(state, self._prefill(state))
                     admitting.clear()
-                    if not self._maybe_finish(state):
+                    if not state.done and not self._maybe_finish(state):
                         active.append(state)
                 if active:
                     await self._decode_step(active)
-                    active = [s for s in active if not self._maybe_finish(s)]
+                    active = [s for s in active if not s.done and not self._maybe_finish(s)]
                 await asyncio.sleep(0)  # let streams and new submissions run between steps
         except asyncio.CancelledError:
             for state in admitting + active + list(waiting):
                 state.cancelled = True
                 self._finish(state, "cancelled")
             raise
-        except Exception as exc:  # a bug in the model code: no more intake, every request told why
+        except Exception as exc:  # a bug in the loop itself: no more intake, every request told why
             self._accepting = False
             for state in admitting + active + list(waiting) + self._drain_intake():
                 self._finish(state, "error", error=f"{type(exc).__name__}: {exc}")
@@ -365,7 +406,18 @@ class Engine:
             self._finish(state, "cancelled")
 
     async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _quietly, fn, *args)
+
+    async def _contained(self, state: _Active, work) -> None:
+        """Await one request's work; if the model or sampler raises, only that request ends ("error")."""
+        try:
+            await work
+        except Exception as exc:
+            self._fail(state, exc)
+
+    def _fail(self, state: _Active, exc: BaseException) -> None:
+        text = exc.one_line() if isinstance(exc, RocmforgeError) else f"{type(exc).__name__}: {exc}"
+        self._finish(state, "error", error=text)
 
     async def _prefill(self, state: _Active) -> None:
         start = time.perf_counter()
@@ -378,10 +430,11 @@ class Engine:
         state.timings.reused_tokens = reuse
         state.fed = state.prompt[:reuse]
         logits = None
-        for lo in range(reuse, len(state.prompt), PREFILL_CHUNK):
-            if state.cancelled:
+        step = self.prefill_chunk
+        for lo in range(reuse, len(state.prompt), step):
+            if state.cancelled:  # checked between chunks: a cancel or stop() waits one chunk at most
                 return
-            chunk = state.prompt[lo:lo + PREFILL_CHUNK]
+            chunk = state.prompt[lo:lo + step]
             logits = await self._run(self.model.prefill, chunk, self._cache, state.slot, lo)
             state.fed.extend(chunk)
         state.position = len(state.prompt)
@@ -393,20 +446,43 @@ class Engine:
         self._accept_token(state, int(token))
 
     async def _decode_step(self, active: list[_Active]) -> None:
-        tokens = np.array([s.next_token for s in active], dtype=np.int64)
-        slots = np.array([s.slot for s in active], dtype=np.int64)
-        positions = np.array([s.position for s in active], dtype=np.int64)
-
-        def step():
-            logits = self.model.decode(tokens, self._cache, slots, positions)
-            return [s.sampler.sample(logits[i], s.history) for i, s in enumerate(active)]
-
-        sampled = await self._run(step)
-        for state, token in zip(active, sampled):
+        """One batched decode step. If the batch fails, each request is stepped alone to find the one
+        that fails: it ends with "error" and the others go on (writing a position's K/V again is harmless)."""
+        try:
+            results = await self._run(self._step, active)
+        except Exception:
+            results = [await self._step_alone(s) for s in active]
+        for state, result in zip(active, results):
+            if isinstance(result, Exception):
+                self._fail(state, result)
+                continue
             state.fed.append(state.next_token)
             state.position += 1
             if not state.cancelled:
-                self._accept_token(state, int(token))
+                try:
+                    self._accept_token(state, result)
+                except Exception as exc:  # e.g. a sampled id the tokenizer cannot show
+                    self._fail(state, exc)
+
+    def _step(self, batch: list[_Active]) -> list:
+        """On the worker: decode the batch, then sample each row; a sampler error is that row's result."""
+        tokens = np.array([s.next_token for s in batch], dtype=np.int64)
+        slots = np.array([s.slot for s in batch], dtype=np.int64)
+        positions = np.array([s.position for s in batch], dtype=np.int64)
+        logits = self.model.decode(tokens, self._cache, slots, positions)
+        results = []
+        for i, state in enumerate(batch):
+            try:
+                results.append(int(state.sampler.sample(logits[i], state.history)))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    async def _step_alone(self, state: _Active):
+        try:
+            return (await self._run(self._step, [state]))[0]
+        except Exception as exc:
+            return exc
 
     def _accept_token(self, state: _Active, token: int) -> None:
         """Record a sampled token; emit its text unless it ends generation."""
@@ -436,6 +512,7 @@ class Engine:
         return False
 
     def _finish(self, state: _Active, reason: str, error: str | None = None) -> None:
+        state.done = True
         session = state.request.session
         if session is not None:
             session.cached = list(state.fed)
@@ -453,6 +530,13 @@ class Engine:
         if state.gen_start:
             t.gen_ms = (time.perf_counter() - state.gen_start) * 1e3
         state.events.put_nowait(Event(text=tail, finish_reason=reason, timings=t, error=error))
+
+
+def _quietly(fn, *args):
+    """Run model or sampler work with numpy's float warnings off: they would print to stderr in the
+    middle of a streamed reply. Failures reach the caller as exceptions, and so as "error" events."""
+    with np.errstate(all="ignore"):
+        return fn(*args)
 
 
 _LOADED: dict[tuple, tuple] = {}  # one loaded model per process: (key) -> (gguf, config, tokenizer, model)
@@ -476,6 +560,15 @@ def _load(path: Path, backend: str, numerics: str = "float32"):
         ops = CpuBackend(numerics) if backend == "cpu" else backend
         _LOADED[key] = (gguf_file, config, tokenizer, load_model(gguf_file, backend=ops))
     return _LOADED[key]
+
+
+def _check_special_ids(tokenizer, n_rows: int) -> None:
+    """Refuse a file whose tokenizer adds a BOS or EOS id past the embedding: every prompt would fail."""
+    for name, token_id, added in (("BOS", tokenizer.bos_id, tokenizer.add_bos),
+                                  ("EOS", tokenizer.eos_id, tokenizer.add_eos)):
+        if added and token_id is not None and token_id >= n_rows:
+            raise BadInputError(f"the tokenizer's {name} id {token_id} is past the model's {n_rows} "
+                                "embedding rows", hint="the file's tokenizer and weights disagree")
 
 
 def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_ctx: int | None = None,
@@ -506,11 +599,38 @@ def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_c
         raise BadInputError("an engine needs at least one slot and a queue of at least one")
     path = resolve_model(None if model is None else str(model), progress=progress)
     gguf_file, config, tokenizer, loaded = _load(path, name, numerics)
+    _check_special_ids(tokenizer, int(loaded.args.vocab_size))
     template = ChatTemplate.for_model(gguf_file.metadata, override_file=chat_template_file)
     ctx = min(n_ctx if n_ctx is not None else DEFAULT_CTX, config.context_length)
     return Engine(model=loaded, tokenizer=tokenizer, chat_template=template, gguf_file=gguf_file,
                   backend=name, backend_reason=reason, n_ctx=ctx, n_slots=n_slots, max_queue=max_queue,
-                  load_ms=(time.perf_counter() - t0) * 1e3)
+                  load_ms=(time.perf_counter() - t0) * 1e3,
+                  prefill_chunk=CPU_PREFILL_CHUNK if (name, numerics) == ("cpu", "float32") else PREFILL_CHUNK)
+
+
+def _token_list(tokens) -> list[int]:
+    if isinstance(tokens, (str, bytes)) or not isinstance(tokens, (Sequence, np.ndarray)):
+        raise BadInputError(f"tokens must be a list of token ids (got {type(tokens).__name__})")
+    for t in tokens:
+        check_int("a token id", t)
+    return [int(t) for t in tokens]
+
+
+def _check_messages(messages) -> None:
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise BadInputError(f"messages must be a list (got {type(messages).__name__})")
+    for i, m in enumerate(messages):
+        if not (isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise BadInputError(f"message {i + 1} needs a text role and a text content")
+
+
+def _check_stops(stop) -> None:
+    # a bare string would be read as a list of one-character stops
+    if isinstance(stop, (str, bytes)) or not isinstance(stop, Sequence):
+        raise BadInputError(f"stop must be a list of strings (got {type(stop).__name__})")
+    for s in stop:
+        if not isinstance(s, str) or not s:
+            raise BadInputError(f"each stop string must be non-empty text (got {s!r})")
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -25,14 +25,22 @@ from typing import Sequence
 import numpy as np
 
 from rocmforge_core.errors import BadInputError
+from rocmforge_core.validate import INT32_MAX, check_number, is_int, is_number
 
 # Without top-k, top-p first looks for the nucleus among this many best tokens, then 16x more, and so
 # on (llama.cpp has the same adaptive idea): a full sort of 262k logits costs ~30-90 ms on numpy.
 _TOP_P_SHORTLIST = 256
+SEED_MAX = 2**64 - 1  # numpy's generator takes any size, but clients store seeds as 64-bit at most
+_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty")
+_INT_FIELDS = ("top_k", "repeat_last_n", "seed")
+_FLAGS = {"temperature": "--temperature", "top_p": "--top-p", "min_p": "--min-p",
+          "repeat_penalty": "--repeat-penalty", "frequency_penalty": "frequency_penalty",
+          "presence_penalty": "presence_penalty", "top_k": "--top-k", "repeat_last_n": "--repeat-last-n",
+          "seed": "--seed"}
 
 
 def _fmt(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
 
 
 @dataclass(frozen=True)
@@ -50,27 +58,39 @@ class SamplingParams:
     presence_penalty: float = 0.0
 
     def validate(self) -> "SamplingParams":
-        """Return self, or raise BadInputError naming the first bad flag."""
+        """Return self, or raise BadInputError naming the first bad flag (wrong type, range or NaN)."""
+        self._check_types()
         checks = [
             ("--temperature", self.temperature, self.temperature >= 0, "must be >= 0", "; 0 = greedy"),
             ("--top-k", self.top_k, self.top_k >= 0, "must be >= 0", "; 0 = off"),
+            ("--top-k", self.top_k, self.top_k <= INT32_MAX, f"must be <= {INT32_MAX}", ""),
             ("--top-p", self.top_p, 0 < self.top_p <= 1, "must be in (0, 1]", ""),
             ("--min-p", self.min_p, 0 <= self.min_p <= 1, "must be in [0, 1]", ""),
             ("--repeat-penalty", self.repeat_penalty, self.repeat_penalty > 0, "must be > 0", "; 1 = off"),
             ("--repeat-last-n", self.repeat_last_n, self.repeat_last_n >= -1, "must be >= -1",
              "; -1 = whole context, 0 = off"),
+            ("--repeat-last-n", self.repeat_last_n, self.repeat_last_n <= INT32_MAX, f"must be <= {INT32_MAX}", ""),
             ("--seed", self.seed, self.seed is None or self.seed >= -1, "must be >= 0", "; -1 = random"),
+            ("--seed", self.seed, self.seed is None or self.seed <= SEED_MAX, "must fit in 64 bits", ""),
         ]
         for flag, value, ok, rule, note in checks:
             if not ok:  # NaN fails every comparison, so it lands here too
                 raise BadInputError(f"{flag} {rule} (got {_fmt(value)}{note})")
-        for flag, value in [("--temperature", self.temperature), ("--top-p", self.top_p),
-                            ("--min-p", self.min_p), ("--repeat-penalty", self.repeat_penalty),
-                            ("frequency_penalty", self.frequency_penalty),
-                            ("presence_penalty", self.presence_penalty)]:
-            if not math.isfinite(value):
-                raise BadInputError(f"{flag} must be a finite number (got {_fmt(value)})")
+        for name in _FLOAT_FIELDS:
+            check_number(_FLAGS[name], getattr(self, name))  # inf, and ints too large for a float
         return self
+
+    def _check_types(self) -> None:
+        """Numbers where numbers belong: a float top-k or a bool temperature would pass the range
+        checks and then fail deep inside the sampler (or the GPU kernel it feeds)."""
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if not is_number(value):
+                raise BadInputError(f"{_FLAGS[name]} must be a number (got {value!r})")
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if not (is_int(value) or (name == "seed" and value is None)):
+                raise BadInputError(f"{_FLAGS[name]} must be a whole number (got {_fmt(value)})")
 
     @property
     def greedy(self) -> bool:
@@ -200,7 +220,12 @@ def candidate_probs(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndar
         out = ids, np.ones(ids.shape, dtype=np.float64)
     else:
         ids, vals = _shortlist(logits2d, params)
-        vals = vals.astype(np.float64) / params.temperature
+        # Shift to the best logit before dividing: a tiny temperature then sends the others to -inf
+        # (probability 0, the greedy limit) instead of overflowing to inf, and inf - inf = NaN.
+        vals = vals.astype(np.float64)
+        vals -= np.max(vals, axis=-1, keepdims=True)
+        with np.errstate(over="ignore"):
+            vals /= params.temperature
         out = ids, np.exp(_log_softmax_rows(vals))
     return (out[0][0], out[1][0]) if row else out
 

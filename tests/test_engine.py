@@ -1,5 +1,7 @@
-"""The engine contract on the real default model: no start-up race, clean stop, cancellation,
-continuous batching and KV reuse between chat turns."""
+"""The engine contract: on the real default model, no start-up race, clean stop, cancellation,
+continuous batching and KV reuse between chat turns; on tiny random models, that bad requests are
+refused at submit(), that a failure inside the loop ends only its own request, and that stop() is
+prompt during a long prefill."""
 
 from __future__ import annotations
 
@@ -8,13 +10,19 @@ import gc
 import threading
 import time
 import tracemalloc
+import warnings
 
+import numpy as np
 import pytest
+from gguf import GGMLQuantizationType as QT
 
+from gguf_factory import write_gguf
 from rocmforge_core.engine import Request, collect, create_engine
-from rocmforge_core.sampler import SamplingParams
+from rocmforge_core.errors import BadInputError
+from rocmforge_core.sampler import Sampler, SamplingParams
+from rocmforge_core.tokenizer.bpe import byte_to_unicode
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # loads the real default model
 
 GREEDY = SamplingParams(temperature=0.0)
 PROMPTS = [
@@ -53,6 +61,7 @@ def reference(smollm2_path):
     return run(go(), timeout=600)
 
 
+@slow
 def test_start_then_submit_immediately_200_times(smollm2_path, reference):
     expected = reference[PROMPTS[0]][0][:]
 
@@ -71,6 +80,7 @@ def test_start_then_submit_immediately_200_times(smollm2_path, reference):
         assert (text, reason) == (expected, "length"), f"iteration {i}"
 
 
+@slow
 def test_stop_leaves_no_tasks_or_threads(smollm2_path):
     async def go():
         engine = create_engine(smollm2_path, backend="cpu", n_slots=2)
@@ -93,6 +103,7 @@ def test_stop_leaves_no_tasks_or_threads(smollm2_path):
     assert [t for t in threading.enumerate() if not t.daemon] == [threading.main_thread()]
 
 
+@slow
 def test_start_stop_cycles_do_not_grow_memory(smollm2_path):
     engine = create_engine(smollm2_path, backend="cpu", n_slots=2, n_ctx=256)
 
@@ -115,6 +126,7 @@ def test_start_stop_cycles_do_not_grow_memory(smollm2_path):
     assert growth < 512 * 1024, f"{growth} bytes kept after 100 start/stop cycles"
 
 
+@slow
 def test_cancel_mid_generation_frees_the_slot(smollm2_path, reference):
     async def go():
         async with create_engine(smollm2_path, backend="cpu", n_slots=2) as engine:
@@ -141,6 +153,7 @@ def test_cancel_mid_generation_frees_the_slot(smollm2_path, reference):
     run(go())
 
 
+@slow
 def test_eight_concurrent_requests_match_alone_and_batch(smollm2_path, reference):
     """Same texts as alone; decoded as batched steps (counted, not timed: timing lives in benchmarks/,
     where engine_batching.py measures the throughput; the time ratio is printed here for the record)."""
@@ -178,6 +191,7 @@ def test_eight_concurrent_requests_match_alone_and_batch(smollm2_path, reference
     assert len(batch_sizes) <= 11 + 7 and max(batch_sizes) == 8
 
 
+@slow
 def test_second_turn_prefills_only_new_tokens(smollm2_path):
     async def go():
         async with create_engine(smollm2_path, backend="cpu", n_slots=1) as engine:
@@ -207,6 +221,7 @@ def test_second_turn_prefills_only_new_tokens(smollm2_path):
     run(go())
 
 
+@slow
 def test_full_queue_is_a_clear_busy_error(smollm2_path):
     from rocmforge_core.engine import EngineBusyError
 
@@ -223,6 +238,7 @@ def test_full_queue_is_a_clear_busy_error(smollm2_path):
     run(go())
 
 
+@slow
 def test_submit_before_start_is_refused(smollm2_path):
     from rocmforge_core.engine import EngineStateError
 
@@ -231,26 +247,241 @@ def test_submit_before_start_is_refused(smollm2_path):
         engine.submit(Request(prompt="hi"))
 
 
-def test_a_failing_model_fails_its_requests_and_stops_intake(smollm2_path):
-    from rocmforge_core.engine import EngineStateError
+# ---- robustness, on tiny random models ---------------------------------------------------------------
+
+VOCAB = 300  # printable ASCII first (so text prompts encode), then filler tokens
+
+
+def random_llama(path, *, rows=VOCAB, d=64, n_heads=4, n_kv=2, hd=16, ffn=128, n_layers=2, ctx=8192,
+                 extra=None):
+    """A llama GGUF with random weights and a byte-level vocabulary of VOCAB tokens; `rows` embedding
+    rows (fewer than VOCAB makes the tokenizer's list longer than the model's, as in a broken file)."""
+    rng = np.random.default_rng(0)
+
+    def weight(*shape, std=0.15):
+        return (rng.standard_normal(shape) * std).astype(np.float32), QT.F32
+
+    def norm(n):
+        return (1.0 + 0.2 * rng.standard_normal(n)).astype(np.float32), QT.F32
+
+    chars = [byte_to_unicode()[b] for b in range(32, 127)]
+    a = "llama"
+    meta = {f"{a}.block_count": n_layers, f"{a}.embedding_length": d, f"{a}.feed_forward_length": ffn,
+            f"{a}.attention.head_count": n_heads, f"{a}.attention.head_count_kv": n_kv,
+            f"{a}.attention.key_length": hd, f"{a}.attention.value_length": hd, f"{a}.context_length": ctx,
+            f"{a}.rope.dimension_count": hd, f"{a}.rope.freq_base": 10000.0,
+            f"{a}.attention.layer_norm_rms_epsilon": 1e-5,
+            "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.merges": ["a b"],
+            "tokenizer.ggml.tokens": chars + [f"<t{i}>" for i in range(VOCAB - len(chars))],
+            "tokenizer.ggml.eos_token_id": VOCAB - 1, **(extra or {})}
+    tensors = {"token_embd.weight": weight(rows, d, std=1.0), "output_norm.weight": norm(d)}
+    for i in range(n_layers):
+        p = f"blk.{i}."
+        tensors.update({
+            p + "attn_norm.weight": norm(d), p + "ffn_norm.weight": norm(d),
+            p + "attn_q.weight": weight(n_heads * hd, d), p + "attn_k.weight": weight(n_kv * hd, d),
+            p + "attn_v.weight": weight(n_kv * hd, d), p + "attn_output.weight": weight(d, n_heads * hd),
+            p + "ffn_gate.weight": weight(ffn, d), p + "ffn_up.weight": weight(ffn, d),
+            p + "ffn_down.weight": weight(d, ffn)})
+    return write_gguf(path, a, meta, tensors)
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return random_llama(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+
+
+GOOD = [Request(prompt="Hello there", max_tokens=8, sampling=GREEDY),
+        Request(tokens=[5, 6, 7, 8], max_tokens=6, sampling=SamplingParams(seed=3)),
+        Request(prompt="A longer prompt, with punctuation!", max_tokens=8, stop=["zz"],
+                sampling=SamplingParams(temperature=0.7, top_k=0, seed=11, repeat_penalty=1.1))]
+
+
+def with_sampling(**fields) -> Request:
+    return Request(tokens=[1, 2, 3], max_tokens=4, sampling=SamplingParams(**fields))
+
+
+BAD = {
+    "id = embedding rows": Request(tokens=[VOCAB]), "negative id": Request(tokens=[-1]),
+    "float id": Request(tokens=[1.5]), "bool id": Request(tokens=[True]), "ids as text": Request(tokens="12"),
+    "prompt and tokens": Request(prompt="a", tokens=[1]), "prompt not text": Request(prompt=5),
+    "messages not a list": Request(messages="hi"), "message without content": Request(messages=[{"role": "user"}]),
+    "max_tokens 0": Request(tokens=[1], max_tokens=0), "max_tokens float": Request(tokens=[1], max_tokens=2.5),
+    "max_tokens bool": Request(tokens=[1], max_tokens=True),
+    "stop is a string": Request(tokens=[1], stop="abc"), "empty stop": Request(tokens=[1], stop=[""]),
+    "stop not text": Request(tokens=[1], stop=[3]), "ignore_eos not bool": Request(tokens=[1], ignore_eos="yes"),
+    "sampling not params": Request(tokens=[1], sampling={"temperature": 0}),
+    "float top_k": with_sampling(top_k=1.5), "float repeat_last_n": with_sampling(repeat_last_n=2.5),
+    "float seed": with_sampling(seed=1.5), "seed 1e400": with_sampling(seed=1e400),
+    "seed past 64 bits": with_sampling(seed=2**70), "nan temperature": with_sampling(temperature=float("nan")),
+    "inf temperature": with_sampling(temperature=float("inf")), "bool temperature": with_sampling(temperature=True),
+    "text top_p": with_sampling(top_p="0.9"), "huge top_k": with_sampling(top_k=2**40),
+    "huge int temperature": with_sampling(temperature=10**400),
+}
+
+
+def alone(path, requests, **options):
+    """Each request's (text, ids, finish reason) on its own, one after another on a fresh engine."""
+    async def go():
+        async with create_engine(path, backend="cpu", n_slots=1, n_ctx=512, **options) as engine:
+            return [summary(await collect(engine.submit(r))) for r in requests]
+
+    return run(go())
+
+
+def summary(result):
+    text, ids, final = result
+    return text, ids, final.finish_reason
+
+
+def test_bad_requests_are_refused_at_submit_beside_good_ones(tiny_path):
+    expected = alone(tiny_path, GOOD)
 
     async def go():
-        engine = create_engine(smollm2_path, backend="cpu", n_slots=1, n_ctx=256)
-        async with engine:
-            real = engine.model.prefill
+        async with create_engine(tiny_path, backend="cpu", n_slots=4, n_ctx=512) as engine:
+            good = [asyncio.ensure_future(collect(engine.submit(r))) for r in GOOD]
+            await asyncio.sleep(0.01)  # the good ones are in flight while the bad ones arrive
+            errors = {}
+            for name, request in BAD.items():
+                with pytest.raises(BadInputError) as info:
+                    engine.submit(request)
+                errors[name] = info.value.one_line()
+            results = [summary(r) for r in await asyncio.gather(*good)]
+            assert engine.running
+            after = summary(await collect(engine.submit(GOOD[0])))
+        return errors, results, after
 
-            def broken(*args, **kwargs):
-                raise RuntimeError("planted failure")
+    errors, results, after = run(go())
+    assert results == expected and after == expected[0]
+    assert all("\n" not in e for e in errors.values())
+    assert "out of range for the model's 300 embedding rows" in errors["id = embedding rows"]
+    assert "--top-k must be a whole number (got 1.5)" in errors["float top_k"]
+    assert "--repeat-last-n must be a whole number (got 2.5)" in errors["float repeat_last_n"]
+    assert "--seed must be a whole number (got inf)" in errors["seed 1e400"]
+    assert "--temperature must be a number (got True)" in errors["bool temperature"]
+    assert "--max-tokens must be >= 1 (got 0)" in errors["max_tokens 0"]
 
-            engine.model.prefill = broken  # instance attribute: the shared model class is untouched
-            try:
-                _, _, final = await collect(engine.submit(Request(prompt=PROMPTS[0], max_tokens=4)))
-            finally:
-                del engine.model.prefill
-            assert final.finish_reason == "error" and "planted failure" in final.error
-            assert engine.model.prefill == real
-            with pytest.raises(EngineStateError):
-                engine.submit(Request(prompt=PROMPTS[0], max_tokens=4))
-        assert not engine.running
+
+def test_a_bos_past_the_embedding_rows_is_refused_at_load(tmp_path):
+    path = random_llama(tmp_path / "bos.gguf", rows=250,
+                        extra={"tokenizer.ggml.bos_token_id": 260, "tokenizer.ggml.add_bos_token": True})
+    with pytest.raises(BadInputError, match="BOS id 260 is past the model's 250 embedding rows"):
+        create_engine(path, backend="cpu", n_ctx=256)
+
+
+def test_ids_past_the_embedding_rows_are_refused_at_submit(tmp_path):
+    """The tokenizer knows 300 tokens, the embedding has 250 rows: the rows bound the ids."""
+    path = random_llama(tmp_path / "short.gguf", rows=250)
+
+    async def go():
+        async with create_engine(path, backend="cpu", n_slots=1, n_ctx=256) as engine:
+            with pytest.raises(BadInputError, match="token id 260 is out of range .* 250 embedding rows"):
+                engine.submit(Request(tokens=[1, 260]))
+            _, _, final = await collect(engine.submit(Request(tokens=[1, 249], max_tokens=2)))
+            assert final.finish_reason in ("length", "stop") and engine.running
 
     run(go())
+
+
+POISON = 77  # a prompt starting with this id is the request whose model calls fail
+
+
+@pytest.mark.parametrize("where", ["prefill", "decode", "sampler"])
+def test_a_failure_inside_the_loop_ends_only_its_request(tiny_path, monkeypatch, where):
+    """A real model method (or the sampler's) raises for one request; the others finish as alone."""
+    expected = alone(tiny_path, GOOD)
+    poisoned_slots = set()
+
+    async def go():
+        async with create_engine(tiny_path, backend="cpu", n_slots=4, n_ctx=512) as engine:
+            model = engine.model
+            real_prefill, real_decode, real_sample = model.prefill, model.decode, Sampler.sample
+
+            def prefill(tokens, cache, slot, start, *args):
+                if tokens[0] == POISON:
+                    poisoned_slots.add(slot)
+                    if where == "prefill":
+                        raise RuntimeError("planted failure")
+                return real_prefill(tokens, cache, slot, start, *args)
+
+            def decode(tokens, cache, slots, positions):
+                if where == "decode" and poisoned_slots & set(slots.tolist()):
+                    raise RuntimeError("planted failure")
+                return real_decode(tokens, cache, slots, positions)
+
+            def sample(self, logits, history=()):
+                if where == "sampler" and self.seed == 666:
+                    raise FloatingPointError("planted failure")
+                return real_sample(self, logits, history)
+
+            model.prefill, model.decode = prefill, decode  # instance attributes, removed below
+            monkeypatch.setattr(Sampler, "sample", sample)
+            try:
+                bad = engine.submit(Request(tokens=[POISON, 1, 2], max_tokens=6,
+                                            sampling=SamplingParams(seed=666)))
+                good = [engine.submit(r) for r in GOOD]
+                results = await asyncio.gather(collect(bad), *[collect(s) for s in good])
+            finally:
+                del model.prefill, model.decode
+                monkeypatch.undo()
+            assert engine.running and engine.free_slot_count == 4
+            after = summary(await collect(engine.submit(GOOD[0])))
+        return results, after
+
+    results, after = run(go())
+    (_, _, bad_final), *good_results = results
+    assert bad_final.finish_reason == "error" and "planted failure" in bad_final.error
+    assert [summary(r) for r in good_results] == expected and after == expected[0]
+
+
+def test_stop_during_a_long_prefill_is_prompt(tmp_path):
+    """stop() waits only for the prefill chunk in flight. Timed against the prefill's own pace, so that
+    a loaded machine slows both alike: with 512-token chunks, stop() right after the chunk at 2,560
+    begins waits ~20-45 % of the time the first 2,560 tokens took; with the CPU's 64-token chunks ~3-5 %."""
+    path = random_llama(tmp_path / "deep.gguf", d=256, n_heads=16, n_kv=4, hd=64, ffn=256, n_layers=4)
+    prompt = np.random.default_rng(1).integers(0, VOCAB, 4000).tolist()
+    deep = threading.Event()
+
+    async def go():
+        engine = create_engine(path, backend="cpu", n_slots=1, n_ctx=4096)
+        await engine.start()
+        real_prefill = engine.model.prefill
+
+        def prefill(tokens, cache, slot, start, *args):
+            if start >= 2560:
+                deep.set()  # a chunk deep into the prompt has just begun
+            return real_prefill(tokens, cache, slot, start, *args)
+
+        engine.model.prefill = prefill
+        try:
+            t0 = time.perf_counter()
+            stream = engine.submit(Request(tokens=prompt, max_tokens=4, sampling=GREEDY))
+            while not deep.is_set():
+                await asyncio.sleep(0.005)
+            t1 = time.perf_counter()
+            await engine.stop()
+            t2 = time.perf_counter()
+        finally:
+            del engine.model.prefill
+        return t1 - t0, t2 - t1, [e async for e in stream]
+
+    reach, latency, events = run(go())
+    print(f"\nstop() during a 4,000-token prefill took {latency * 1e3:.0f} ms "
+          f"(the first 2,560 tokens took {reach:.2f} s)")
+    assert events[-1].finish_reason == "cancelled"
+    assert latency < 0.12 * reach, f"stop() took {latency:.2f}s; the prefill to 2,560 took {reach:.2f}s"
+
+
+def test_a_tiny_temperature_is_greedy_and_prints_no_numpy_warning(tiny_path):
+    """temperature 1e-308 overflowed logits / T to inf, then inf - inf = NaN: RuntimeWarnings on stderr
+    and draws from NaN probabilities. The limit of a tiny temperature is the greedy choice."""
+    logits = np.random.default_rng(2).standard_normal(VOCAB).astype(np.float32) * 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Sampler(SamplingParams(temperature=1e-308, seed=1)).sample(logits) == int(np.argmax(logits))
+    greedy = Request(prompt="Hello there", max_tokens=8, sampling=GREEDY)
+    tiny = Request(prompt="Hello there", max_tokens=8, sampling=SamplingParams(temperature=1e-308, seed=5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert alone(tiny_path, [tiny]) == alone(tiny_path, [greedy])
+    assert [w for w in caught if issubclass(w.category, RuntimeWarning)] == []

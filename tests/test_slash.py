@@ -249,13 +249,39 @@ def test_failed_save_leaves_no_temporary_file(tmp_path):
      "a system message may only come first"),
     ('{"messages": [], "params": {"temperature": -2}}', "--temperature must be >= 0"),
     ('{"messages": [], "params": {"temperature": "hot"}}', "bad parameter value"),
+    # values that used to pass and then break the next reply (issue #9)
+    ('{"messages":[],"params":{"repeat_last_n":2.5,"repeat_penalty":1.1}}',
+     "--repeat-last-n must be a whole number (got 2.5)"),
+    ('{"messages": [], "params": {"top_k": 1.5}}', "--top-k must be a whole number (got 1.5)"),
+    ('{"messages": [], "params": {"seed": 1.5}}', "--seed must be a whole number (got 1.5)"),
+    ('{"messages": [], "params": {"seed": 1e400}}', "--seed must be a whole number (got inf)"),
+    ('{"messages": [], "params": {"seed": 123456789012345678901234567890}}', "--seed must fit in 64 bits"),
+    ('{"messages": [], "params": {"temperature": true}}', "--temperature must be a number (got True)"),
+    ('{"messages": [], "params": {"top_p": null}}', "--top-p must be a number (got None)"),
+    ('{"messages": [], "params": {"min_p": NaN}}', "--min-p must be in [0, 1] (got nan)"),
+    ('{"messages": [], "params": {"presence_penalty": Infinity}}', "presence_penalty must be a finite number"),
+    ('{"messages": [], "params": {"top_k": 99999999999}}', "--top-k must be <= 2147483647"),
+    ('{"messages": [], "params": {"max_tokens": true}}', "max_tokens must be a whole number"),
+    ('{"messages": [], "params": {"max_tokens": 2.0}}', "max_tokens must be a whole number"),
+    ('{"messages": [{"role": "user", "content": "a", "extra": 1}]}', "message 1 has unknown field(s) 'extra'"),
+    ('{"messages": [], "colour": "red"}', "unknown field(s) 'colour'"),
+    ('{"format": "other-chat", "messages": []}', "\"format\" is 'other-chat'"),
+    ('{"format": "rocmforge-chat", "version": 2, "messages": []}', "version 2 is not one this rocmforge reads"),
+    ('{"version": "1", "messages": []}', "version '1' is not one"),
+    ('{"model": 5, "messages": []}', '"model" must be a text name'),
+    ("[" * 100_000 + "]" * 100_000, "nested 100000 deep"),
+    ('{"messages": [{"role": "user", "content": "' + "[" * 50 + '"}], "params": {"x": [[[[[[[[[1]]]]]]]]]}}',
+     "nested 11 deep"),
+    (b"\xff\xfe not utf-8", "cannot read"),
     ('{"messages": [], "params": {"warmth": 1}}', "unknown parameter(s) warmth"),
     ('{"messages": [], "params": {"max_tokens": 0}}', "max_tokens must be a whole number"),
     ('{"messages": [], "params": []}', '"params" must be an object'),
 ])
 def test_load_rejects_bad_files_and_keeps_the_conversation(tmp_path, content, fragment):
     path = tmp_path / "bad.json"
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     state = chatted(make_state(system="Keep me."))
     before = copy.deepcopy(state)
@@ -263,6 +289,84 @@ def test_load_rejects_bad_files_and_keeps_the_conversation(tmp_path, content, fr
     assert outcome.error is not None and fragment in outcome.error, outcome.error
     assert "\n" not in outcome.error
     assert state == before
+
+
+def test_depth_is_measured_outside_strings():
+    assert slash._nesting_depth('{"a": "[[[[{{{{", "b": [1, {"c": "]]]\\"]"}]}') == 3
+    assert slash._nesting_depth("7") == 0
+
+
+@pytest.mark.timeout(20)  # a read of /dev/zero or a FIFO would never return
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo", "directory", "too large"])
+def test_load_refuses_what_is_not_a_small_regular_file_without_reading_it(tmp_path, kind):
+    import os
+
+    if kind == "/dev/zero":
+        path = "/dev/zero"
+    elif kind == "fifo":
+        path = tmp_path / "pipe"
+        os.mkfifo(path)
+    elif kind == "directory":
+        path = tmp_path
+    else:
+        path = tmp_path / "big.json"
+        with open(path, "wb") as f:
+            f.truncate(slash.MAX_FILE_BYTES + 1)  # sparse: no 16 MiB written
+    state = chatted(make_state())
+    before = copy.deepcopy(state)
+    outcome = slash.dispatch(state, f"/load {path}")
+    fragment = "a chat file is at most 16 MiB" if kind == "too large" else "not a regular file"
+    assert outcome.error is not None and fragment in outcome.error, outcome.error
+    assert "\n" not in outcome.error and state == before
+
+
+def test_save_with_a_245_character_name(tmp_path):
+    state = chatted(make_state())
+    path = tmp_path / ("c" * 240 + ".json")
+    assert len(path.name) == 245
+    assert slash.dispatch(state, f"/save {path}").error is None
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+    fresh = make_state()
+    assert slash.dispatch(fresh, f"/load {path}").error is None
+    assert fresh.conversation() == state.conversation()
+
+
+def test_save_with_a_name_too_long_is_one_line_and_loses_nothing(tmp_path):
+    state = chatted(make_state())
+    before = copy.deepcopy(state)
+    outcome = slash.dispatch(state, f"/save {tmp_path / ('c' * 300)}")
+    assert outcome.error.startswith("cannot write") and "name too long" in outcome.error.lower()
+    assert "\n" not in outcome.error and state == before
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["chmod 555", "/sys"])
+def test_save_into_a_read_only_directory_is_one_line_and_loses_nothing(tmp_path, where):
+    import os
+
+    if where == "/sys":  # sysfs refuses new files even to root
+        directory = "/sys"
+    else:
+        directory = tmp_path / "ro"
+        directory.mkdir()
+        directory.chmod(0o555)
+        if os.access(directory, os.W_OK):  # root ignores the mode bits
+            pytest.skip("running as root: a mode-555 directory is still writable")
+    state = chatted(make_state())
+    before = copy.deepcopy(state)
+    outcome = slash.dispatch(state, f"/save {directory}/chat.json")
+    assert outcome.error is not None and outcome.error.startswith(f"cannot write {directory}/chat.json")
+    assert "\n" not in outcome.error and state == before
+    assert not os.path.exists(f"{directory}/chat.json")
+
+
+def test_save_replaces_an_older_file_whole(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("old")
+    state = chatted(make_state())
+    assert slash.dispatch(state, f"/save {path}").error is None
+    assert len(json.loads(path.read_text())["messages"]) == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["c.json"]
 
 
 def test_load_without_params_keeps_the_current_ones(tmp_path):

@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 import numpy as np
 
 from rocmforge_core.errors import BadInputError, RocmforgeError
-from rocmforge_core.sampler import Sampler, SamplingParams
+from rocmforge_core.sampler import Sampler, SamplingParams, token_logprobs
 from rocmforge_core.stops import StopMatcher
 
 DEFAULT_CTX = 4096
@@ -58,6 +58,7 @@ class Request:
     stop: Sequence[str] = ()
     ignore_eos: bool = False  # benchmarks decode a fixed count
     session: "ChatSession | None" = None  # keep the KV cache between the turns of one conversation
+    logprobs: int | None = None  # report each token's logprob and this many top alternatives (None: off)
 
 
 class ChatSession:
@@ -116,6 +117,8 @@ class Event:
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     timings: Timings | None = None
     error: str | None = None
+    logprob: float | None = None  # with Request.logprobs: the token's log-probability (see token_logprobs)
+    top_logprobs: list[tuple[int, float]] | None = None  # the best alternatives, (id, logprob), best first
 
 
 class RequestStream:
@@ -385,12 +388,12 @@ class Engine:
             logits = await self._run(self.model.prefill, chunk, self._cache, state.slot, lo)
             state.fed.extend(chunk)
         state.position = len(state.prompt)
-        token = await self._run(state.sampler.sample, logits, state.history)
+        token, logprobs = await self._run(self._sample, state, logits)
         now = time.perf_counter()
         state.timings.prompt_ms = (now - start) * 1e3
         state.timings.ttft_ms = (now - state.submitted) * 1e3
         state.gen_start = now
-        self._accept_token(state, int(token))
+        self._accept_token(state, token, logprobs)
 
     async def _decode_step(self, active: list[_Active]) -> None:
         tokens = np.array([s.next_token for s in active], dtype=np.int64)
@@ -399,16 +402,23 @@ class Engine:
 
         def step():
             logits = self.model.decode(tokens, self._cache, slots, positions)
-            return [s.sampler.sample(logits[i], s.history) for i, s in enumerate(active)]
+            return [self._sample(s, logits[i]) for i, s in enumerate(active)]
 
         sampled = await self._run(step)
-        for state, token in zip(active, sampled):
+        for state, (token, logprobs) in zip(active, sampled):
             state.fed.append(state.next_token)
             state.position += 1
             if not state.cancelled:
-                self._accept_token(state, int(token))
+                self._accept_token(state, token, logprobs)
 
-    def _accept_token(self, state: _Active, token: int) -> None:
+    @staticmethod
+    def _sample(state: _Active, logits) -> tuple[int, tuple | None]:
+        """(token, its logprobs if the request asked for them); runs on the worker thread."""
+        token = int(state.sampler.sample(logits, state.history))
+        k = state.request.logprobs
+        return token, (None if k is None else token_logprobs(logits, token, k))
+
+    def _accept_token(self, state: _Active, token: int, logprobs: tuple | None = None) -> None:
         """Record a sampled token; emit its text unless it ends generation."""
         state.history.append(token)
         state.generated.append(token)
@@ -418,7 +428,8 @@ class Engine:
             return
         delta = state.decoder.add(token)
         shown, stopped = state.stops.feed(delta)
-        state.events.put_nowait(Event(text=shown, token_id=token))
+        logprob, top = logprobs if logprobs is not None else (None, None)
+        state.events.put_nowait(Event(text=shown, token_id=token, logprob=logprob, top_logprobs=top))
         if stopped:
             state.next_token = None
 

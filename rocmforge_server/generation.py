@@ -38,7 +38,8 @@ class Runner:
     defaults: SamplingParams
     max_queue: int
     metrics: object | None = None  # metrics.Metrics, told about every sequence
-    in_flight: int = 0
+    in_flight: int = 0  # sequences submitted whose final event has not come yet
+    pumps: set = field(default_factory=set)
 
     @property
     def active_slots(self) -> int:
@@ -80,8 +81,9 @@ def _api_error(exc: BaseException, param: str) -> BaseException:
 class Sequences:
     """The engine streams of one API request, merged in the order their events arrive.
 
-    Iterate for (choice index, Event); `close()` cancels whatever is still running (a client gone,
-    a handler failing) so the engine frees those KV slots at its next step.
+    Iterate for (choice index, Event). `close()` cancels what is still running (the client left, a
+    handler failed); each stream is still read to its end, so the counts and metrics record what the
+    engine really did (a cancelled sequence ends "cancelled" within one decode step).
     """
 
     runner: Runner
@@ -91,42 +93,43 @@ class Sequences:
 
     def __post_init__(self):
         self.runner.in_flight += len(self.streams)
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._tasks = [asyncio.ensure_future(self._pump(i, s)) for i, s in enumerate(self.streams)]
         self.prompt_tokens = [len(s.prompt_tokens) for s in self.streams]
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._delivered = 0
         self._closed = False
         if self.runner.metrics is not None:
             self.runner.metrics.started(self.prompt_tokens)
+        for i, stream in enumerate(self.streams):
+            task = asyncio.ensure_future(self._pump(i, stream))
+            self.runner.pumps.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self.runner.pumps.discard)
 
     async def _pump(self, index: int, stream: RequestStream) -> None:
+        metrics = self.runner.metrics
         async for event in stream:
-            self._queue.put_nowait((index, event))
+            if event.token_id is not None and metrics is not None:
+                metrics.token()
+            if event.finish_reason is not None:
+                self.finals[index] = event
+                self.runner.in_flight -= 1
+                if metrics is not None:
+                    metrics.finished(event)
+            if not self._closed:
+                self._queue.put_nowait((index, event))
 
     def __aiter__(self) -> "Sequences":
         return self
 
     async def __anext__(self) -> tuple[int, Event]:
-        if len(self.finals) == len(self.streams):
+        if self._delivered == len(self.streams):
             raise StopAsyncIteration
         index, event = await self._queue.get()
-        metrics = self.runner.metrics
-        if event.token_id is not None and metrics is not None:
-            metrics.token()
         if event.finish_reason is not None:
-            self.finals[index] = event
-            self.runner.in_flight -= 1
-            if metrics is not None:
-                metrics.finished(event)
+            self._delivered += 1
         return index, event
 
     def close(self) -> None:
-        if self._closed:
-            return
         self._closed = True
-        for i, (stream, task) in enumerate(zip(self.streams, self._tasks)):
+        for i, stream in enumerate(self.streams):
             if i not in self.finals:
                 stream.cancel()
-                self.runner.in_flight -= 1
-                if self.runner.metrics is not None:
-                    self.runner.metrics.finished(Event(finish_reason="cancelled"))
-            task.cancel()

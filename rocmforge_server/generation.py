@@ -40,6 +40,12 @@ class Runner:
     metrics: object | None = None  # metrics.Metrics, told about every sequence
     in_flight: int = 0  # sequences submitted whose final event has not come yet
     pumps: set = field(default_factory=set)
+    live: set = field(default_factory=set)  # Sequences not finished yet
+
+    def cancel_all(self) -> None:
+        """Cancel every sequence in flight; each request still ends normally (shutdown's last step)."""
+        for seqs in list(self.live):
+            seqs.cancel()
 
     @property
     def active_slots(self) -> int:
@@ -91,12 +97,16 @@ class Sequences:
     prompt_tokens: list[int] = field(default_factory=list)  # per choice
     finals: dict[int, Event] = field(default_factory=dict)
 
+    def __hash__(self) -> int:  # kept in Runner.live, by identity
+        return id(self)
+
     def __post_init__(self):
         self.runner.in_flight += len(self.streams)
         self.prompt_tokens = [len(s.prompt_tokens) for s in self.streams]
         self._queue: asyncio.Queue = asyncio.Queue()
         self._delivered = 0
         self._closed = False
+        self.runner.live.add(self)
         if self.runner.metrics is not None:
             self.runner.metrics.started(self.prompt_tokens)
         for i, stream in enumerate(self.streams):
@@ -112,6 +122,8 @@ class Sequences:
             if event.finish_reason is not None:
                 self.finals[index] = event
                 self.runner.in_flight -= 1
+                if len(self.finals) == len(self.streams):
+                    self.runner.live.discard(self)
                 if metrics is not None:
                     metrics.finished(event)
             if not self._closed:
@@ -129,7 +141,12 @@ class Sequences:
         return index, event
 
     def close(self) -> None:
+        """Nobody reads on: cancel what still runs and drop its events."""
         self._closed = True
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Cancel what still runs; the reader gets the "cancelled" final events."""
         for i, stream in enumerate(self.streams):
             if i not in self.finals:
                 stream.cancel()

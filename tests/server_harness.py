@@ -13,11 +13,11 @@ API_KEY = "test-key"
 
 
 class ServerThread:
-    def __init__(self, model_path, *, n_slots: int = 2, n_ctx: int = 4096, **options):
+    def __init__(self, model_path, *, n_slots: int = 2, n_ctx: int = 4096, grace: float = 2.0, **options):
         engine = create_engine(model_path, backend="cpu", n_ctx=n_ctx, n_slots=n_slots, max_queue=64)
         self.engine = engine
         opts = ServerOptions(model_id="tiny-chat", aliases=("tiny",), **options)
-        self.server = make_server(engine, opts, host="127.0.0.1", port=0, grace=2.0, log_level="warning")
+        self.server = make_server(engine, opts, host="127.0.0.1", port=0, grace=grace, log_level="warning")
         self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
 
     def __enter__(self) -> "ServerThread":

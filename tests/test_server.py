@@ -357,6 +357,9 @@ def test_full_queue_is_503_and_recovers(model_path):
     with ServerThread(model_path, n_slots=1, max_queue=1) as server, httpx.Client(timeout=30) as c:
         with long_stream(server, c) as first, long_stream(server, c) as second:
             assert first.status_code == second.status_code == 200
+            lines = first.iter_lines()
+            for _ in range(4):  # role, then text: the first holds the slot, the second waits
+                next(lines)
             assert metric(server, "rocmforge_queue_depth") == 1
             response = c.post(server.url + "/v1/chat/completions", json=GOOD)
             assert response.status_code == 503 and response.headers["retry-after"] == "1"
@@ -380,3 +383,22 @@ def test_metrics_count_requests_tokens_and_latency(server, client):
     assert metric(server, "rocmforge_slots") == 2
     post(server, "/v1/chat/completions", {"messages": []})
     assert metric(server, "rocmforge_requests_total", 'path="/v1/chat/completions",status="400"') >= 1
+
+
+def test_shutdown_lets_short_streams_finish_and_cancels_the_rest(model_path):
+    """What SIGTERM does (the signal handler sets should_exit): within the grace period a stream ends
+    normally; after it, the stream still running gets an error event, and the server stops."""
+    with ServerThread(model_path, n_slots=2, grace=1.5) as server, httpx.Client(timeout=30) as c:
+        short = {"messages": HI, "max_tokens": 300, "temperature": 0, "stream": True}
+        with c.stream("POST", server.url + "/v1/chat/completions", json=short) as a, \
+                long_stream(server, c) as b:
+            a_lines = (line for line in a.iter_lines() if line)
+            b_lines = (line for line in b.iter_lines() if line)
+            head = [next(a_lines) for _ in range(3)] + [next(b_lines) for _ in range(3)]
+            server.server.should_exit = True
+            a_rest, b_rest = list(a_lines), list(b_lines)
+        assert all(line.startswith("data: {") for line in head)
+        assert a_rest[-1] == "data: [DONE]" and '"finish_reason":"length"' in a_rest[-2]
+        assert json.loads(b_rest[-1][6:])["error"]["code"] == "cancelled"
+        server.thread.join(timeout=30)
+        assert not server.thread.is_alive() and not server.engine.running

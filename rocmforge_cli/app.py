@@ -116,11 +116,12 @@ def generate(
     backend: Backend = BackendOpt,
     numerics: Numerics = NumericsOpt,
     verbose: bool = VerboseOpt,
+    server: Optional[str] = typer.Option(None, "--server", help="Ask an OpenAI-compatible server at this URL instead of loading the model."),
 ) -> None:
     """Answer one prompt and exit. Streams the text to stdout."""
     from rocmforge_cli import generate_cmd
 
-    generate_cmd.run(
+    generate_cmd.run(server=server,
         model=model, prompt=prompt, system=system, max_tokens=max_tokens,
         sampling=_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
         raw=raw, stop=stop, json_out=json_out, ctx=ctx, chat_template_file=chat_template_file,

@@ -402,3 +402,43 @@ def test_shutdown_lets_short_streams_finish_and_cancels_the_rest(model_path):
         assert json.loads(b_rest[-1][6:])["error"]["code"] == "cancelled"
         server.thread.join(timeout=30)
         assert not server.thread.is_alive() and not server.engine.running
+
+
+# ---- rocmforge generate --server -----------------------------------------------------------------
+
+def generate_via(url: str, *args: str) -> "subprocess.CompletedProcess":
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ROCMFORGE_API_KEY=API_KEY)
+    return subprocess.run([sys.executable, "-m", "rocmforge_cli", "generate", "--server", url, *args],
+                          capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+
+
+def test_generate_against_the_server_equals_the_local_engine(model_path, server):
+    text, ids, _ = engine_greedy(model_path, Request(messages=HI, max_tokens=12,
+                                                     sampling=SamplingParams(temperature=0)))
+    proc = generate_via(server.url, "-p", "Hi there", "--temperature", "0", "-n", "12")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout == text + "\n"
+    proc = generate_via(server.url, "tiny", "-p", "The answer is", "--raw", "--temperature", "0", "-n", "6",
+                        "--json")
+    out = json.loads(proc.stdout)
+    raw, _, final = engine_greedy(model_path, Request(prompt="The answer is", max_tokens=6,
+                                                      sampling=SamplingParams(temperature=0)))
+    assert (out["text"], out["completion_tokens"], out["finish_reason"]) == (raw, 6, "length")
+    assert out["prompt_tokens"] == final.timings.prompt_tokens
+
+
+def test_generate_server_errors_are_one_line(server):
+    proc = generate_via(server.url, "gpt-4", "-p", "Hi")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: the server answered 404")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = generate_via(f"http://127.0.0.1:{port}", "-p", "Hi")
+    assert proc.returncode == 1 and "cannot reach the server" in proc.stderr and "Traceback" not in proc.stderr

@@ -116,11 +116,12 @@ def generate(
     backend: Backend = BackendOpt,
     numerics: Numerics = NumericsOpt,
     verbose: bool = VerboseOpt,
+    server: Optional[str] = typer.Option(None, "--server", help="Ask an OpenAI-compatible server at this URL instead of loading the model."),
 ) -> None:
     """Answer one prompt and exit. Streams the text to stdout."""
     from rocmforge_cli import generate_cmd
 
-    generate_cmd.run(
+    generate_cmd.run(server=server,
         model=model, prompt=prompt, system=system, max_tokens=max_tokens,
         sampling=_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
         raw=raw, stop=stop, json_out=json_out, ctx=ctx, chat_template_file=chat_template_file,
@@ -155,6 +156,39 @@ def chat(
         sampling=_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
         ctx=ctx, context_shift=context_shift, chat_template_file=chat_template_file,
         history_file=history_file, backend=backend.value, verbose=verbose,
+    )
+
+
+@app.command()
+def serve(
+    model: Optional[str] = ModelArg,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8080, "--port", help="TCP port (0: any free port)."),
+    ctx: Optional[int] = typer.Option(None, "--ctx", "-c", help="Context size per slot in tokens (default: model's, max 4096)."),
+    parallel: int = typer.Option(4, "--parallel", help="KV-cache slots: sequences decoded together."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="ROCMFORGE_API_KEY", help="Require Authorization: Bearer KEY on /v1 routes."),
+    max_queue: int = typer.Option(16, "--max-queue", help="Sequences that may wait for a slot; more get HTTP 503."),
+    max_body_bytes: int = typer.Option(8 << 20, "--max-body-bytes", help="Largest request body; larger gets HTTP 413."),
+    grace: float = typer.Option(10.0, "--shutdown-grace", help="Seconds in-flight requests get to finish on SIGINT/SIGTERM."),
+    temperature: float = Sampling.temperature,
+    top_k: int = Sampling.top_k,
+    top_p: float = Sampling.top_p,
+    min_p: float = Sampling.min_p,
+    repeat_penalty: float = Sampling.repeat_penalty,
+    repeat_last_n: int = Sampling.repeat_last_n,
+    seed: Optional[int] = Sampling.seed,
+    chat_template_file: Optional[str] = typer.Option(None, "--chat-template-file", help="Jinja template to use instead of the model's."),
+    backend: Backend = BackendOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API (SAMPLING flags set the defaults)."""
+    from rocmforge_cli import serve_cmd
+
+    serve_cmd.run(
+        model=model, host=host, port=port, ctx=ctx, parallel=parallel, backend=backend.value,
+        api_key=api_key, max_queue=max_queue, max_body_bytes=max_body_bytes, grace=grace,
+        sampling=_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
+        chat_template_file=chat_template_file, verbose=verbose,
     )
 
 

@@ -39,11 +39,17 @@ def build_request(engine, text: str, *, system: str | None, raw: bool, max_token
 
 
 def run(*, model, prompt, system, max_tokens, sampling, raw, stop, json_out, ctx, chat_template_file,
-        backend, verbose, numerics="float32") -> None:
+        backend, verbose, numerics="float32", server=None) -> None:
     from rocmforge_cli.common import check_generation_flags
 
     params = check_generation_flags(sampling, max_tokens, ctx)  # bad flags fail before the model loads
     text = read_prompt(prompt)
+    if server:
+        from rocmforge_cli import remote
+
+        return remote.generate(url=server, model=model, text=text, system=system, raw=raw,
+                               max_tokens=max_tokens, sampling=sampling, stop=stop, json_out=json_out,
+                               verbose=verbose)
 
     from rocmforge_cli.common import resolve_model_path
     from rocmforge_core.engine import create_engine

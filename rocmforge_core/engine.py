@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 import numpy as np
 
 from rocmforge_core.errors import BadInputError, RocmforgeError
-from rocmforge_core.sampler import Sampler, SamplingParams
+from rocmforge_core.sampler import Sampler, SamplingParams, token_logprobs
 from rocmforge_core.stops import StopMatcher
 from rocmforge_core.validate import check_int
 
@@ -63,6 +63,7 @@ class Request:
     stop: Sequence[str] = ()
     ignore_eos: bool = False  # benchmarks decode a fixed count
     session: "ChatSession | None" = None  # keep the KV cache between the turns of one conversation
+    logprobs: int | None = None  # report each token's logprob and this many top alternatives (None: off)
 
 
 class ChatSession:
@@ -121,6 +122,8 @@ class Event:
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     timings: Timings | None = None
     error: str | None = None
+    logprob: float | None = None  # with Request.logprobs: the token's log-probability (see token_logprobs)
+    top_logprobs: list[tuple[int, float]] | None = None  # the best alternatives, (id, logprob), best first
 
 
 class RequestStream:
@@ -438,12 +441,12 @@ class Engine:
             logits = await self._run(self.model.prefill, chunk, self._cache, state.slot, lo)
             state.fed.extend(chunk)
         state.position = len(state.prompt)
-        token = await self._run(state.sampler.sample, logits, state.history)
+        token, logprobs = await self._run(self._sample, state, logits)
         now = time.perf_counter()
         state.timings.prompt_ms = (now - start) * 1e3
         state.timings.ttft_ms = (now - state.submitted) * 1e3
         state.gen_start = now
-        self._accept_token(state, int(token))
+        self._accept_token(state, token, logprobs)
 
     async def _decode_step(self, active: list[_Active]) -> None:
         """One batched decode step. If the batch fails, each request is stepped alone to find the one
@@ -460,23 +463,35 @@ class Engine:
             state.position += 1
             if not state.cancelled:
                 try:
-                    self._accept_token(state, result)
+                    self._accept_token(state, *result)
                 except Exception as exc:  # e.g. a sampled id the tokenizer cannot show
                     self._fail(state, exc)
 
     def _step(self, batch: list[_Active]) -> list:
-        """On the worker: decode the batch, then sample each row; a sampler error is that row's result."""
+        """On the worker: decode the batch, then sample each row; a sampler error is that row's result.
+        When every row is plain greedy, the backend picks the tokens itself (on a GPU only the ids
+        cross to the host)."""
         tokens = np.array([s.next_token for s in batch], dtype=np.int64)
         slots = np.array([s.slot for s in batch], dtype=np.int64)
         positions = np.array([s.position for s in batch], dtype=np.int64)
+        if all(self._plain_greedy(s) for s in batch):
+            ids = self.model.decode_greedy(tokens, self._cache, slots, positions)
+            return [(int(t), None) for t in ids]
         logits = self.model.decode(tokens, self._cache, slots, positions)
         results = []
         for i, state in enumerate(batch):
             try:
-                results.append(int(state.sampler.sample(logits[i], state.history)))
+                results.append(self._sample(state, logits[i]))
             except Exception as exc:
                 results.append(exc)
         return results
+
+    @staticmethod
+    def _plain_greedy(state: _Active) -> bool:
+        """Greedy with nothing that reads the logits besides argmax (penalties, logprobs)."""
+        p = state.sampler.params
+        return (p.greedy and p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0
+                and p.presence_penalty == 0.0 and state.request.logprobs is None)
 
     async def _step_alone(self, state: _Active):
         try:
@@ -484,7 +499,14 @@ class Engine:
         except Exception as exc:
             return exc
 
-    def _accept_token(self, state: _Active, token: int) -> None:
+    @staticmethod
+    def _sample(state: _Active, logits) -> tuple[int, tuple | None]:
+        """(token, its logprobs if the request asked for them); runs on the worker thread."""
+        token = int(state.sampler.sample(logits, state.history))
+        k = state.request.logprobs
+        return token, (None if k is None else token_logprobs(logits, token, k))
+
+    def _accept_token(self, state: _Active, token: int, logprobs: tuple | None = None) -> None:
         """Record a sampled token; emit its text unless it ends generation."""
         state.history.append(token)
         state.generated.append(token)
@@ -494,7 +516,8 @@ class Engine:
             return
         delta = state.decoder.add(token)
         shown, stopped = state.stops.feed(delta)
-        state.events.put_nowait(Event(text=shown, token_id=token))
+        logprob, top = logprobs if logprobs is not None else (None, None)
+        state.events.put_nowait(Event(text=shown, token_id=token, logprob=logprob, top_logprobs=top))
         if stopped:
             state.next_token = None
 

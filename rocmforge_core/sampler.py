@@ -230,6 +230,18 @@ def candidate_probs(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndar
     return (out[0][0], out[1][0]) if row else out
 
 
+def token_logprobs(logits: np.ndarray, token: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+    """log p(token) and the k most likely (id, log p), best first, under the model's own distribution:
+    the softmax of the raw logits (V,), before penalties, truncation and temperature, as OpenAI's API
+    reports them, so they do not depend on the sampling settings."""
+    logp = _log_softmax_rows(np.asarray(logits)[None, :])[0]
+    top: list[tuple[int, float]] = []
+    if k > 0:
+        ids, vals = top_k_candidates(logp[None, :], k)
+        top = [(int(i), float(v)) for i, v in zip(ids[0], vals[0])]
+    return float(logp[token]), top
+
+
 class Sampler:
     """Draws token ids with one seeded numpy Generator; `seed` is the seed actually used."""
 

@@ -366,3 +366,16 @@ def test_speed_on_a_gemma_sized_vocab():
     ms = (time.perf_counter() - t0) / 20 * 1e3
     print(f"sample() with defaults on 262,144 logits: {ms:.2f} ms")
     assert 0 <= token < 262_144
+
+
+def test_token_logprobs_are_the_raw_log_softmax():
+    from rocmforge_core.sampler import token_logprobs
+
+    logits = np.array([2.0, 0.5, 3.0, -1.0], dtype=np.float32)
+    expected = logits.astype(np.float64) - np.log(np.exp(logits.astype(np.float64)).sum())
+    chosen, top = token_logprobs(logits, 1, 2)
+    assert chosen == pytest.approx(expected[1], abs=1e-12)
+    assert [i for i, _ in top] == [2, 0]
+    assert [lp for _, lp in top] == pytest.approx([expected[2], expected[0]], abs=1e-12)
+    assert token_logprobs(logits, 3, 0)[1] == []
+    assert [i for i, _ in token_logprobs(logits, 0, 10)[1]] == [2, 0, 1, 3]  # k past the vocabulary

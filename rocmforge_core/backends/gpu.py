@@ -166,11 +166,13 @@ class GpuOps:
 
     # ---- the decode step
     def decode_step(self, model: Any, tokens: np.ndarray, cache: GpuKVCache, slots: np.ndarray,
-                    positions: np.ndarray) -> np.ndarray:
-        """Decoder.decode's hook: the step through a captured graph, or op by op."""
+                    positions: np.ndarray, greedy: bool = False) -> np.ndarray:
+        """Decoder.decode's hook: the step through a captured graph, or op by op. With `greedy`, the
+        rows' argmax token ids (picked on the device), else the logits."""
         if not self.use_graphs or not isinstance(cache, GpuKVCache):
-            return model.forward_decode(tokens, cache, slots, positions)
-        return decode_step.run(self, model, tokens, cache, slots, positions)
+            logits = model.forward_decode(tokens, cache, slots, positions)
+            return np.argmax(logits, axis=-1).astype(np.int64) if greedy else logits
+        return decode_step.run(self, model, tokens, cache, slots, positions, greedy)
 
     # ---- ops
     def embedding(self, table: GpuLinear, tokens) -> DeviceArray:
@@ -375,12 +377,16 @@ class GpuOps:
         return y
 
     def argmax(self, x: DeviceArray) -> np.ndarray:
+        return self.to_host(self.argmax_device(x))
+
+    def argmax_device(self, x: DeviceArray) -> DeviceArray:
+        """(rows,) int32 index of each row's largest value (lowest on ties), left on the device."""
         x = self.contiguous(x)
         n = x.shape[-1]
         rows = x.size // n
         out = self.empty((rows,), np.int32)
-        self.launch("argmax_f32", (rows,), self.threads(min(n, 256)), x.ptr, out.ptr, n)
-        return self.to_host(out)
+        self.launch("argmax_f32", (rows,), self.threads(min(n, 1024)), x.ptr, out.ptr, n)
+        return out
 
 
 def make_ops(name: str = "cuda") -> GpuOps:

@@ -19,15 +19,19 @@ import numpy as np
 from rocmforge_core.gpu.memory import BufferPool, DeviceArray
 
 
-def run(ops, model, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """One checked decode step of `model` on `cache`: a replay, or the first run and its capture."""
+def run(ops, model, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.ndarray,
+        greedy: bool = False) -> np.ndarray:
+    """One checked decode step of `model` on `cache`: a replay, or the first run and its capture.
+    Returns the logits, or with `greedy` each row's argmax token id (only the ids are downloaded)."""
     key = (id(model), len(tokens))
     if key not in cache.graphs:
-        return _capture(ops, model, key, tokens, cache, slots, positions)
+        logits = _capture(ops, model, key, tokens, cache, slots, positions)
+        return np.argmax(logits, axis=-1).astype(np.int64) if greedy else logits
     graph = cache.graphs[key]
     if graph is None:  # capture failed once for this step: op by op from now on
-        return model.forward_decode(tokens, cache, slots, positions)
-    return graph.replay(tokens, slots, positions)
+        logits = model.forward_decode(tokens, cache, slots, positions)
+        return np.argmax(logits, axis=-1).astype(np.int64) if greedy else logits
+    return graph.replay_greedy(tokens, slots, positions) if greedy else graph.replay(tokens, slots, positions)
 
 
 def _capture(ops, model, key, tokens, cache, slots, positions) -> np.ndarray:
@@ -95,6 +99,15 @@ class DecodeGraph:
         out = self._download_logits()
         del host
         return out
+
+    def replay_greedy(self, tokens, slots, positions) -> np.ndarray:
+        """Replay, then the argmax of each row on the device: only B int32 come back. (The logit
+        soft-cap is monotonic, so the raw logits' argmax is the capped one's.)"""
+        host = self._upload_inputs(tokens, slots, positions)
+        self.ops.rt.graph_launch(self.exe, self.ops.stream)
+        ids = self.ops.to_host(self.ops.argmax_device(self.logits))  # synchronises: `host` was read
+        del host
+        return ids.astype(np.int64)
 
     def _forward(self, cache, capturing: bool) -> None:
         """The model's decode forward over the step's device inputs, drawing memory from its pool."""

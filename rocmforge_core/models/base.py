@@ -143,6 +143,14 @@ class Decoder:
 
         Returns (B, vocab) logits.
         """
+        return self._decode(tokens, cache, slots, positions, greedy=False)
+
+    def decode_greedy(self, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """decode, then each row's argmax (lowest id on ties): (B,) int64 token ids. A backend that
+        picks them on its device saves moving the logits."""
+        return self._decode(tokens, cache, slots, positions, greedy=True)
+
+    def _decode(self, tokens, cache, slots, positions, greedy: bool) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         slots = np.asarray(slots, dtype=np.int64).reshape(-1)
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
@@ -157,8 +165,9 @@ class Decoder:
         # calls forward_decode, so the step is the same network either way.
         step = getattr(self.ops, "decode_step", None)
         if step is not None:
-            return step(self, tokens, cache, slots, positions)
-        return self.forward_decode(tokens, cache, slots, positions)
+            return step(self, tokens, cache, slots, positions, greedy=greedy)
+        logits = self.forward_decode(tokens, cache, slots, positions)
+        return np.argmax(logits, axis=-1).astype(np.int64) if greedy else logits
 
     def forward_decode(self, tokens, cache, slots, positions) -> np.ndarray:
         """The decode step through the ops, one op at a time (inputs already checked by `decode`).

@@ -128,3 +128,22 @@ def test_env_switch_turns_graphs_off(rt, monkeypatch):
     assert GpuOps(rt).use_graphs is False
     monkeypatch.setenv("ROCMFORGE_GPU_GRAPHS", "1")
     assert GpuOps(rt).use_graphs is True
+
+
+def test_greedy_step_picks_on_the_device(case, graphed):
+    """decode_greedy through a replay (argmax on the device, only ids downloaded) == argmax of the
+    logits decode returns, step after step, for a batch of two."""
+    name, gguf_file = case[0], case[1]
+    model = load_model(gguf_file, graphed)
+    caches = [model.make_cache(2, N_CTX), model.make_cache(2, N_CTX)]
+    for cache in caches:
+        model.prefill([3, 1, 4], cache, 0, 0)
+        model.prefill([1, 5], cache, 1, 0)
+    tok_a = tok_b = np.array([9, 2])
+    pos = np.array([3, 2])
+    for step in range(6):
+        ids = model.decode_greedy(tok_a, caches[0], np.array([0, 1]), pos)
+        logits = model.decode(tok_b, caches[1], np.array([0, 1]), pos)
+        assert ids.tolist() == np.argmax(logits, axis=-1).tolist(), (name, step)
+        tok_a, tok_b, pos = ids, np.argmax(logits, axis=-1), pos + 1
+    assert captured(graphed, caches[0]) == [2], name

@@ -20,11 +20,11 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 
 import numpy as np
 
+from rocmforge_core.context import DEFAULT_CAP as DEFAULT_CTX  # noqa: F401  (context.py picks n_ctx)
 from rocmforge_core.errors import BadInputError, RocmforgeError
 from rocmforge_core.sampler import Sampler, SamplingParams
 from rocmforge_core.stops import StopMatcher
 
-DEFAULT_CTX = 4096
 PREFILL_CHUNK = 512  # tokens per prefill batch, like llama.cpp's default micro-batch
 
 
@@ -190,6 +190,7 @@ class Engine:
         self.n_slots = n_slots
         self.max_queue = max_queue
         self.load_ms = load_ms
+        self.ctx_reason = ""  # why n_ctx is what it is (create_engine fills it in)
         self._cache = None
         self._free_slots: list[int] = []
         self._intake: asyncio.Queue | None = None
@@ -507,10 +508,21 @@ def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_c
     path = resolve_model(None if model is None else str(model), progress=progress)
     gguf_file, config, tokenizer, loaded = _load(path, name, numerics)
     template = ChatTemplate.for_model(gguf_file.metadata, override_file=chat_template_file)
-    ctx = min(n_ctx if n_ctx is not None else DEFAULT_CTX, config.context_length)
-    return Engine(model=loaded, tokenizer=tokenizer, chat_template=template, gguf_file=gguf_file,
-                  backend=name, backend_reason=reason, n_ctx=ctx, n_slots=n_slots, max_queue=max_queue,
-                  load_ms=(time.perf_counter() - t0) * 1e3)
+    ctx, ctx_reason = _context_size(config, n_ctx, n_slots, name, loaded, path)
+    engine = Engine(model=loaded, tokenizer=tokenizer, chat_template=template, gguf_file=gguf_file,
+                    backend=name, backend_reason=reason, n_ctx=ctx, n_slots=n_slots, max_queue=max_queue,
+                    load_ms=(time.perf_counter() - t0) * 1e3)
+    engine.ctx_reason = ctx_reason
+    return engine
+
+
+def _context_size(config, requested, n_slots, backend, model, path) -> tuple[int, str]:
+    """rocmforge_core.context's choice, with the memory the cache would come from on this backend."""
+    from rocmforge_core import context
+
+    free = (context.host_free_bytes() if backend == "cpu"
+            else context.device_free_bytes(model, path.stat().st_size))
+    return context.choose_ctx(config, requested, n_slots=n_slots, free_bytes=free)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -28,8 +28,9 @@ def max_trained_ctx(config) -> tuple[int, str]:
     if config.rope_scaling_type and factor > 1.0:
         stretched = int((config.rope_original_context or trained) * factor)
         if stretched > trained:
-            return stretched, f"{config.rope_scaling_type} rope scaling x{factor:g} of {trained}"
-    return trained, "the model's trained length"
+            return stretched, (f"its trained length stretched by {config.rope_scaling_type} "
+                               f"rope scaling x{factor:g}")
+    return trained, "its trained length"
 
 
 def choose_ctx(config, requested: int | None, *, n_slots: int = 1,
@@ -39,11 +40,12 @@ def choose_ctx(config, requested: int | None, *, n_slots: int = 1,
     if requested is not None:
         if requested > limit:
             raise BadInputError(
-                f"a context of {requested} tokens is beyond this model's {why} ({limit})",
+                f"a context of {requested} tokens is beyond the {limit} this model supports ({why})",
                 hint=f"ask for at most {limit} with -c/--ctx; it declares no rope scaling that allows more"
                 if limit == config.context_length else f"ask for at most {limit} with -c/--ctx")
         return requested, "as requested with --ctx"
-    candidates = [(limit, why), (DEFAULT_CAP, f"the default cap of {DEFAULT_CAP}; -c/--ctx asks for more")]
+    candidates = [(limit, why.replace("its", "the model's", 1)),
+                  (DEFAULT_CAP, f"the default cap of {DEFAULT_CAP}; -c/--ctx asks for more")]
     if free_bytes is not None:
         fit = int(free_bytes * KV_MEMORY_SHARE) // kv_bytes_per_token(config, n_slots)
         candidates.append((max(fit, 8), (

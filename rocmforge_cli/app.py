@@ -226,6 +226,29 @@ def bench(
                   repetitions=repetitions, backend=backend_name, json_out=json_out, numerics=numerics.value)
 
 
+@app.command()
+def perplexity(
+    model: Optional[str] = ModelArg,
+    model_opt: Optional[str] = ModelOpt,
+    text_file: str = typer.Option(..., "--file", "-f", show_default=False,
+                                  help="The text to score (at least one window of -c tokens)."),
+    ctx: int = typer.Option(512, "--ctx-size", "--ctx", "-c",
+                            help="Window size in tokens; the second half of each window is scored."),
+    backend: Backend = BackendOpt,
+    n_gpu_layers: Optional[int] = NglOpt,
+    threads: Optional[int] = ThreadsOpt,
+    json_out: bool = typer.Option(False, "--json", help="One JSON object: ppl, nll, n_tokens, n_windows, ctx, backend."),
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Perplexity of a text file, like llama-perplexity: non-overlapping windows, second halves scored."""
+    from rocmforge_cli import perplexity_cmd
+    from rocmforge_cli.common import pick_model, run_flags
+
+    backend_name = run_flags(threads, n_gpu_layers, backend.value)  # first: BLAS reads -t as it loads
+    perplexity_cmd.run(model=pick_model(model, model_opt), text_file=text_file, ctx=ctx, backend=backend_name,
+                       json_out=json_out, verbose=verbose, n_gpu_layers=n_gpu_layers)
+
+
 def _verbose_requested(argv: list[str]) -> bool:
     return "--verbose" in argv or "-v" in argv or os.environ.get("ROCMFORGE_DEBUG") == "1"
 

@@ -53,6 +53,8 @@ ALIASES = {
     "chat": ["-m", "--model", "-c", "--ctx-size", "-sys", "--system-prompt-file", "-t", "--threads",
              "-ngl", "--n-gpu-layers"],
     "bench": ["-m", "--model", "-t", "--threads", "-ngl", "--n-gpu-layers"],
+    "perplexity": ["-m", "--model", "-f", "--file", "-c", "--ctx-size", "-t", "--threads", "-ngl",
+                   "--n-gpu-layers", "--json"],
 }
 
 
@@ -244,6 +246,7 @@ def test_bad_input_is_exit_2_at_any_verbosity(files, monkeypatch, flags, env):
     verbose = bool(flags or env)
     check_code(run_main("generate", "/nonexistent/model.gguf", "-p", "hi", *flags), 2, verbose)
     check_code(run_main("generate", files["model"], "-p", "hi", "-c", "65", *flags), 2, verbose)
+    check_code(run_main("perplexity", files["model"], "-f", "/nonexistent.txt", *flags), 2, verbose)
 
 
 @pytest.mark.parametrize("flags, env", VERBOSITY)

@@ -272,3 +272,18 @@ def test_verbose_traceback_in_a_real_process(tmp_path):
     assert "Traceback" not in quiet.stderr and "Traceback" in loud.stderr and "Traceback" in debug.stderr
     assert quiet.stderr.splitlines()[-1] == loud.stderr.splitlines()[-1] == debug.stderr.splitlines()[-1]
     assert quiet.stdout == loud.stdout == ""
+
+
+def test_banner_says_why_the_context_is_what_it_is():
+    import io
+
+    from rocmforge_cli.render import Renderer
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    Renderer(out=out, interactive=True).banner(name="m.gguf", backend="cpu", backend_reason="requested",
+                                               n_ctx=4096, load_ms=10, ctx_reason="the default cap of 4096")
+    assert "ctx 4096: the default cap of 4096" in out.getvalue()

@@ -36,13 +36,42 @@ class Numerics(str, Enum):
 
 
 MODEL_HELP = "Path to a .gguf file or a known name (smollm2, gemma3-270m). Default: smollm2."
-ModelArg = typer.Argument(None, help=MODEL_HELP, show_default=False)
-RequiredModelArg = typer.Argument(..., help=MODEL_HELP, show_default=False)
+ModelArg = typer.Argument(None, metavar="MODEL", help=MODEL_HELP, show_default=False)
+RequiredModelArg = typer.Argument(..., metavar="MODEL", help=MODEL_HELP, show_default=False)
 BackendOpt = typer.Option(Backend.auto, "--backend", help="Where the model runs.", case_sensitive=False)
 NumericsOpt = typer.Option(
     Numerics.float32, "--numerics", case_sensitive=False,
     help="CPU arithmetic: float32, or llama.cpp to reproduce llama.cpp's CPU results bit for bit (slow).")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Stats on stderr; tracebacks on errors.")
+# Spellings people bring from llama.cpp: aliases of ours, with the same meaning where it applies.
+ModelOpt = typer.Option(None, "--model", "-m", help="MODEL given as an option instead of the argument.",
+                        show_default=False)
+CTX_HELP = ("Context size in tokens. Default: the model's trained length, capped by the memory free "
+            "for the KV cache and by 4096 (--verbose says which). Beyond the trained length is an error "
+            "unless the model declares rope scaling.")
+CtxOpt = typer.Option(None, "--ctx", "--ctx-size", "-c", help=CTX_HELP, show_default=False)
+ThreadsOpt = typer.Option(None, "--threads", "-t", show_default=False,
+                          help="CPU backend: threads of numpy's BLAS, which runs the matrix products "
+                               "(default: BLAS's own, usually all cores).")
+NglOpt = typer.Option(None, "--n-gpu-layers", "-ngl", show_default=False,
+                      help="All or nothing: 0 runs on the CPU, any other number runs every layer on the "
+                           "GPU (no partial offload). Same as --backend cpu / a GPU backend.")
+SystemFileOpt = typer.Option(None, "--system-prompt-file", "-sys", show_default=False,
+                             help="Read the system prompt from this file (instead of --system TEXT).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from rocmforge_core import __version__
+
+        typer.echo(f"rocmforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Run GGUF language models locally on AMD (HIP), NVIDIA (CUDA) or the CPU."""
 
 
 class Sampling:
@@ -98,8 +127,14 @@ def tokenize(
 @app.command()
 def generate(
     model: Optional[str] = ModelArg,
+    prompt_arg: Optional[str] = typer.Argument(None, metavar="PROMPT", show_default=False,
+                                               help="Prompt text (same as -p)."),
+    model_opt: Optional[str] = ModelOpt,
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt text (stdin is read too when piped)."),
+    prompt_file: Optional[str] = typer.Option(None, "--file", "-f", show_default=False,
+                                              help="Read the prompt from this file."),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt for the chat template."),
+    system_file: Optional[str] = SystemFileOpt,
     max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Most tokens to generate."),
     temperature: float = Sampling.temperature,
     top_k: int = Sampling.top_k,
@@ -111,28 +146,35 @@ def generate(
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     stop: List[str] = typer.Option([], "--stop", help="Stop when this text appears (repeatable)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object with text, ids and timings."),
-    ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens (default: model's, max 4096)."),
+    ctx: Optional[int] = CtxOpt,
     chat_template_file: Optional[str] = typer.Option(None, "--chat-template-file", help="Jinja template to use instead of the model's."),
     backend: Backend = BackendOpt,
+    n_gpu_layers: Optional[int] = NglOpt,
+    threads: Optional[int] = ThreadsOpt,
     numerics: Numerics = NumericsOpt,
     verbose: bool = VerboseOpt,
     server: Optional[str] = typer.Option(None, "--server", help="Ask an OpenAI-compatible server at this URL instead of loading the model."),
 ) -> None:
     """Answer one prompt and exit. Streams the text to stdout."""
     from rocmforge_cli import generate_cmd
+    from rocmforge_cli.common import run_flags
 
+    backend_name = run_flags(threads, n_gpu_layers, backend.value)  # first: BLAS reads -t as it loads
+    model, text = generate_cmd.model_and_prompt(model, prompt_arg, model_opt, prompt, prompt_file)
     generate_cmd.run(server=server,
-        model=model, prompt=prompt, system=system, max_tokens=max_tokens,
+        model=model, prompt=text, system=system, system_file=system_file, max_tokens=max_tokens,
         sampling=_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
         raw=raw, stop=stop, json_out=json_out, ctx=ctx, chat_template_file=chat_template_file,
-        backend=backend.value, numerics=numerics.value, verbose=verbose,
+        backend=backend_name, numerics=numerics.value, verbose=verbose, n_gpu_layers=n_gpu_layers,
     )
 
 
 @app.command()
 def chat(
     model: Optional[str] = ModelArg,
+    model_opt: Optional[str] = ModelOpt,
     system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
+    system_file: Optional[str] = SystemFileOpt,
     max_tokens: int = typer.Option(1024, "--max-tokens", "-n", help="Most tokens per reply."),
     temperature: float = Sampling.temperature,
     top_k: int = Sampling.top_k,
@@ -141,21 +183,25 @@ def chat(
     repeat_penalty: float = Sampling.repeat_penalty,
     repeat_last_n: int = Sampling.repeat_last_n,
     seed: Optional[int] = Sampling.seed,
-    ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens (default: model's, max 4096)."),
+    ctx: Optional[int] = CtxOpt,
     context_shift: bool = typer.Option(False, "--context-shift", help="When the context is full, drop the oldest turns (the system prompt stays)."),
     chat_template_file: Optional[str] = typer.Option(None, "--chat-template-file", help="Jinja template to use instead of the model's."),
     history_file: Optional[str] = typer.Option(None, "--history-file", help="Input history file (default: in the rocmforge data dir)."),
     backend: Backend = BackendOpt,
+    n_gpu_layers: Optional[int] = NglOpt,
+    threads: Optional[int] = ThreadsOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Chat with a model in the terminal (piped stdin: answer once and exit)."""
     from rocmforge_cli import chat_cmd
+    from rocmforge_cli.common import pick_model, run_flags
 
+    backend_name = run_flags(threads, n_gpu_layers, backend.value)  # first: BLAS reads -t as it loads
     chat_cmd.run(
-        model=model, system=system, max_tokens=max_tokens,
+        model=pick_model(model, model_opt), system=system, system_file=system_file, max_tokens=max_tokens,
         sampling=_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
         ctx=ctx, context_shift=context_shift, chat_template_file=chat_template_file,
-        history_file=history_file, backend=backend.value, verbose=verbose,
+        history_file=history_file, backend=backend_name, verbose=verbose, n_gpu_layers=n_gpu_layers,
     )
 
 
@@ -195,18 +241,46 @@ def serve(
 @app.command()
 def bench(
     model: Optional[str] = ModelArg,
+    model_opt: Optional[str] = ModelOpt,
     n_prompt: int = typer.Option(512, "--n-prompt", "-p", help="Prompt tokens processed as one batch."),
     n_gen: int = typer.Option(128, "--n-gen", "-n", help="Tokens generated one at a time."),
     repetitions: int = typer.Option(5, "--repetitions", "-r", help="Runs; the median is reported."),
     backend: Backend = BackendOpt,
+    n_gpu_layers: Optional[int] = NglOpt,
+    threads: Optional[int] = ThreadsOpt,
     numerics: Numerics = NumericsOpt,
     json_out: bool = typer.Option(False, "--json", help="One JSON object."),
 ) -> None:
     """Measure prompt processing (pp) and generation (tg) speed in tokens/s, like llama-bench."""
     from rocmforge_cli import bench_cmd
+    from rocmforge_cli.common import pick_model, run_flags
 
-    bench_cmd.run(model=model, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
-                  backend=backend.value, json_out=json_out, numerics=numerics.value)
+    backend_name = run_flags(threads, n_gpu_layers, backend.value)  # first: BLAS reads -t as it loads
+    bench_cmd.run(model=pick_model(model, model_opt), n_prompt=n_prompt, n_gen=n_gen,
+                  repetitions=repetitions, backend=backend_name, json_out=json_out, numerics=numerics.value)
+
+
+@app.command()
+def perplexity(
+    model: Optional[str] = ModelArg,
+    model_opt: Optional[str] = ModelOpt,
+    text_file: str = typer.Option(..., "--file", "-f", show_default=False,
+                                  help="The text to score (at least one window of -c tokens)."),
+    ctx: int = typer.Option(512, "--ctx-size", "--ctx", "-c",
+                            help="Window size in tokens; the second half of each window is scored."),
+    backend: Backend = BackendOpt,
+    n_gpu_layers: Optional[int] = NglOpt,
+    threads: Optional[int] = ThreadsOpt,
+    json_out: bool = typer.Option(False, "--json", help="One JSON object: ppl, nll, n_tokens, n_windows, ctx, backend."),
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Perplexity of a text file, like llama-perplexity: non-overlapping windows, second halves scored."""
+    from rocmforge_cli import perplexity_cmd
+    from rocmforge_cli.common import pick_model, run_flags
+
+    backend_name = run_flags(threads, n_gpu_layers, backend.value)  # first: BLAS reads -t as it loads
+    perplexity_cmd.run(model=pick_model(model, model_opt), text_file=text_file, ctx=ctx, backend=backend_name,
+                       json_out=json_out, verbose=verbose, n_gpu_layers=n_gpu_layers)
 
 
 def _verbose_requested(argv: list[str]) -> bool:
@@ -222,6 +296,15 @@ def _click_module():
     return _click
 
 
+def _report(exc: BaseException, line: str, verbose: bool) -> None:
+    """The error line on stderr; with --verbose the traceback first. The exit code never depends on it."""
+    if verbose:
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: every failure becomes one `error: ...` line unless --verbose."""
     from rocmforge_core.errors import RocmforgeError
@@ -235,9 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         result = app(args=args, prog_name="rocmforge", standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except RocmforgeError as exc:
-        if verbose:
-            raise
-        print(f"error: {exc.one_line()}", file=sys.stderr)
+        _report(exc, f"error: {exc.one_line()}", verbose)
         code = exc.exit_code
     except click.exceptions.NoArgsIsHelpError:
         code = 0  # Typer has already printed the help
@@ -252,10 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         code = 1
     except Exception as exc:  # an internal failure: one line, the traceback only on request
-        if verbose:
-            raise
-        print(f"error: internal error: {type(exc).__name__}: {exc} "
-              "(run again with --verbose for the traceback)", file=sys.stderr)
+        hint = "" if verbose else " (run again with --verbose for the traceback)"
+        _report(exc, f"error: internal error: {type(exc).__name__}: {exc}{hint}", verbose)
         code = 1
     sys.stdout.flush()
     return code

@@ -28,16 +28,17 @@ def _stdin_is_tty() -> bool:
 
 
 def run(*, model, system, max_tokens, sampling, ctx, context_shift, chat_template_file, history_file,
-        backend, verbose) -> None:
-    from rocmforge_cli.common import check_generation_flags
+        backend, verbose, system_file=None, n_gpu_layers=None) -> None:
+    from rocmforge_cli.common import check_generation_flags, system_prompt
 
     params = check_generation_flags(sampling, max_tokens, ctx)  # bad flags fail before the model loads
+    system = system_prompt(system, system_file)
     interactive = _stdin_is_tty()
     piped = None if interactive else _read_piped()
     history_path = Path(history_file).expanduser() if history_file else default_history_path()
 
     from rocmforge_cli import repl, slash
-    from rocmforge_cli.common import resolve_model_path
+    from rocmforge_cli.common import describe_run, resolve_model_path
     from rocmforge_cli.render import Renderer
     from rocmforge_core.engine import create_engine
 
@@ -49,10 +50,9 @@ def run(*, model, system, max_tokens, sampling, ctx, context_shift, chat_templat
     info = repl.model_info(engine, path)
     if interactive:  # the banner shows only on a terminal
         ui.banner(name=path.name, backend=engine.backend, backend_reason=engine.backend_reason,
-                  n_ctx=engine.n_ctx, load_ms=engine.load_ms)
+                  n_ctx=engine.n_ctx, load_ms=engine.load_ms, ctx_reason=engine.ctx_reason)
     if verbose and not (interactive and ui.tty):  # no banner: say it on stderr
-        print(f"backend: {engine.backend} ({engine.backend_reason}); model {info.name} loaded in "
-              f"{engine.load_ms:.0f} ms; ctx {engine.n_ctx}", file=sys.stderr)
+        print(f"model {info.name}; {describe_run(engine, n_gpu_layers)}", file=sys.stderr)
     state = slash.ChatState(model=info, sampling=slash.sampling_dict(params), max_tokens=max_tokens,
                             system=system or None, show_stats=verbose)
     if not interactive:

@@ -91,3 +91,85 @@ def check_generation_flags(sampling: dict, max_tokens: int, ctx: int | None):
     if ctx is not None and ctx < 8:
         raise BadInputError(f"--ctx must be at least 8 (got {ctx})")
     return params
+
+
+def pick_model(argument: str | None, option: str | None) -> str | None:
+    """MODEL from the argument or -m/--model (llama.cpp's spelling); giving both is a mistake."""
+    from rocmforge_core.errors import BadInputError
+
+    if argument is not None and option is not None and argument != option:
+        raise BadInputError(f"two models given: '{argument}' and -m '{option}'", hint="give MODEL once")
+    return option if option is not None else argument
+
+
+def run_flags(threads: int | None, n_gpu_layers: int | None, backend: str) -> str:
+    """Apply -t (before numpy loads: BLAS reads its thread count then) and fold -ngl into the backend."""
+    if threads is not None:
+        from rocmforge_core.threads import set_cpu_threads
+
+        set_cpu_threads(threads)
+    return backend_for_gpu_layers(n_gpu_layers, backend)
+
+
+def backend_for_gpu_layers(n_gpu_layers: int | None, backend: str) -> str:
+    """-ngl is all or nothing: 0 is the CPU, any other count is the GPU (hip, else cuda), never a fallback."""
+    from rocmforge_core.backends import select_backend
+    from rocmforge_core.errors import BadInputError
+
+    if n_gpu_layers is None:
+        return backend
+    if n_gpu_layers < 0:
+        raise BadInputError(f"-ngl/--n-gpu-layers must be 0 (CPU) or more (GPU), got {n_gpu_layers}")
+    wants_gpu = n_gpu_layers > 0
+    if backend != "auto" and (backend != "cpu") != wants_gpu:
+        raise BadInputError(f"-ngl {n_gpu_layers} contradicts --backend {backend}",
+                            hint="-ngl 0 means the CPU and any other value a GPU; give one of the two")
+    if not wants_gpu:
+        return "cpu"
+    name, _ = select_backend(backend)
+    if name == "cpu":
+        raise BadInputError(f"-ngl {n_gpu_layers} asks for a GPU, but no GPU runtime opens here "
+                            "(tried hip, cuda)",
+                            hint="drop -ngl or use -ngl 0 to run on the CPU")
+    return name
+
+
+def read_text_file(path: str, what: str) -> str:
+    """The text of a file named by a flag, with one trailing newline dropped (as llama.cpp's -f does)."""
+    from rocmforge_core.errors import BadInputError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise BadInputError(f"cannot read {what} '{path}': {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{what} '{path}' is not UTF-8 text") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
+def system_prompt(system: str | None, system_file: str | None) -> str | None:
+    """--system TEXT or -sys/--system-prompt-file FILE (not both)."""
+    from rocmforge_core.errors import BadInputError
+
+    if system_file is None:
+        return system
+    if system is not None:
+        raise BadInputError("both --system and -sys/--system-prompt-file given", hint="give one of them")
+    return read_text_file(system_file, "system prompt file").strip() or None
+
+
+def describe_run(engine, n_gpu_layers: int | None = None) -> str:
+    """The --verbose line after loading: backend, load time, context size and why, CPU threads."""
+    parts = [f"backend: {engine.backend} ({engine.backend_reason})",
+             f"model loaded in {engine.load_ms:.0f} ms",
+             f"ctx {engine.n_ctx} ({engine.ctx_reason})"]
+    if n_gpu_layers:
+        n_layers = engine.model.args.n_layers
+        parts.append(f"-ngl {n_gpu_layers}: all {n_layers} layers on the GPU (all or nothing)")
+    if engine.backend == "cpu":
+        from rocmforge_core.threads import blas_threads
+
+        count = blas_threads()
+        parts.append(f"cpu threads {count if count is not None else 'unknown'} (BLAS)")
+    return "; ".join(parts)

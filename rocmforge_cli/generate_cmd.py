@@ -24,6 +24,27 @@ def read_prompt(prompt: str | None, stdin=None) -> str:
     return prompt
 
 
+def model_and_prompt(model_arg, prompt_arg, model_opt, prompt, prompt_file) -> tuple[str | None, str | None]:
+    """MODEL and the prompt text from `generate [MODEL] [PROMPT]`, -m, -p and -f.
+
+    With -m, a lone argument is the prompt. The prompt comes one way only: argument, -p or -f.
+    """
+    from rocmforge_cli.common import pick_model, read_text_file
+
+    if model_opt is not None:
+        if prompt_arg is not None:
+            raise BadInputError(f"unexpected argument '{prompt_arg}'",
+                                hint="with -m MODEL, give at most one argument: the prompt")
+        model_arg, prompt_arg = None, model_arg
+    given = [name for name, value in (("PROMPT", prompt_arg), ("-p", prompt), ("-f", prompt_file))
+             if value is not None]
+    if len(given) > 1:
+        raise BadInputError(f"the prompt is given twice ({' and '.join(given)})", hint="give it one way")
+    if prompt_file is not None:
+        prompt = read_text_file(prompt_file, "prompt file")
+    return pick_model(model_arg, model_opt), prompt_arg if prompt_arg is not None else prompt
+
+
 def build_request(engine, text: str, *, system: str | None, raw: bool, max_tokens: int, sampling, stop):
     """A chat request when the model has a template (and --raw is off), else a raw-text request."""
     from rocmforge_core.engine import Request
@@ -39,10 +60,12 @@ def build_request(engine, text: str, *, system: str | None, raw: bool, max_token
 
 
 def run(*, model, prompt, system, max_tokens, sampling, raw, stop, json_out, ctx, chat_template_file,
-        backend, verbose, numerics="float32", server=None) -> None:
-    from rocmforge_cli.common import check_generation_flags
+        backend, verbose, numerics="float32", system_file=None, n_gpu_layers=None,
+        server=None) -> None:
+    from rocmforge_cli.common import check_generation_flags, system_prompt
 
     params = check_generation_flags(sampling, max_tokens, ctx)  # bad flags fail before the model loads
+    system = system_prompt(system, system_file)
     text = read_prompt(prompt)
     if server:
         from rocmforge_cli import remote
@@ -51,15 +74,14 @@ def run(*, model, prompt, system, max_tokens, sampling, raw, stop, json_out, ctx
                                max_tokens=max_tokens, sampling=sampling, stop=stop, json_out=json_out,
                                verbose=verbose)
 
-    from rocmforge_cli.common import resolve_model_path
+    from rocmforge_cli.common import describe_run, resolve_model_path
     from rocmforge_core.engine import create_engine
 
     path = resolve_model_path(model)
     engine = create_engine(path, backend=backend, n_ctx=ctx, n_slots=1,
                            chat_template_file=chat_template_file, numerics=numerics)
     if verbose:
-        print(f"backend: {engine.backend} ({engine.backend_reason}); model loaded in "
-              f"{engine.load_ms:.0f} ms", file=sys.stderr)
+        print(describe_run(engine, n_gpu_layers), file=sys.stderr)
     result = asyncio.run(_generate(engine, text, system=system, raw=raw, max_tokens=max_tokens,
                                    sampling=params, stop=stop, stream_out=not json_out))
     final, out_text, ids, prompt_tokens = result

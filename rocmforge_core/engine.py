@@ -20,12 +20,12 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 
 import numpy as np
 
+from rocmforge_core.context import DEFAULT_CAP as DEFAULT_CTX  # noqa: F401  (context.py picks n_ctx)
 from rocmforge_core.errors import BadInputError, RocmforgeError
 from rocmforge_core.sampler import Sampler, SamplingParams, token_logprobs
 from rocmforge_core.stops import StopMatcher
 from rocmforge_core.validate import check_int
 
-DEFAULT_CTX = 4096
 PREFILL_CHUNK = 512  # tokens per prefill batch, like llama.cpp's default micro-batch
 # stop() and a cancel wait for the prefill chunk in flight. On the CPU a 512-token chunk deep into a
 # long prompt takes seconds; 64 tokens bound that wait at about the same total speed (measured on
@@ -203,6 +203,7 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         # The embedding's rows bound the ids a prompt may hold; the tokenizer's list can be longer.
         self.n_vocab = int(model.args.vocab_size)
+        self.ctx_reason = ""  # why n_ctx is what it is (create_engine fills it in)
         self._cache = None
         self._free_slots: list[int] = []
         self._intake: asyncio.Queue | None = None
@@ -624,11 +625,22 @@ def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_c
     gguf_file, config, tokenizer, loaded = _load(path, name, numerics)
     _check_special_ids(tokenizer, int(loaded.args.vocab_size))
     template = ChatTemplate.for_model(gguf_file.metadata, override_file=chat_template_file)
-    ctx = min(n_ctx if n_ctx is not None else DEFAULT_CTX, config.context_length)
-    return Engine(model=loaded, tokenizer=tokenizer, chat_template=template, gguf_file=gguf_file,
-                  backend=name, backend_reason=reason, n_ctx=ctx, n_slots=n_slots, max_queue=max_queue,
-                  load_ms=(time.perf_counter() - t0) * 1e3,
-                  prefill_chunk=CPU_PREFILL_CHUNK if (name, numerics) == ("cpu", "float32") else PREFILL_CHUNK)
+    ctx, ctx_reason = _context_size(config, n_ctx, n_slots, name, loaded, path)
+    engine = Engine(model=loaded, tokenizer=tokenizer, chat_template=template, gguf_file=gguf_file,
+                    backend=name, backend_reason=reason, n_ctx=ctx, n_slots=n_slots, max_queue=max_queue,
+                    load_ms=(time.perf_counter() - t0) * 1e3,
+                    prefill_chunk=CPU_PREFILL_CHUNK if (name, numerics) == ("cpu", "float32") else PREFILL_CHUNK)
+    engine.ctx_reason = ctx_reason
+    return engine
+
+
+def _context_size(config, requested, n_slots, backend, model, path) -> tuple[int, str]:
+    """rocmforge_core.context's choice, with the memory the cache would come from on this backend."""
+    from rocmforge_core import context
+
+    free = (context.host_free_bytes() if backend == "cpu"
+            else context.device_free_bytes(model, path.stat().st_size))
+    return context.choose_ctx(config, requested, n_slots=n_slots, free_bytes=free)
 
 
 def _token_list(tokens) -> list[int]:
@@ -654,6 +666,7 @@ def _check_stops(stop) -> None:
     for s in stop:
         if not isinstance(s, str) or not s:
             raise BadInputError(f"each stop string must be non-empty text (got {s!r})")
+
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

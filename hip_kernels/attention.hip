@@ -3,13 +3,34 @@
 // j <= pos and, with a window, pos - j < window. Serves decode (one row per sequence) and prefill
 // (a sequence's rows, each with its own causal limit) alike.
 //
-// One block per (query head, row); each warp walks every n_warps-th key with an online softmax, lanes
-// split head_dim; the warps' partial (max, sum, acc) are merged through shared memory at the end.
+// One block per (query head, row). Keys go in tiles of one per lane: each lane scores its own key
+// (a whole dot product, 16-byte loads when head_dim % 4 == 0), the tile's max and sum are one warp
+// reduction, and then the lanes split head_dim to add the tile's values (every lane's weight
+// broadcast in turn). Warps take every n_warps-th tile with an online softmax; their partial (max,
+// sum, acc) are merged through shared memory at the end. Scoring a tile at once, rather than one key
+// per warp reduction, keeps many independent loads in flight.
 #include "rf_prelude.h"
 
 #define RF_ATT_MAX_HD 256
 #define RF_ATT_DPL ((RF_ATT_MAX_HD + WARP_SIZE - 1) / WARP_SIZE)  // head dims per lane
 #define RF_ATT_WARPS 4
+
+// q . k over hd values (q already scaled), in four independent partial sums.
+RF_DEV float rf_att_dot(const float* q, const float* k, int hd) {
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    if ((hd & 3) == 0) {
+        for (int d = 0; d < hd; d += 4) {
+            const rf_u32x4 v = rf_load16(k + d);
+            s0 += q[d] * rf_bits_as_float(v.x);
+            s1 += q[d + 1] * rf_bits_as_float(v.y);
+            s2 += q[d + 2] * rf_bits_as_float(v.z);
+            s3 += q[d + 3] * rf_bits_as_float(v.w);
+        }
+    } else {
+        for (int d = 0; d < hd; ++d) s0 += q[d] * k[d];
+    }
+    return (s0 + s1) + (s2 + s3);
+}
 
 // q: (N, heads, hd); kc, vc: one layer's cache (n_slots, kv_heads, n_ctx, hd); out: (N, heads * hd).
 extern "C" __global__ void attn_f32(const float* __restrict__ q, const float* __restrict__ kc,
@@ -29,28 +50,29 @@ extern "C" __global__ void attn_f32(const float* __restrict__ q, const float* __
     const float* kb = kc + head_off;
     const float* vb = vc + head_off;
 
-    float qv[RF_ATT_DPL], acc[RF_ATT_DPL];
-    for (int d = 0; d < RF_ATT_DPL; ++d) {
-        const int i = lane + d * WARP_SIZE;
-        qv[d] = i < hd ? qr[i] : 0.0f;
-        acc[d] = 0.0f;
-    }
+    __shared__ float s_q[RF_ATT_MAX_HD];
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) s_q[i] = qr[i] * scale;
+    __syncthreads();
+    float acc[RF_ATT_DPL];
+    RF_UNROLL for (int d = 0; d < RF_ATT_DPL; ++d) acc[d] = 0.0f;
     float m = RF_NEG_BIG, l = 0.0f;
-    for (int j = lo + warp; j <= p; j += n_warps) {
-        const float* kr = kb + (long long)j * hd;
-        float s = 0.0f;
-        for (int d = 0; d < RF_ATT_DPL; ++d) {
-            const int i = lane + d * WARP_SIZE;
-            if (i < hd) s += qv[d] * kr[i];
-        }
-        s = rf_warp_sum(s) * scale;
-        const float m_new = fmaxf(m, s);
-        const float c = rf_expf(m - m_new), e = rf_expf(s - m_new);
-        l = l * c + e;
-        const float* vr = vb + (long long)j * hd;
-        for (int d = 0; d < RF_ATT_DPL; ++d) {
-            const int i = lane + d * WARP_SIZE;
-            if (i < hd) acc[d] = acc[d] * c + e * vr[i];
+    for (int t0 = lo + warp * WARP_SIZE; t0 <= p; t0 += n_warps * WARP_SIZE) {
+        const int j = t0 + lane;
+        float s = RF_NEG_BIG;
+        if (j <= p) s = rf_att_dot(s_q, kb + (long long)j * hd, hd);
+        const float m_new = fmaxf(m, rf_warp_max(s));
+        const float e = j <= p ? rf_expf(s - m_new) : 0.0f;
+        const float c = rf_expf(m - m_new);
+        l = l * c + rf_warp_sum(e);
+        RF_UNROLL for (int d = 0; d < RF_ATT_DPL; ++d) acc[d] *= c;
+        const int count = p - t0 + 1 < WARP_SIZE ? p - t0 + 1 : WARP_SIZE;
+        for (int u = 0; u < count; ++u) {
+            const float w = RF_SHFL(e, u);
+            const float* vr = vb + (long long)(t0 + u) * hd;
+            RF_UNROLL for (int d = 0; d < RF_ATT_DPL; ++d) {
+                const int i = lane + d * WARP_SIZE;
+                if (i < hd) acc[d] += w * vr[i];
+            }
         }
         m = m_new;
     }

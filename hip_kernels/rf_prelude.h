@@ -33,6 +33,7 @@ rf_dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridD
 #define __syncthreads() ((void)0)
 #define __restrict__ __restrict
 #define RF_SHFL_XOR(v, m) (v)
+#define RF_SHFL(v, src) (v)
 #define rf_expf expf
 #define RF_PLATFORM_HOST 1
 
@@ -43,6 +44,7 @@ rf_dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridD
 #include <hip/hip_runtime.h>
 #endif
 #define RF_SHFL_XOR(v, m) __shfl_xor((v), (m), WARP_SIZE)
+#define RF_SHFL(v, src) __shfl((v), (src), WARP_SIZE)
 #define RF_PLATFORM_HIP 1
 #define rf_expf expf  // the accurate one: logits must match the CPU closely
 
@@ -50,6 +52,7 @@ rf_dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridD
 // NVIDIA (NVRTC). Warps are WARP_SIZE lanes; the full-warp member mask is derived from it.
 #define RF_FULL_MASK (0xffffffffu >> (32 - WARP_SIZE))
 #define RF_SHFL_XOR(v, m) __shfl_xor_sync(RF_FULL_MASK, (v), (m), WARP_SIZE)
+#define RF_SHFL(v, src) __shfl_sync(RF_FULL_MASK, (v), (src), WARP_SIZE)
 #define RF_PLATFORM_CUDA 1
 #define rf_expf expf  // the accurate one: logits must match the CPU closely
 

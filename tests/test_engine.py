@@ -435,12 +435,15 @@ def test_a_failure_inside_the_loop_ends_only_its_request(tiny_path, monkeypatch,
 
 
 def test_stop_during_a_long_prefill_is_prompt(tmp_path):
-    """stop() waits only for the prefill chunk in flight. Timed against the prefill's own pace, so that
-    a loaded machine slows both alike: with 512-token chunks, stop() right after the chunk at 2,560
-    begins waits ~20-45 % of the time the first 2,560 tokens took; with the CPU's 64-token chunks ~3-5 %."""
+    """stop() waits only for the prefill chunk in flight: no chunk starts once stop() is called, and
+    the CPU's chunks are 64 tokens (so the wait is one 64-token chunk at most, ~60 ms on this model;
+    the issue measured 8.6 s with whole-prompt prefill). Counted, not timed: a loaded machine slows
+    every chunk alike, and a count does not care."""
     path = random_llama(tmp_path / "deep.gguf", d=256, n_heads=16, n_kv=4, hd=64, ffn=256, n_layers=4)
     prompt = np.random.default_rng(1).integers(0, VOCAB, 4000).tolist()
     deep = threading.Event()
+    stopping = threading.Event()
+    chunks_after_stop, sizes = [], []
 
     async def go():
         engine = create_engine(path, backend="cpu", n_slots=1, n_ctx=4096)
@@ -448,28 +451,31 @@ def test_stop_during_a_long_prefill_is_prompt(tmp_path):
         real_prefill = engine.model.prefill
 
         def prefill(tokens, cache, slot, start, *args):
+            sizes.append(len(tokens))
+            if stopping.is_set():
+                chunks_after_stop.append(start)
             if start >= 2560:
                 deep.set()  # a chunk deep into the prompt has just begun
             return real_prefill(tokens, cache, slot, start, *args)
 
         engine.model.prefill = prefill
         try:
-            t0 = time.perf_counter()
             stream = engine.submit(Request(tokens=prompt, max_tokens=4, sampling=GREEDY))
             while not deep.is_set():
                 await asyncio.sleep(0.005)
+            stopping.set()
             t1 = time.perf_counter()
             await engine.stop()
             t2 = time.perf_counter()
         finally:
             del engine.model.prefill
-        return t1 - t0, t2 - t1, [e async for e in stream]
+        return t2 - t1, [e async for e in stream]
 
-    reach, latency, events = run(go())
-    print(f"\nstop() during a 4,000-token prefill took {latency * 1e3:.0f} ms "
-          f"(the first 2,560 tokens took {reach:.2f} s)")
+    latency, events = run(go())
+    print(f"\nstop() during a 4,000-token prefill took {latency * 1e3:.0f} ms")
     assert events[-1].finish_reason == "cancelled"
-    assert latency < 0.12 * reach, f"stop() took {latency:.2f}s; the prefill to 2,560 took {reach:.2f}s"
+    assert chunks_after_stop == [], f"prefill chunks started after stop(): {chunks_after_stop}"
+    assert max(sizes) <= 64
 
 
 def test_a_tiny_temperature_is_greedy_and_prints_no_numpy_warning(tiny_path):

@@ -117,23 +117,19 @@ struct MQ8_0 {
 // ---------------------------------------------------------------- K-quants (256-value super-blocks)
 // An item is 16 bytes of a super-block's quants: 16 values of each of two 32-value sub-blocks.
 
-// Byte b of a 16-byte value.
-RF_DEV int rf_byte16(const rf_u32x4& v, int b) { return (int)((rf_u4_at(v, b >> 2) >> (8 * (b & 3))) & 0xffu); }
-
-// Q4_K / Q5_K super-block head as one 16-byte load: f16 d, f16 dmin, then the 6-bit (scale, min)
-// pair k of the 12 packed bytes (read by the 8 lanes of a super-block at once: one cache line).
-RF_DEV void rf_k4_head(const rf_u32x4& h, int k, float* d, float* dmin, float* sc, float* m) {
-    *d = rf_half2float((rf_half)(h.x & 0xffffu));
-    *dmin = rf_half2float((rf_half)(h.x >> 16));
+RF_DEV void rf_scale_min6(const uint8_t* s, int k, float* sc, float* m) {  // Q4_K / Q5_K 6-bit pairs
     int a, b;
     if (k < 4) {
-        a = rf_byte16(h, 4 + k) & 63; b = rf_byte16(h, 8 + k) & 63;
+        a = s[k] & 63; b = s[k + 4] & 63;
     } else {
-        a = (rf_byte16(h, 8 + k) & 0xf) | ((rf_byte16(h, k) >> 6) << 4);
-        b = (rf_byte16(h, 8 + k) >> 4) | ((rf_byte16(h, 4 + k) >> 6) << 4);
+        a = (s[k + 4] & 0xf) | ((s[k - 4] >> 6) << 4);
+        b = (s[k + 4] >> 4) | ((s[k] >> 6) << 4);
     }
     *sc = (float)a; *m = (float)b;
 }
+
+// (Measured on the H200, 8B Q4_K_M shapes: reading the 16-byte super-block head as one load and
+// picking bytes out of registers ran 20 % slower than these byte loads, which hit L1.)
 
 // Q4_K (144 bytes): f16 d, f16 dmin, scales[12] | qs[128]. Bytes 32p..32p+31 hold sub-block 2p in the
 // low nibbles and 2p+1 in the high nibbles; value d sc q - dmin m.
@@ -142,10 +138,11 @@ struct MQ4_K {
     static __device__ void item(const uint8_t* bulk, const uint8_t* meta, int it, rf_item& o) {
         const int sb = it >> 3, c = it & 7, p = c >> 1, h = c & 1;
         const rf_u32x4 q = rf_load16(bulk + it * 16);
-        const rf_u32x4 head = rf_load16(meta + sb * 16);
-        float d, dmin, sc0, m0, sc1, m1;
-        rf_k4_head(head, 2 * p, &d, &dmin, &sc0, &m0);
-        rf_k4_head(head, 2 * p + 1, &d, &dmin, &sc1, &m1);
+        const uint8_t* mb = meta + sb * 16;
+        const float d = rf_load_half(mb), dmin = rf_load_half(mb + 2);
+        float sc0, m0, sc1, m1;
+        rf_scale_min6(mb + 4, 2 * p, &sc0, &m0);
+        rf_scale_min6(mb + 4, 2 * p + 1, &sc1, &m1);
         RF_UNROLL for (int k = 0; k < 4; ++k) {
             const uint32_t v = rf_u4_at(q, k);
             o.w[k] = (int)(v & 0x0f0f0f0fu);
@@ -168,10 +165,10 @@ struct MQ5_K {
         const rf_u32x4 q = rf_load16(bulk + it * 16);
         const uint8_t* mb = meta + sb * 48;
         const rf_u32x4 qh = rf_load16(mb + 16 + 16 * h);
-        const rf_u32x4 head = rf_load16(mb);
-        float d, dmin, sc0, m0, sc1, m1;
-        rf_k4_head(head, 2 * p, &d, &dmin, &sc0, &m0);
-        rf_k4_head(head, 2 * p + 1, &d, &dmin, &sc1, &m1);
+        const float d = rf_load_half(mb), dmin = rf_load_half(mb + 2);
+        float sc0, m0, sc1, m1;
+        rf_scale_min6(mb + 4, 2 * p, &sc0, &m0);
+        rf_scale_min6(mb + 4, 2 * p + 1, &sc1, &m1);
         RF_UNROLL for (int k = 0; k < 4; ++k) {
             const uint32_t v = rf_u4_at(q, k), hb = rf_u4_at(qh, k);
             o.w[k] = (int)((v & 0x0f0f0f0fu) | (((hb >> (2 * p)) & 0x01010101u) << 4));
@@ -212,7 +209,8 @@ struct MQ6_K {
 };
 
 // ---------------------------------------------------------------- the mat-vec
-#define RF_MVQ_UNROLL 2  // items in flight per lane before the first is used
+#define RF_MVQ_UNROLL 2  // items in flight per lane before the first is used (4 and 8 measured slower:
+                          // the registers they take cost more warps than their loads gain)
 
 // y[r, row] = W[row, :] . x[r, :] (+ bias[row]) (+ res[r, row]) for up to NC activation rows r.
 // `lpr` lanes (a power of two <= WARP_SIZE) share one weight row, so short rows keep every lane busy;

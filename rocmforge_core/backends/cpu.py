@@ -150,7 +150,12 @@ class CpuBackend:
     def embedding(self, table: Linear, tokens: np.ndarray) -> np.ndarray:
         return table.w[tokens]  # (T, d), a gathered copy
 
-    def matmul(self, x: np.ndarray, lin: Linear) -> np.ndarray:
+    def matmul(self, x: np.ndarray, lin: Linear, residual: np.ndarray | None = None) -> np.ndarray:
+        """x @ W.T (+ bias) (+ residual: the same sum as add(residual, product))."""
+        y = self._product(x, lin)
+        return y if residual is None else residual + y
+
+    def _product(self, x: np.ndarray, lin: Linear) -> np.ndarray:
         if lin.exact:
             parts = [kernel.matmul(x) if kernel is not None else x @ lin.w[lo:hi].T
                      for lo, hi, kernel in lin.exact]

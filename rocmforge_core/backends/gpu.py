@@ -55,6 +55,7 @@ class GpuOps:
         # Decode through captured graphs (gpu/decode_step.py); ROCMFORGE_GPU_GRAPHS=0 turns it off.
         self.use_graphs = os.environ.get("ROCMFORGE_GPU_GRAPHS", "1") != "0"
         self.graph_failures: list[str] = []  # why a capture fell back to op-by-op (for diagnostics)
+        self.launches = 0
         # Projections read 8-bit activations (gpu/mvq.py) for the weight types that have the int8
         # mat-vec; ROCMFORGE_GPU_Q8=0 keeps every product in float32 (the CPU's arithmetic, to 1e-5).
         self.q8_activations = os.environ.get("ROCMFORGE_GPU_Q8", "1") != "0"
@@ -75,6 +76,7 @@ class GpuOps:
         return self.kernels.get(name)
 
     def launch(self, name: str, grid, block: int, *args) -> None:
+        self.launches += 1  # lets a queued-ahead decode step see that something else ran since
         fn, packed = self.kernels.get(name)
         packed.set_all(args)
         grid = tuple(grid) + (1,) * (3 - len(grid))
@@ -188,8 +190,16 @@ class GpuOps:
                         out.ptr, table.n_in, 1.0)
         return out
 
-    def matmul(self, x: DeviceArray, lin: GpuLinear):
+    def matmul(self, x: DeviceArray, lin: GpuLinear, residual: DeviceArray | None = None):
+        """x @ W.T (+ bias) (+ residual, added in the int8 mat-vec's epilogue where it runs)."""
         rows = x.size // lin.n_in
+        if residual is not None:
+            y = self.empty((rows, lin.n_out))
+            if all(p.split for p in lin.parts):
+                self.matmul_into(x, lin, y, self.contiguous(residual))
+                return y
+            self.matmul_into(x, lin, y)
+            return self.add(residual, y)
         if lin.logits and self._logits_into is not None:
             # A decode step keeps its logits on the device (it downloads them after the replay); the
             # model code gets a placeholder of the right shape.
@@ -202,7 +212,8 @@ class GpuOps:
         self.matmul_into(x, lin, y)
         return self.to_host(y) if lin.logits else y
 
-    def matmul_into(self, x: DeviceArray, lin: GpuLinear, y: DeviceArray) -> None:
+    def matmul_into(self, x: DeviceArray, lin: GpuLinear, y: DeviceArray, residual: DeviceArray | None = None) -> None:
+        """y = x @ W.T (+ bias); `residual` (rows, n_out), only when every part is split, is added too."""
         rows = x.size // lin.n_in
         if not x.contiguous and x.row_size != lin.n_in:
             x = self.contiguous(x)
@@ -214,7 +225,8 @@ class GpuOps:
             bias = lin.bias.ptr + 4 * p.col_off if lin.bias is not None else 0
             if p.split:
                 q8 = q8 or mvq.quantize(self, x, ldx)
-                mvq.launch(self, p, q8, rows, y.ptr + 4 * p.col_off, lin.n_out, bias)
+                res = residual.ptr + 4 * p.col_off if residual is not None else 0
+                mvq.launch(self, p, q8, rows, y.ptr + 4 * p.col_off, lin.n_out, bias, res)
                 continue
             grid = ((p.n_out + per_block - 1) // per_block, (rows + MV_ROWS_PER_PASS - 1) // MV_ROWS_PER_PASS)
             self.launch(f"mv_{p.kernel}", grid, block, p.block.ptr, p.row_bytes, x.ptr, ldx,
@@ -382,11 +394,13 @@ class GpuOps:
     def argmax_device(self, x: DeviceArray) -> DeviceArray:
         """(rows,) int32 index of each row's largest value (lowest on ties), left on the device."""
         x = self.contiguous(x)
-        n = x.shape[-1]
-        rows = x.size // n
-        out = self.empty((rows,), np.int32)
-        self.launch("argmax_f32", (rows,), self.threads(min(n, 1024)), x.ptr, out.ptr, n)
+        out = self.empty((x.size // x.shape[-1],), np.int32)
+        self.argmax_into(x, out)
         return out
+
+    def argmax_into(self, x: DeviceArray, out: DeviceArray) -> None:
+        n = x.shape[-1]
+        self.launch("argmax_f32", (x.size // n,), self.threads(min(n, 1024)), x.ptr, out.ptr, n)
 
 
 def make_ops(name: str = "cuda") -> GpuOps:

@@ -8,6 +8,14 @@ from them (a row's attention length is its position + 1). The step also owns the
 downloaded after each replay. One graph per model, cache and batch size, kept by the cache (it
 writes the cache's addresses, so it dies with it). Prefill keeps the op-by-op path, as does any step
 whose capture fails (ops.graph_failures says why).
+
+Greedy steps run one ahead. The argmax of a greedy step is written straight into the graph's token
+input, so the step after it (same slots, positions + 1) can be queued on the device before the host
+has even read this step's ids: while the engine streams a token, the GPU already computes the next.
+When the engine's next call is exactly that step, it only waits for it; anything else (another
+batch, other tokens, any other launch on the stream) drops the speculation. A dropped step wrote the
+keys and values of one position past each sequence's end, which no attention reads before the real
+step at that position writes them again.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from rocmforge_core.gpu.memory import BufferPool, DeviceArray
+from rocmforge_core.gpu.runtime import PinnedArray
 
 
 def run(ops, model, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.ndarray,
@@ -31,7 +40,9 @@ def run(ops, model, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.
     if graph is None:  # capture failed once for this step: op by op from now on
         logits = model.forward_decode(tokens, cache, slots, positions)
         return np.argmax(logits, axis=-1).astype(np.int64) if greedy else logits
-    return graph.replay_greedy(tokens, slots, positions) if greedy else graph.replay(tokens, slots, positions)
+    if greedy:
+        return graph.step_greedy(tokens, slots, positions, cache.n_ctx)
+    return graph.replay(tokens, slots, positions)
 
 
 def _capture(ops, model, key, tokens, cache, slots, positions) -> np.ndarray:
@@ -77,6 +88,14 @@ class DecodeGraph:
         logits = self.pool.get(4 * batch * model.args.vocab_size)
         self.logits = DeviceArray(ops, logits.ptr, (batch, model.args.vocab_size), block=logits)
         self.exe: Any = None
+        # Greedy steps: page-locked inputs (two, alternating: one may still be read by a queued copy)
+        # and ids, one event per queued step, and the step queued ahead (see the module docstring).
+        self.pinned_in = [PinnedArray(ops.rt, (3 * batch,), np.int32) for _ in range(2)]
+        self.pinned_ids = [PinnedArray(ops.rt, (batch,), np.int32) for _ in range(2)]
+        self.events = [ops.rt.event_create() for _ in range(2)]
+        self.turn = 0
+        self.ahead: tuple | None = None  # (slots, positions, launch count, turn) of the queued step
+        self.served_ahead = 0  # steps that were already queued when asked for
 
     def warm_up(self, tokens, cache, slots, positions) -> np.ndarray:
         host = self._upload_inputs(tokens, slots, positions)
@@ -94,20 +113,60 @@ class DecodeGraph:
             self.exe = rt.capture_end(stream)  # always leave capture mode
 
     def replay(self, tokens, slots, positions) -> np.ndarray:
+        self.drop_ahead()
         host = self._upload_inputs(tokens, slots, positions)
+        self.ops.launches += 1
         self.ops.rt.graph_launch(self.exe, self.ops.stream)
         out = self._download_logits()
         del host
         return out
 
-    def replay_greedy(self, tokens, slots, positions) -> np.ndarray:
-        """Replay, then the argmax of each row on the device: only B int32 come back. (The logit
-        soft-cap is monotonic, so the raw logits' argmax is the capped one's.)"""
-        host = self._upload_inputs(tokens, slots, positions)
-        self.ops.rt.graph_launch(self.exe, self.ops.stream)
-        ids = self.ops.to_host(self.ops.argmax_device(self.logits))  # synchronises: `host` was read
-        del host
-        return ids.astype(np.int64)
+    def step_greedy(self, tokens, slots, positions, n_ctx: int) -> np.ndarray:
+        """This step's argmax ids (only B int32 come back), with the next step queued behind it. (The
+        logit soft-cap is monotonic, so the raw logits' argmax is the capped one's.)"""
+        slots, positions = np.asarray(slots), np.asarray(positions)
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and self._is_ahead(ahead, tokens, slots, positions):
+            turn = ahead[3]
+            self.served_ahead += 1
+        else:
+            if ahead is not None:
+                self.ops.rt.event_synchronize(self.events[ahead[3]])  # its pinned buffers are free again
+            turn = self._queue(slots, positions, tokens)
+        if int(positions.max()) + 1 < n_ctx:
+            queued = self._queue(slots, positions + 1, None)
+            self.ahead = (slots, positions + 1, self.ops.launches, queued)
+        self.ops.rt.event_synchronize(self.events[turn])
+        return self.pinned_ids[turn].array.astype(np.int64)
+
+    def _is_ahead(self, ahead, tokens, slots, positions) -> bool:
+        """Is the queued step exactly this call (nothing else launched since, same inputs)?"""
+        a_slots, a_positions, launches, turn = ahead
+        if launches != self.ops.launches:
+            return False
+        same = np.array_equal(a_slots, slots) and np.array_equal(a_positions, positions)
+        # its tokens are the argmax of the step before it, whose ids sit in the other pinned buffer
+        return same and np.array_equal(self.pinned_ids[turn ^ 1].array, np.asarray(tokens))
+
+    def _queue(self, slots, positions, tokens) -> int:
+        """Queue one greedy step: inputs up (tokens too unless they are the last step's argmax, already
+        in place on the device), replay, argmax into the token input, ids down, an event. -> its turn"""
+        ops, turn = self.ops, self.turn
+        self.turn ^= 1
+        b = self.batch
+        host = self.pinned_in[turn].array
+        host[b:2 * b], host[2 * b:] = positions, slots
+        if tokens is None:
+            ops.rt.copy_htod(self.inputs.ptr + 4 * b, host[b:], 8 * b, ops.stream)
+        else:
+            host[:b] = tokens
+            ops.rt.copy_htod(self.inputs.ptr, host, 12 * b, ops.stream)
+        ops.launches += 1
+        ops.rt.graph_launch(self.exe, ops.stream)
+        ops.argmax_into(self.logits, self.tokens)
+        ops.rt.copy_dtoh(self.pinned_ids[turn].array, self.tokens.ptr, 4 * b, ops.stream)
+        ops.rt.event_record(self.events[turn], ops.stream)
+        return turn
 
     def _forward(self, cache, capturing: bool) -> None:
         """The model's decode forward over the step's device inputs, drawing memory from its pool."""
@@ -129,7 +188,19 @@ class DecodeGraph:
         cap = self.model.args.final_softcap
         return ops.softcap(out, cap) if cap else out
 
+    def drop_ahead(self) -> None:
+        """Forget the queued greedy step (waiting for it first: it still reads our pinned inputs)."""
+        if self.ahead is not None:
+            self.ops.rt.event_synchronize(self.events[self.ahead[3]])
+            self.ahead = None
+
     def close(self) -> None:
+        self.drop_ahead()
+        for p in self.pinned_in + self.pinned_ids:
+            p.close()
+        for e in self.events:
+            self.ops.rt.event_destroy(e)
+        self.pinned_in, self.pinned_ids, self.events = [], [], []
         if self.exe is not None:
             exe, self.exe = self.exe, None
             self.ops.rt.synchronize()

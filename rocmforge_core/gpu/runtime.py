@@ -174,6 +174,14 @@ class GpuRuntime:
     def free(self, ptr: int) -> None:
         raise NotImplementedError
 
+    def host_alloc(self, nbytes: int) -> int:
+        """Page-locked host memory: copies between it and the device run asynchronously (a copy to
+        ordinary pageable memory makes the host wait for the device to reach it)."""
+        raise NotImplementedError
+
+    def host_free(self, ptr: int) -> None:
+        raise NotImplementedError
+
     def copy_htod(self, dst: int, src_host: Any, nbytes: int, stream: Any = None) -> None:
         """Async host -> device; src_host is a C-contiguous numpy array kept alive by the caller."""
         raise NotImplementedError
@@ -232,3 +240,21 @@ class GpuRuntime:
 
     def synchronize(self) -> None:
         raise NotImplementedError
+
+
+class PinnedArray:
+    """A numpy array over page-locked host memory of a runtime; `close` gives the memory back."""
+
+    def __init__(self, rt: GpuRuntime, shape, dtype):
+        import numpy as np
+
+        self.rt, dtype = rt, np.dtype(dtype)
+        n = int(np.prod(shape)) * dtype.itemsize
+        self.ptr = rt.host_alloc(n)
+        raw = (ctypes.c_uint8 * max(1, n)).from_address(self.ptr)
+        self.array = np.frombuffer(raw, dtype=np.uint8, count=n).view(dtype).reshape(shape)
+
+    def close(self) -> None:
+        if self.ptr:
+            ptr, self.ptr, self.array = self.ptr, 0, None
+            self.rt.host_free(ptr)

@@ -109,6 +109,14 @@ class CudaRuntime(GpuRuntime):
         self._ensure_ctx()
         self._check(self._drv.cuMemFree(ptr)[0], "cuMemFree")
 
+    def host_alloc(self, nbytes: int) -> int:
+        self._ensure_ctx()
+        return int(self._ok(self._drv.cuMemHostAlloc(max(1, int(nbytes)), 0), "cuMemHostAlloc"))
+
+    def host_free(self, ptr: int) -> None:
+        self._ensure_ctx()
+        self._check(self._drv.cuMemFreeHost(ptr)[0], "cuMemFreeHost")
+
     def copy_htod(self, dst: int, src_host: Any, nbytes: int, stream: Any = None) -> None:
         self._ensure_ctx()
         self._check(self._drv.cuMemcpyHtoDAsync(dst, src_host.ctypes.data, nbytes, self._s(stream))[0],

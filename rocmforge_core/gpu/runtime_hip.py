@@ -139,6 +139,14 @@ class HipRuntime(GpuRuntime):
         self._ensure_device()
         self._check(self._hip.hipFree(ptr)[0], "hipFree")
 
+    def host_alloc(self, nbytes: int) -> int:
+        self._ensure_device()
+        return int(self._ok(self._hip.hipHostMalloc(max(1, int(nbytes)), 0), "hipHostMalloc"))
+
+    def host_free(self, ptr: int) -> None:
+        self._ensure_device()
+        self._check(self._hip.hipHostFree(ptr)[0], "hipHostFree")
+
     def copy_htod(self, dst: int, src_host: Any, nbytes: int, stream: Any = None) -> None:
         self._ensure_device()
         self._check(self._hip.hipMemcpyHtoDAsync(dst, src_host.ctypes.data, nbytes, stream)[0],

@@ -207,16 +207,18 @@ class Decoder:
                             positions, cache, slots, starts, counts)
         if keep is not None:
             h, x = h[keep], x[keep]
-        h = ops.matmul(h, lw.wo)
-        if a.post_norms:
-            h = ops.rms_norm(h, lw.post_attn_norm, a.norm_eps)
-        x = ops.add(x, h)
+        x = self._residual(x, h, lw.wo, lw.post_attn_norm)
         f = ops.matmul(ops.rms_norm(x, lw.ffn_norm, a.norm_eps), lw.gate_up)
         f = ops.swiglu(f) if a.activation == "silu" else ops.geglu(f)
-        f = ops.matmul(f, lw.down)
-        if a.post_norms:
-            f = ops.rms_norm(f, lw.post_ffn_norm, a.norm_eps)
-        return ops.add(x, f)
+        return self._residual(x, f, lw.down, lw.post_ffn_norm)
+
+    def _residual(self, x, h, lin, post_norm):
+        """x + h @ lin (with gemma3's norm on the product first): the add in the projection's epilogue
+        when nothing comes between."""
+        ops = self.ops
+        if not self.args.post_norms:
+            return ops.matmul(h, lin, residual=x)
+        return ops.add(x, ops.rms_norm(ops.matmul(h, lin), post_norm, self.args.norm_eps))
 
     def _attention(self, i, lw: LayerWeights, x, positions, cache, slots, starts, counts):
         """Attention output before the output projection: (N, n_heads * head_dim)."""

@@ -185,6 +185,19 @@ int hipFree(void* p) {
     return map_err(f((CUdeviceptr)(size_t)p));
 }
 
+int hipHostMalloc(void** p, size_t n, unsigned flags) {
+    NEED_CTX();
+    CU_FN(CUresult, f, (void**, size_t, unsigned), "cuMemHostAlloc");
+    (void)flags;  /* hipHostMallocDefault (0) is the only flag rocmforge passes */
+    return map_err(f(p, n, 0));
+}
+
+int hipHostFree(void* p) {
+    NEED_CTX();
+    CU_FN(CUresult, f, (void*), "cuMemFreeHost");
+    return map_err(f(p));
+}
+
 int hipMemcpyHtoDAsync(void* dst, const void* src, size_t n, Handle stream) {
     NEED_CTX();
     CU_FN(CUresult, f, (CUdeviceptr, const void*, size_t, Handle), "cuMemcpyHtoDAsync_v2");

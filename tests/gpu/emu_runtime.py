@@ -91,6 +91,12 @@ class EmuRuntime(GpuRuntime):
         self._not_in_capture("free")
         del self._buffers[ptr]
 
+    def host_alloc(self, nbytes: int) -> int:
+        return self.alloc(nbytes)  # host memory is all the emulation has
+
+    def host_free(self, ptr: int) -> None:
+        self.free(ptr)
+
     def copy_htod(self, dst, src_host, nbytes, stream=None):
         self._not_in_capture("a host-to-device copy")
         ctypes.memmove(dst, src_host.ctypes.data, nbytes)

@@ -147,3 +147,44 @@ def test_greedy_step_picks_on_the_device(case, graphed):
         assert ids.tolist() == np.argmax(logits, axis=-1).tolist(), (name, step)
         tok_a, tok_b, pos = ids, np.argmax(logits, axis=-1), pos + 1
     assert captured(graphed, caches[0]) == [2], name
+
+
+def test_greedy_steps_queued_ahead_survive_other_work(case, graphed, op_by_op):
+    """Greedy steps queue the next step before returning; whatever the engine does in between (a
+    logits step, a prefill into another slot, a batch of another size, the end of the context),
+    the ids equal the argmax of op-by-op logits on a cache fed the same way."""
+    name, gguf_file = case[0], case[1]
+    fast, ref = load_model(gguf_file, graphed), load_model(gguf_file, op_by_op)
+    n_ctx = 16
+    caches = {id(m): m.make_cache(3, n_ctx) for m in (fast, ref)}
+
+    def both(fn):
+        return [fn(m, caches[id(m)]) for m in (fast, ref)]
+
+    def greedy(m, c, toks, slots, pos):
+        if m is fast:
+            return m.decode_greedy(np.array(toks), c, np.array(slots), np.array(pos)).tolist()
+        return np.argmax(m.decode(np.array(toks), c, np.array(slots), np.array(pos)), axis=-1).tolist()
+
+    both(lambda m, c: m.prefill([3, 1, 4], c, 0, 0))
+    both(lambda m, c: m.prefill([1, 5], c, 1, 0))
+    toks, pos = [9, 2], [3, 2]
+    for step in range(10):
+        if step == 3:  # a logits step in between
+            a, b = both(lambda m, c: np.asarray(m.decode(np.array(toks), c, np.array([0, 1]), np.array(pos))))
+            assert np.array_equal(np.argmax(a, -1), np.argmax(b, -1)), name
+            toks, pos = np.argmax(a, -1).tolist(), [p + 1 for p in pos]
+            continue
+        if step == 5:  # a new sequence's prefill, then a batch of three
+            both(lambda m, c: m.prefill([7, 7, 7], c, 2, 0))
+            toks, pos = toks + [4], pos + [3]
+        got, want = both(lambda m, c: greedy(m, c, toks, list(range(len(toks))), pos))
+        assert got == want, (name, step)
+        toks, pos = got, [p + 1 for p in pos]
+    # the last steps run into the end of the context: nothing may be queued past it
+    while max(pos) < n_ctx:
+        got, want = both(lambda m, c: greedy(m, c, toks, list(range(len(toks))), pos))
+        assert got == want, (name, "tail", pos)
+        toks, pos = got, [p + 1 for p in pos]
+    served = sum(g.served_ahead for g in caches[id(fast)].graphs.values() if g is not None)
+    assert served >= 6, (name, served)  # steps 1, 2 and 6-9 at least were the ones queued ahead

@@ -85,6 +85,7 @@ def main() -> int:
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("-n", type=int, default=32, help="tokens per request in the batching test")
     ap.add_argument("--write", action="store_true", help="append the rows to BENCHMARKS.md")
+    ap.add_argument("--no-chat", action="store_true", help="only the batching test (models without a chat template)")
     args = ap.parse_args()
     from rocmforge_core.engine import create_engine
 
@@ -93,7 +94,7 @@ def main() -> int:
 
     async def go():
         async with engine:
-            return await batching(engine, args.n), await chat_ttft(engine)
+            return await batching(engine, args.n), None if args.no_chat else await chat_ttft(engine)
 
     b, c = asyncio.run(go())
     today = datetime.date.today().isoformat()
@@ -103,10 +104,12 @@ def main() -> int:
         f"{len(PROMPTS)} requests x {args.n} tokens | one after another {b['serial_s']:.2f} s "
         f"({b['serial_tps']:.1f} tok/s) | together {b['together_s']:.2f} s ({b['together_tps']:.1f} tok/s) | "
         f"**{b['serial_s'] / b['together_s']:.2f}x** |",
+    ]
+    if c is not None:
+        rows.append(
         f"| {today} | {where} | {Path(str(engine.gguf_file.path)).name} | {engine.backend} | chat turn 2 TTFT "
         f"({c['prompt_tokens']} prompt tokens, {c['new_tokens']} new) | full prefill {c['fresh_ms']:.0f} ms | "
-        f"session reuse {c['reuse_ms']:.0f} ms | **{c['fresh_ms'] / c['reuse_ms']:.2f}x** |",
-    ]
+        f"session reuse {c['reuse_ms']:.0f} ms | **{c['fresh_ms'] / c['reuse_ms']:.2f}x** |")
     print("\n".join(rows))
     if args.write:
         with open(Path(__file__).resolve().parent.parent / "BENCHMARKS.md", "a") as f:

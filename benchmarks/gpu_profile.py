@@ -106,14 +106,25 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--backend", default="cuda")
     ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--matvec-only", action="store_true", help="only the mat-vec rates")
+    ap.add_argument("--lanes", type=int, help="cap the int8 mat-vec's lanes per row (an experiment)")
+    ap.add_argument("--threads", type=int, help="the int8 mat-vec's block size (an experiment)")
     ap.add_argument("--profile-step", action="store_true",
                     help="after warm-up, one op-by-op decode step between cuProfilerStart/Stop (for ncu "
                          "--profile-from-start off)")
+    ap.add_argument("--profile-matvec", action="store_true", help="one gate/up mat-vec for ncu")
     args = ap.parse_args()
     from rocmforge_core.backends.gpu import make_ops
     from rocmforge_core.gguf_file import GGUFFile
     from rocmforge_core.models import load_model
 
+    from rocmforge_core.gpu import mvq
+
+    if args.lanes:
+        full = mvq.lanes_per_row
+        mvq.lanes_per_row = lambda ops, n_items: min(args.lanes, full(ops, n_items))
+    if args.threads:
+        mvq.THREADS = args.threads
     ops = make_ops(args.backend)
     t0 = time.perf_counter()
     model = load_model(GGUFFile(args.model), ops)
@@ -121,8 +132,25 @@ def main() -> None:
     print(f"{Path(args.model).name}: loaded in {time.perf_counter() - t0:.2f} s on {ops.device.name}")
     if args.profile_step:
         return profile_one_step(ops, model)
-    for line in matvec_rates(ops, model) + step_times(ops, model, args.steps):
+    if args.profile_matvec:
+        return profile_one_matvec(ops, model)
+    for line in matvec_rates(ops, model) + ([] if args.matvec_only else step_times(ops, model, args.steps)):
         print(line, flush=True)
+
+
+def profile_one_matvec(ops, model) -> None:
+    """One gate/up mat-vec of layer 1 between cuProfilerStart/Stop (for ncu's per-kernel sections)."""
+    from cuda.bindings import driver
+
+    lin = model.weights.layers[1].gate_up
+    x = ops.upload(np.random.default_rng(0).standard_normal((1, lin.n_in)).astype(np.float32))
+    y = ops.empty((1, lin.n_out))
+    ops.matmul_into(x, lin, y)
+    ops.sync()
+    driver.cuProfilerStart()
+    ops.matmul_into(x, lin, y)
+    ops.sync()
+    driver.cuProfilerStop()
 
 
 def profile_one_step(ops, model) -> None:

@@ -36,7 +36,8 @@ RF_DEV float rf_att_dot(const float* q, const float* k, int hd) {
 extern "C" __global__ void attn_f32(const float* __restrict__ q, const float* __restrict__ kc,
                                    const float* __restrict__ vc, float* __restrict__ out,
                                    const int* __restrict__ row_slot, const int* __restrict__ row_pos,
-                                   int heads, int kv_heads, int hd, int n_ctx, float scale, int window) {
+                                   int heads, int kv_heads, int hd, int n_ctx, float scale, int window,
+                                   int8_t* __restrict__ xq, float* __restrict__ xd) {
     __shared__ float s_max[RF_ATT_WARPS], s_sum[RF_ATT_WARPS];
     __shared__ float s_acc[RF_ATT_WARPS * RF_ATT_MAX_HD];
     const int h = blockIdx.x, n = blockIdx.y;
@@ -90,9 +91,22 @@ extern "C" __global__ void attn_f32(const float* __restrict__ q, const float* __
     float total = 0.0f;
     for (int w = 0; w < n_warps; ++w) total += s_sum[w] * rf_expf(s_max[w] - m_all);
     float* o = out + ((long long)n * heads + h) * hd;
+    const long long row = (long long)n * heads * hd, at = (long long)h * hd;  // this head in its output row
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         float v = 0.0f;
         for (int w = 0; w < n_warps; ++w) v += s_acc[w * RF_ATT_MAX_HD + i] * rf_expf(s_max[w] - m_all);
         o[i] = v / total;
+#if defined(RF_Q8_COOPERATIVE)
+        // the output projection reads 8-bit activations: quantized here (hd % 32 == 0 when xq is given)
+        if (xq) rf_quantize_lane(o[i], at + i, xq + row, xd + row / RF_Q8 * 2);
+#endif
     }
+#if !defined(RF_Q8_COOPERATIVE)
+    if (xq) {
+        for (int g = threadIdx.x; g < hd / RF_Q8; g += blockDim.x) {
+            const long long e = at + (long long)g * RF_Q8;
+            rf_quantize_serial(out + row + e, xq + row + e, xd + 2 * ((row + e) / RF_Q8));
+        }
+    }
+#endif
 }

@@ -31,6 +31,22 @@ extern "C" __global__ void rope_f32(const float* __restrict__ x, long long ldx, 
                 sin_tab + tab, hd, rot_dim, neox);
 }
 
+// q and k of the same tokens in one launch (each as rope_f32): blocks (token, q head) then (token, k
+// head); yq (T, heads_q, hd) and yk (T, heads_k, hd) contiguous.
+extern "C" __global__ void rope_qk_f32(const float* __restrict__ q, long long ldq, const float* __restrict__ k,
+                                      long long ldk, float* __restrict__ yq, float* __restrict__ yk,
+                                      const float* __restrict__ cos_tab, const float* __restrict__ sin_tab,
+                                      const int* __restrict__ pos, int heads_q, int heads_k, int hd,
+                                      int rot_dim, int neox) {
+    const int per_token = heads_q + heads_k;
+    const int t = blockIdx.x / per_token, h = blockIdx.x % per_token;
+    const long long tab = (long long)pos[t] * (rot_dim / 2);
+    const float* x = h < heads_q ? q + (long long)t * ldq + (long long)h * hd
+                                 : k + (long long)t * ldk + (long long)(h - heads_q) * hd;
+    float* y = h < heads_q ? yq + ((long long)t * heads_q + h) * hd : yk + ((long long)t * heads_k + h - heads_q) * hd;
+    rf_rope_row(x, y, cos_tab + tab, sin_tab + tab, hd, rot_dim, neox);
+}
+
 // Cache layout per layer: (n_slots, kv_heads, n_ctx, hd). Row n of k/v (N, kv_heads, hd; rows ldk and
 // ldv elements apart, so slices of a fused projection are read in place) goes to slot row_slot[n],
 // position row_pos[n]. One block per (row, kv head).

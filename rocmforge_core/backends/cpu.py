@@ -217,6 +217,10 @@ class CpuBackend:
             return ggml_numerics.gelu_mul(gate, up)
         return _gelu(gate) * up
 
+    def rope_qk(self, q: np.ndarray, k: np.ndarray, positions: np.ndarray, spec: RopeSpec):
+        """rope of q and of k at the same positions (a GPU does both in one launch)."""
+        return self.rope(q, positions, spec), self.rope(k, positions, spec)
+
     def rope(self, x: np.ndarray, positions: np.ndarray, spec: RopeSpec) -> np.ndarray:
         """Rotate x of shape (T, heads, head_dim) by its positions (T,)."""
         positions = np.asarray(positions)

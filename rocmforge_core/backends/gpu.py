@@ -349,6 +349,24 @@ class GpuOps:
                     sin_t.ptr, pos.ptr, heads, hd, spec.dim, int(spec.neox))
         return y
 
+    def rope_qk(self, q: DeviceArray, k: DeviceArray, positions, spec: RopeSpec):
+        """rope(q) and rope(k) at the same positions, in one launch."""
+        t, heads_q, hd = q.shape
+        heads_k = k.shape[1]
+        if isinstance(positions, DeviceArray):  # bounded by the caller's reserve_rope
+            if spec not in self._rope_tables:
+                raise GpuError("rope on device positions needs reserve_rope for its spec first")
+            cos_t, sin_t = self._rope_tables[spec][1:]
+        else:
+            positions = np.asarray(positions).reshape(-1)
+            cos_t, sin_t = self._rope_table(spec, int(positions.max(initial=0)))
+        pos = self._indices("positions", positions)
+        yq, yk = self.empty(q.shape), self.empty(k.shape)
+        self.launch("rope_qk_f32", (t * (heads_q + heads_k),), self.threads(min(hd, 256)), q.ptr, q.ld, k.ptr,
+                    k.ld, yq.ptr, yk.ptr, cos_t.ptr, sin_t.ptr, pos.ptr, heads_q, heads_k, hd, spec.dim,
+                    int(spec.neox))
+        return yq, yk
+
     def attention(self, q: DeviceArray, k: DeviceArray, v: DeviceArray, cache: GpuKVCache, layer: int,
                   slots: Sequence[int], starts: Sequence[int], counts: Sequence[int],
                   scale: float, window: int | None) -> DeviceArray:
@@ -361,9 +379,12 @@ class GpuOps:
         self.launch("kv_append_f32", (n * kv_heads,), block, k.ptr, k.ld, v.ptr, v.ld, kc, vc, slot_d.ptr,
                     pos_d.ptr, kv_heads, hd, cache.n_ctx)
         out = self.empty((n, heads * hd))
+        if self.q8_activations and hd % mvq.Q8_BLOCK == 0:  # for the output projection's int8 mat-vec
+            out.q8 = mvq.empty_q8(self, n, heads * hd)
+        xq, xd = (out.q8[0].ptr, out.q8[1].ptr) if out.q8 else (0, 0)
         att_block = self.threads(4 * self.warp)
         self.launch("attn_f32", (heads, n), att_block, q.ptr, kc, vc, out.ptr, slot_d.ptr, pos_d.ptr,
-                    heads, kv_heads, hd, cache.n_ctx, float(scale), int(window or 0))
+                    heads, kv_heads, hd, cache.n_ctx, float(scale), int(window or 0), xq, xd)
         return out
 
     def _row_index(self, slots, starts, counts) -> tuple[DeviceArray, DeviceArray]:

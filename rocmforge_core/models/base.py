@@ -232,8 +232,7 @@ class Decoder:
         if a.qk_norm:
             q = ops.rms_norm(q, lw.q_norm, a.norm_eps)
             k = ops.rms_norm(k, lw.k_norm, a.norm_eps)
-        q = ops.rope(q, positions, a.ropes[i])
-        k = ops.rope(k, positions, a.ropes[i])
+        q, k = ops.rope_qk(q, k, positions, a.ropes[i])
         scale = a.attn_scale
         if a.scale_queries:
             q, scale = ops.scale(q, scale), 1.0

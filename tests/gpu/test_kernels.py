@@ -198,6 +198,20 @@ def test_rope(ops, neox, rot, hd, request):
     assert rel_err(ops.to_host(got), cpu.rope(x, positions, spec)) < F32_BOUND
 
 
+def test_rope_qk_in_one_launch(ops, request):
+    """q and k of different head counts, read as strided column slices of one fused projection."""
+    rng = rng_for(request)
+    spec = RopeSpec(64, 10000.0, False)
+    qkv = rng.standard_normal((5, (4 + 2 + 2) * 64)).astype(np.float32)
+    positions = np.array([3, 4, 9, 100, 101])
+    d = ops.upload(qkv)
+    q, k = d[:, :256].reshape(5, 4, 64), d[:, 256:384].reshape(5, 2, 64)
+    yq, yk = ops.rope_qk(q, k, positions, spec)
+    hq, hk = qkv[:, :256].reshape(5, 4, 64), qkv[:, 256:384].reshape(5, 2, 64)
+    assert rel_err(ops.to_host(yq), cpu.rope(hq, positions, spec)) < F32_BOUND
+    assert rel_err(ops.to_host(yk), cpu.rope(hk, positions, spec)) < F32_BOUND
+
+
 def _gpu_cache(ops, n_slots, n_kv, n_ctx, hd, rng):
     """A 1-layer device cache and its CPU twin, both pre-filled with the same random history."""
     cache = ops.make_cache(1, n_slots, n_ctx, n_kv, hd)

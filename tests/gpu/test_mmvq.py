@@ -136,3 +136,21 @@ def test_lanes_per_row(ops_q8):
     assert mvq.lanes_per_row(ops_q8, 1) == 1
     assert mvq.lanes_per_row(ops_q8, 18) == min(16, ops.warp)
     assert mvq.lanes_per_row(ops_q8, 448) == ops.warp
+
+
+def test_attention_output_also_quantizes(ops_q8, request):
+    """The attention kernel quantizes its output rows for the output projection (groups of 32 that
+    span head boundaries of a row the same way quantize_q8 would)."""
+    ops = ops_q8
+    rng = rng_for(request)
+    n_heads, n_kv, hd, n_ctx = 4, 2, 64, 32
+    cache = ops.make_cache(1, 2, n_ctx, n_kv, hd)
+    q = ops.upload(rng.standard_normal((3, n_heads, hd)).astype(np.float32))
+    k = ops.upload(rng.standard_normal((3, n_kv, hd)).astype(np.float32))
+    v = ops.upload(rng.standard_normal((3, n_kv, hd)).astype(np.float32))
+    out = ops.attention(q, k, v, cache, 0, [1], [0], [3], 0.125, None)
+    assert out.q8 is not None
+    q_ref, d_ref = q8_reference(ops.to_host(out))
+    got = ops.to_host(out.q8[0]).reshape(q_ref.shape).astype(np.int16)
+    assert np.abs(got - q_ref).max() <= 1 and np.mean(got != q_ref) < 1e-2
+    assert np.allclose(ops.to_host(out.q8[1])[..., 0], d_ref, rtol=1e-6)

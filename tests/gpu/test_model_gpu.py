@@ -267,4 +267,4 @@ def test_fused_projections_are_not_copied(ops, tiny):
         op_by_op(ops, lambda: model.decode(np.array([7]), cache, np.array([0]), np.array([3])))
     finally:
         del ops.launch
-    assert "rope_f32" in launched and "copy2d_f32" not in launched, name
+    assert "rope_qk_f32" in launched and "copy2d_f32" not in launched, name

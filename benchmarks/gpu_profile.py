@@ -129,7 +129,11 @@ def main() -> None:
     t0 = time.perf_counter()
     model = load_model(GGUFFile(args.model), ops)
     ops.sync()
-    print(f"{Path(args.model).name}: loaded in {time.perf_counter() - t0:.2f} s on {ops.device.name}")
+    load_s = time.perf_counter() - t0
+    tensor_bytes = sum(t.n_bytes for t in GGUFFile(args.model).tensors.values())
+    print(f"{Path(args.model).name}: loaded in {load_s:.2f} s on {ops.device.name}; device memory for the "
+          f"weights {ops.pool.allocated / 1e9:.3f} GB = {ops.pool.allocated / tensor_bytes:.4f}x the file's "
+          f"tensor bytes ({tensor_bytes / 1e9:.3f} GB)")
     if args.profile_step:
         return profile_one_step(ops, model)
     if args.profile_matvec:

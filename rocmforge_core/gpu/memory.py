@@ -37,6 +37,7 @@ class BufferPool:
         # ROCMFORGE_GPU_POISON=1: fill every buffer handed out with NaN, so reads of unwritten memory
         # show up as NaN instead of plausible stale values (a debugging aid; costs a memset each).
         self.poison_stream = poison_stream if os.environ.get("ROCMFORGE_GPU_POISON") == "1" else None
+        self.allocated = 0  # bytes taken from the driver (what the pool holds, used or free)
         self.free_lists: dict[int, list[int]] = {}
         self.owned: list[int] = []
         self.closed = False
@@ -56,6 +57,7 @@ class BufferPool:
         else:
             ptr = self.rt.alloc(size)
             self.owned.append(ptr)
+            self.allocated += size
         if self.poison_stream is not None:
             self.rt.memset8(ptr, 0xFF, size, self.poison_stream)
         return _Block(self, ptr, size)

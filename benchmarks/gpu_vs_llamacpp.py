@@ -63,9 +63,9 @@ def decode_bytes(path: Path) -> int:
     return total
 
 
-def llama_bench(binary: str, path: Path, p: int, n: int, r: int) -> dict:
+def llama_bench(binary: str, path: Path, p: int, n: int, r: int, depth: int = 0) -> dict:
     out = subprocess.run([binary, "-m", str(path), "-ngl", "99", "-fa", "1", "-p", str(p), "-n", str(n),
-                          "-r", str(r), "-o", "json"], capture_output=True, text=True, timeout=900)
+                          "-d", str(depth), "-r", str(r), "-o", "json"], capture_output=True, text=True, timeout=900)
     if out.returncode:
         raise RuntimeError(f"llama-bench failed: {out.stderr[-2000:]}")
     rows = json.loads(out.stdout)
@@ -76,11 +76,11 @@ def llama_bench(binary: str, path: Path, p: int, n: int, r: int) -> dict:
     return res
 
 
-def rocmforge_bench(path: Path, p: int, n: int, r: int, backend: str) -> dict:
+def rocmforge_bench(path: Path, p: int, n: int, r: int, backend: str, depth: int = 0) -> dict:
     t0 = time.time()
     out = subprocess.run([sys.executable, "-m", "rocmforge_cli", "bench", str(path), "--backend", backend,
-                          "-p", str(p), "-n", str(n), "-r", str(r), "--json"], capture_output=True, text=True,
-                         timeout=900, cwd=HERE.parent)
+                          "-p", str(p), "-n", str(n), "-d", str(depth), "-r", str(r), "--json"],
+                         capture_output=True, text=True, timeout=900, cwd=HERE.parent)
     if out.returncode:
         raise RuntimeError(f"rocmforge bench failed: {out.stderr[-2000:]}")
     rep = json.loads(out.stdout.strip().splitlines()[-1])
@@ -110,6 +110,10 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("--backend", default="cuda")
+    ap.add_argument("--depths", default="", help="also tg after this many tokens of context (e.g. 4096,16384): "
+                    "llama-bench -d and rocmforge bench -d, no pp")
+    ap.add_argument("--depth-reps", type=int, default=1, help="-r for the depth runs (their prefill is long)")
+    ap.add_argument("--skip-main", action="store_true", help="only the depth runs")
     ap.add_argument("--append", help="markdown file to append the rows to")
     ap.add_argument("--json", help="write all numbers here")
     args = ap.parse_args()
@@ -125,13 +129,17 @@ def main() -> None:
         path = out_dir / f"{name}.gguf"
         if not path.exists():
             synth_models.write(out_dir, name)
-        theirs = llama_bench(args.llama_bench, path, args.p, args.n, args.r)
-        ours = rocmforge_bench(path, args.p, args.n, args.r, args.backend)
         roof = bw / decode_bytes(path)
-        rows.append(row(date, ours["device"], name, args.backend, ours, theirs, roof))
-        results.append({"model": name, "llama.cpp": theirs, "rocmforge": ours, "roofline_tg": roof,
-                        "copy_bandwidth": bw})
-        print(rows[-1], flush=True)
+        runs = [] if args.skip_main else [(0, args.p, args.r)]
+        runs += [(int(d), 0, args.depth_reps) for d in args.depths.split(",") if d]
+        for depth, p, r in runs:
+            theirs = llama_bench(args.llama_bench, path, p, args.n, r, depth)
+            ours = rocmforge_bench(path, p, args.n, r, args.backend, depth)
+            label = name if not depth else f"{name}, tg{args.n} at depth {depth}"
+            rows.append(row(date, ours["device"], label, args.backend, ours, theirs, roof))
+            results.append({"model": name, "depth": depth, "llama.cpp": theirs, "rocmforge": ours,
+                            "roofline_tg": roof, "copy_bandwidth": bw})
+            print(rows[-1], flush=True)
     print(HEADER)
     print("\n".join(rows))
     if args.json:

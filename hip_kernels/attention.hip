@@ -32,41 +32,30 @@ RF_DEV float rf_att_dot(const float* q, const float* k, int hd) {
     return (s0 + s1) + (s2 + s3);
 }
 
-// q: (N, heads, hd); kc, vc: one layer's cache (n_slots, kv_heads, n_ctx, hd); out: (N, heads * hd).
-extern "C" __global__ void attn_f32(const float* __restrict__ q, const float* __restrict__ kc,
-                                   const float* __restrict__ vc, float* __restrict__ out,
-                                   const int* __restrict__ row_slot, const int* __restrict__ row_pos,
-                                   int heads, int kv_heads, int hd, int n_ctx, float scale, int window,
-                                   int8_t* __restrict__ xq, float* __restrict__ xd) {
-    __shared__ float s_max[RF_ATT_WARPS], s_sum[RF_ATT_WARPS];
-    __shared__ float s_acc[RF_ATT_WARPS * RF_ATT_MAX_HD];
-    const int h = blockIdx.x, n = blockIdx.y;
+// The online softmax of one query row over keys lo..hi (inclusive) of one cached head. Leaves, for the
+// whole block, the largest score in *m_out, the sum of exp(score - m) in *l_out, and
+// sum of exp(score - m) * v in s_out[0..hd) (shared memory). Empty range: m = RF_NEG_BIG, l = 0.
+RF_DEV void rf_attn_range(const float* __restrict__ qr, const float* __restrict__ kb,
+                          const float* __restrict__ vb, int lo, int hi, int hd, float scale,
+                          float* s_q, float* s_max, float* s_sum, float* s_acc, float* m_out, float* l_out,
+                          float* s_out) {
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const int n_warps = blockDim.x / WARP_SIZE;
-    const int kvh = h / (heads / kv_heads);
-    const int p = row_pos[n];
-    const int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
-    const float* qr = q + ((long long)n * heads + h) * hd;
-    const long long head_off = ((long long)row_slot[n] * kv_heads + kvh) * n_ctx * hd;
-    const float* kb = kc + head_off;
-    const float* vb = vc + head_off;
-
-    __shared__ float s_q[RF_ATT_MAX_HD];
     for (int i = threadIdx.x; i < hd; i += blockDim.x) s_q[i] = qr[i] * scale;
     __syncthreads();
     float acc[RF_ATT_DPL];
     RF_UNROLL for (int d = 0; d < RF_ATT_DPL; ++d) acc[d] = 0.0f;
     float m = RF_NEG_BIG, l = 0.0f;
-    for (int t0 = lo + warp * WARP_SIZE; t0 <= p; t0 += n_warps * WARP_SIZE) {
+    for (int t0 = lo + warp * WARP_SIZE; t0 <= hi; t0 += n_warps * WARP_SIZE) {
         const int j = t0 + lane;
         float s = RF_NEG_BIG;
-        if (j <= p) s = rf_att_dot(s_q, kb + (long long)j * hd, hd);
+        if (j <= hi) s = rf_att_dot(s_q, kb + (long long)j * hd, hd);
         const float m_new = fmaxf(m, rf_warp_max(s));
-        const float e = j <= p ? rf_expf(s - m_new) : 0.0f;
+        const float e = j <= hi ? rf_expf(s - m_new) : 0.0f;
         const float c = rf_expf(m - m_new);
         l = l * c + rf_warp_sum(e);
         RF_UNROLL for (int d = 0; d < RF_ATT_DPL; ++d) acc[d] *= c;
-        const int count = p - t0 + 1 < WARP_SIZE ? p - t0 + 1 : WARP_SIZE;
+        const int count = hi - t0 + 1 < WARP_SIZE ? hi - t0 + 1 : WARP_SIZE;
         for (int u = 0; u < count; ++u) {
             const float w = RF_SHFL(e, u);
             const float* vr = vb + (long long)(t0 + u) * hd;
@@ -90,15 +79,25 @@ extern "C" __global__ void attn_f32(const float* __restrict__ q, const float* __
     for (int w = 1; w < n_warps; ++w) m_all = fmaxf(m_all, s_max[w]);
     float total = 0.0f;
     for (int w = 0; w < n_warps; ++w) total += s_sum[w] * rf_expf(s_max[w] - m_all);
-    float* o = out + ((long long)n * heads + h) * hd;
-    const long long row = (long long)n * heads * hd, at = (long long)h * hd;  // this head in its output row
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         float v = 0.0f;
         for (int w = 0; w < n_warps; ++w) v += s_acc[w * RF_ATT_MAX_HD + i] * rf_expf(s_max[w] - m_all);
-        o[i] = v / total;
+        s_out[i] = v;
+    }
+    *m_out = m_all;
+    *l_out = total;
+    __syncthreads();
+}
+
+// Write one head's normalized output o[0..hd) (into out's row), quantizing it for the output
+// projection when xq is given (hd % 32 == 0 then).
+RF_DEV void rf_attn_write(const float* s_out, float inv, float* __restrict__ out, long long row, long long at,
+                          int hd, int8_t* __restrict__ xq, float* __restrict__ xd) {
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        const float v = s_out[i] * inv;
+        out[row + at + i] = v;
 #if defined(RF_Q8_COOPERATIVE)
-        // the output projection reads 8-bit activations: quantized here (hd % 32 == 0 when xq is given)
-        if (xq) rf_quantize_lane(o[i], at + i, xq + row, xd + row / RF_Q8 * 2);
+        if (xq) rf_quantize_lane(v, at + i, xq + row, xd + row / RF_Q8 * 2);
 #endif
     }
 #if !defined(RF_Q8_COOPERATIVE)
@@ -109,4 +108,74 @@ extern "C" __global__ void attn_f32(const float* __restrict__ q, const float* __
         }
     }
 #endif
+}
+
+#define RF_ATT_SHARED                                                                                   \
+    __shared__ float s_q[RF_ATT_MAX_HD], s_out[RF_ATT_MAX_HD];                                        \
+    __shared__ float s_max[RF_ATT_WARPS], s_sum[RF_ATT_WARPS];                                         \
+    __shared__ float s_acc[RF_ATT_WARPS * RF_ATT_MAX_HD];
+
+// q: (N, heads, hd); kc, vc: one layer's cache (n_slots, kv_heads, n_ctx, hd); out: (N, heads * hd).
+// One block per (head, row) over all of the row's keys.
+extern "C" __global__ void attn_f32(const float* __restrict__ q, const float* __restrict__ kc,
+                                   const float* __restrict__ vc, float* __restrict__ out,
+                                   const int* __restrict__ row_slot, const int* __restrict__ row_pos,
+                                   int heads, int kv_heads, int hd, int n_ctx, float scale, int window,
+                                   int8_t* __restrict__ xq, float* __restrict__ xd) {
+    RF_ATT_SHARED
+    const int h = blockIdx.x, n = blockIdx.y;
+    const int p = row_pos[n];
+    const int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+    const long long head_off = ((long long)row_slot[n] * kv_heads + h / (heads / kv_heads)) * n_ctx * hd;
+    float m, l;
+    rf_attn_range(q + ((long long)n * heads + h) * hd, kc + head_off, vc + head_off, lo, p, hd, scale, s_q,
+                  s_max, s_sum, s_acc, &m, &l, s_out);
+    rf_attn_write(s_out, 1.0f / l, out, (long long)n * heads * hd, (long long)h * hd, hd, xq, xd);
+}
+
+// Flash-decoding: the keys of each row split over gridDim.z blocks (chunks of equal size of the
+// row's own length, so a graph captured once serves every position). Each block leaves its (max,
+// sum) in part_ml (N, heads, splits, 2) and its unnormalized sum of values in part_acc (N, heads,
+// splits, hd); attn_combine_f32 merges them.
+extern "C" __global__ void attn_split_f32(const float* __restrict__ q, const float* __restrict__ kc,
+                                         const float* __restrict__ vc, float* __restrict__ part_acc,
+                                         float* __restrict__ part_ml, const int* __restrict__ row_slot,
+                                         const int* __restrict__ row_pos, int heads, int kv_heads, int hd,
+                                         int n_ctx, float scale, int window) {
+    RF_ATT_SHARED
+    const int h = blockIdx.x, n = blockIdx.y, z = blockIdx.z, splits = gridDim.z;
+    const int p = row_pos[n];
+    const int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+    const int chunk = (p - lo + 1 + splits - 1) / splits;
+    const int a = lo + z * chunk, b = a + chunk - 1 < p ? a + chunk - 1 : p;
+    const long long head_off = ((long long)row_slot[n] * kv_heads + h / (heads / kv_heads)) * n_ctx * hd;
+    float m, l;
+    rf_attn_range(q + ((long long)n * heads + h) * hd, kc + head_off, vc + head_off, a, b, hd, scale, s_q,
+                  s_max, s_sum, s_acc, &m, &l, s_out);
+    const long long part = ((long long)n * heads + h) * splits + z;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) part_acc[part * hd + i] = s_out[i];
+    if (threadIdx.x == 0) {
+        part_ml[2 * part] = m;
+        part_ml[2 * part + 1] = l;
+    }
+}
+
+// Merge attn_split_f32's partial results: one block per (head, row).
+extern "C" __global__ void attn_combine_f32(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
+                                           float* __restrict__ out, int heads, int hd, int splits,
+                                           int8_t* __restrict__ xq, float* __restrict__ xd) {
+    __shared__ float s_out[RF_ATT_MAX_HD];
+    const int h = blockIdx.x, n = blockIdx.y;
+    const long long base = ((long long)n * heads + h) * splits;
+    float m = RF_NEG_BIG;
+    for (int z = 0; z < splits; ++z) m = fmaxf(m, part_ml[2 * (base + z)]);
+    float total = 0.0f;
+    for (int z = 0; z < splits; ++z) total += part_ml[2 * (base + z) + 1] * rf_expf(part_ml[2 * (base + z)] - m);
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float v = 0.0f;
+        for (int z = 0; z < splits; ++z) v += part_acc[(base + z) * hd + i] * rf_expf(part_ml[2 * (base + z)] - m);
+        s_out[i] = v;
+    }
+    __syncthreads();
+    rf_attn_write(s_out, 1.0f / total, out, (long long)n * heads * hd, (long long)h * hd, hd, xq, xd);
 }

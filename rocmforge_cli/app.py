@@ -245,6 +245,7 @@ def bench(
     n_prompt: int = typer.Option(512, "--n-prompt", "-p", help="Prompt tokens processed as one batch."),
     n_gen: int = typer.Option(128, "--n-gen", "-n", help="Tokens generated one at a time."),
     repetitions: int = typer.Option(5, "--repetitions", "-r", help="Runs; the median is reported."),
+    depth: int = typer.Option(0, "--n-depth", "-d", help="Tokens already in the context before tg (prefilled, not timed)."),
     backend: Backend = BackendOpt,
     n_gpu_layers: Optional[int] = NglOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -257,7 +258,8 @@ def bench(
 
     backend_name = run_flags(threads, n_gpu_layers, backend.value)  # first: BLAS reads -t as it loads
     bench_cmd.run(model=pick_model(model, model_opt), n_prompt=n_prompt, n_gen=n_gen,
-                  repetitions=repetitions, backend=backend_name, json_out=json_out, numerics=numerics.value)
+                  repetitions=repetitions, backend=backend_name, json_out=json_out, numerics=numerics.value,
+                  depth=depth)
 
 
 @app.command()

@@ -1,6 +1,7 @@
 """`rocmforge bench`: prompt-processing (pp) and generation (tg) speed, measured like llama-bench.
 
-pp = one batch of N random prompt tokens; tg = N tokens decoded one at a time from an empty context.
+pp = one batch of N random prompt tokens; tg = N tokens decoded one at a time, from an empty context or
+after `-d` random tokens already in it (their prefill is not timed), as llama-bench's -d.
 Both go through the same engine as chat and generate; the median of the repetitions is reported.
 """
 
@@ -41,7 +42,7 @@ def random_prompt(tokenizer, n: int, seed: int) -> list[int]:
     return ids
 
 
-async def measure(engine, n_prompt: int, n_gen: int, repetitions: int) -> dict:
+async def measure(engine, n_prompt: int, n_gen: int, repetitions: int, depth: int = 0) -> dict:
     from rocmforge_core.engine import Request, collect
     from rocmforge_core.sampler import SamplingParams
 
@@ -57,30 +58,33 @@ async def measure(engine, n_prompt: int, n_gen: int, repetitions: int) -> dict:
                 if rep:
                     pp.append(final.timings.prompt_tokens_per_s)
             if n_gen:
+                context = [start] + random_prompt(engine.tokenizer, depth, seed=1000 + rep) if depth else [start]
                 _, _, final = await collect(engine.submit(
-                    Request(tokens=[start], max_tokens=n_gen + 1, sampling=greedy, ignore_eos=True)))
+                    Request(tokens=context, max_tokens=n_gen + 1, sampling=greedy, ignore_eos=True)))
                 if rep:
                     tg.append(final.timings.gen_tokens_per_s)
     return {"pp": statistics.median(pp) if pp else None, "tg": statistics.median(tg) if tg else None}
 
 
-def run(*, model, n_prompt, n_gen, repetitions, backend, json_out, numerics="float32") -> None:
+def run(*, model, n_prompt, n_gen, repetitions, backend, json_out, numerics="float32", depth=0) -> None:
     if n_prompt < 0 or n_gen < 0 or (n_prompt == 0 and n_gen == 0):
         raise BadInputError("-p and -n must be >= 0 and not both 0")
+    if depth < 0:
+        raise BadInputError(f"-d must be >= 0 (got {depth})")
     if repetitions < 1:
         raise BadInputError(f"-r must be at least 1 (got {repetitions})")
     from rocmforge_cli.common import resolve_model_path
     from rocmforge_core.engine import create_engine
 
     path = resolve_model_path(model)
-    engine = create_engine(path, backend=backend, n_ctx=max(n_prompt + 8, n_gen + 8, 64), n_slots=1,
+    engine = create_engine(path, backend=backend, n_ctx=max(n_prompt + 8, depth + n_gen + 8, 64), n_slots=1,
                            numerics=numerics)
     device = cpu_name() if engine.backend == "cpu" else engine.model.ops.device.name
-    result = asyncio.run(measure(engine, n_prompt, n_gen, repetitions))
+    result = asyncio.run(measure(engine, n_prompt, n_gen, repetitions, depth))
     report = {
         "model": str(path), "backend": engine.backend, "device": device, "numerics": numerics,
         "pp": {"n_tokens": n_prompt, "tokens_per_s": round(result["pp"] or 0.0, 2)},
-        "tg": {"n_tokens": n_gen, "tokens_per_s": round(result["tg"] or 0.0, 2)},
+        "tg": {"n_tokens": n_gen, "tokens_per_s": round(result["tg"] or 0.0, 2), "depth": depth},
     }
     if json_out:
         print(json.dumps(report))
@@ -95,5 +99,5 @@ def run(*, model, n_prompt, n_gen, repetitions, backend, json_out, numerics="flo
     if n_prompt:
         table.add_row(f"pp{n_prompt}", str(n_prompt), f"{report['pp']['tokens_per_s']:.2f}")
     if n_gen:
-        table.add_row(f"tg{n_gen}", str(n_gen), f"{report['tg']['tokens_per_s']:.2f}")
+        table.add_row(f"tg{n_gen}" + (f" @ d{depth}" if depth else ""), str(n_gen), f"{report['tg']['tokens_per_s']:.2f}")
     Console(file=sys.stdout).print(table)

@@ -198,6 +198,15 @@ def test_bench_takes_model_option_and_ngl_zero(files):
     assert out["backend"] == "cpu" and out["pp"]["n_tokens"] == 8 and out["model"] == files["model"]
 
 
+def test_bench_depth_fills_the_context_before_tg(files):
+    """-d like llama-bench: tg decodes after d tokens are in the context (the engine's prompt counts them)."""
+    result = run_main("bench", files["model"], "-p", "0", "-n", "3", "-d", "20", "-r", "1", "--json")
+    assert result.code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["tg"]["depth"] == 20 and out["tg"]["tokens_per_s"] > 0
+    assert_one_line_error(run_main("bench", files["model"], "-d", "-1"), "-d must be >= 0")
+
+
 # ---- -t: BLAS threads, set before numpy loads (a real process) ----------------------------------------
 
 def test_threads_set_the_blas_thread_count(files):

@@ -25,6 +25,8 @@ EXPECTED = {
     "kv_append_f32": ("rope", ("p", "i64", "p", "i64", "p", "p", "p", "p", "i32", "i32", "i32")),
     "rope_kv_append_f32": ("rope", ("p", "i64", "p", "i64") + ("p",) * 6 + ("i32",) * 5),
     "attn_f32": ("attention", ("p",) * 6 + ("i32",) * 4 + ("f32", "i32", "p", "p")),
+    "attn_split_f32": ("attention", ("p",) * 7 + ("i32",) * 4 + ("f32", "i32")),
+    "attn_combine_f32": ("attention", ("p",) * 3 + ("i32",) * 3 + ("p", "p")),
     "rope_qk_f32": ("rope", ("p", "i64", "p", "i64") + ("p",) * 5 + ("i32",) * 5),
     "softmax_f32": ("softmax", ("p", "p", "i32")),
     "argmax_f32": ("softmax", ("p", "p", "i32")),

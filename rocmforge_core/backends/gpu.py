@@ -56,6 +56,7 @@ class GpuOps:
         self.use_graphs = os.environ.get("ROCMFORGE_GPU_GRAPHS", "1") != "0"
         self.graph_failures: list[str] = []  # why a capture fell back to op-by-op (for diagnostics)
         self.launches = 0
+        self.attn_keys_per_split = 512  # see _attention_splits
         # Projections read 8-bit activations (gpu/mvq.py) for the weight types that have the int8
         # mat-vec; ROCMFORGE_GPU_Q8=0 keeps every product in float32 (the CPU's arithmetic, to 1e-5).
         self.q8_activations = os.environ.get("ROCMFORGE_GPU_Q8", "1") != "0"
@@ -383,9 +384,25 @@ class GpuOps:
             out.q8 = mvq.empty_q8(self, n, heads * hd)
         xq, xd = (out.q8[0].ptr, out.q8[1].ptr) if out.q8 else (0, 0)
         att_block = self.threads(4 * self.warp)
-        self.launch("attn_f32", (heads, n), att_block, q.ptr, kc, vc, out.ptr, slot_d.ptr, pos_d.ptr,
-                    heads, kv_heads, hd, cache.n_ctx, float(scale), int(window or 0), xq, xd)
+        splits = self._attention_splits(n, cache.n_ctx)
+        if splits == 1:
+            self.launch("attn_f32", (heads, n), att_block, q.ptr, kc, vc, out.ptr, slot_d.ptr, pos_d.ptr,
+                        heads, kv_heads, hd, cache.n_ctx, float(scale), int(window or 0), xq, xd)
+            return out
+        part_acc, part_ml = self.empty((n, heads, splits, hd)), self.empty((n, heads, splits, 2))
+        self.launch("attn_split_f32", (heads, n, splits), att_block, q.ptr, kc, vc, part_acc.ptr, part_ml.ptr,
+                    slot_d.ptr, pos_d.ptr, heads, kv_heads, hd, cache.n_ctx, float(scale), int(window or 0))
+        self.launch("attn_combine_f32", (heads, n), self.threads(min(hd, 256)), part_acc.ptr, part_ml.ptr, out.ptr,
+                    heads, hd, splits, xq, xd)
         return out
+
+    def _attention_splits(self, rows: int, n_ctx: int) -> int:
+        """Blocks per (head, row) for decode-sized batches: the keys a cache can hold split in chunks of
+        about attn_keys_per_split, so a long context spreads over the card (flash-decoding); each block
+        takes an equal share of the row's current length, so one captured graph serves every position."""
+        if rows > 8:
+            return 1
+        return max(1, min(32, n_ctx // self.attn_keys_per_split))
 
     def _row_index(self, slots, starts, counts) -> tuple[DeviceArray, DeviceArray]:
         """Device arrays of each row's cache slot and position; every layer of a step shares them."""

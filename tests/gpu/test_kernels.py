@@ -198,6 +198,33 @@ def test_rope(ops, neox, rot, hd, request):
     assert rel_err(ops.to_host(got), cpu.rope(x, positions, spec)) < F32_BOUND
 
 
+@pytest.mark.parametrize("window", [None, 5])
+def test_split_attention_matches_one_block(ops, window, request):
+    """Flash-decoding (keys split over blocks, then merged) equals attention over all keys in one
+    block, for rows of different lengths (some shorter than the number of splits) and GQA 4:1."""
+    rng = rng_for(request)
+    n_heads, n_kv, hd, n_ctx = 8, 2, 64, 40
+    cache = ops.make_cache(1, 3, n_ctx, n_kv, hd)
+    for slot, length in ((0, 37), (1, 3), (2, 20)):
+        k = ops.upload(rng.standard_normal((length, n_kv, hd)).astype(np.float32))
+        v = ops.upload(rng.standard_normal((length, n_kv, hd)).astype(np.float32))
+        q = ops.upload(rng.standard_normal((length, n_heads, hd)).astype(np.float32))
+        ops.attention(q, k, v, cache, 0, [slot], [0], [length], 0.125, window)  # fills the cache
+    q = ops.upload(rng.standard_normal((3, n_heads, hd)).astype(np.float32))
+    k = ops.upload(rng.standard_normal((3, n_kv, hd)).astype(np.float32))
+    v = ops.upload(rng.standard_normal((3, n_kv, hd)).astype(np.float32))
+    saved = ops.attn_keys_per_split
+    try:
+        ops.attn_keys_per_split = 8  # 40 // 8 = 5 splits
+        assert ops._attention_splits(3, n_ctx) == 5
+        split = ops.to_host(ops.attention(q, k, v, cache, 0, [0, 1, 2], [37, 3, 20], [1, 1, 1], 0.125, window))
+        ops.attn_keys_per_split = 10**9
+        whole = ops.to_host(ops.attention(q, k, v, cache, 0, [0, 1, 2], [37, 3, 20], [1, 1, 1], 0.125, window))
+    finally:
+        ops.attn_keys_per_split = saved
+    assert rel_err(split, whole) < F32_BOUND
+
+
 def test_rope_qk_in_one_launch(ops, request):
     """q and k of different head counts, read as strided column slices of one fused projection."""
     rng = rng_for(request)

@@ -15,7 +15,8 @@
 #define RF_ATT_DPL ((RF_ATT_MAX_HD + WARP_SIZE - 1) / WARP_SIZE)  // head dims per lane
 #define RF_ATT_WARPS 4
 
-// q . k over hd values (q already scaled), in four independent partial sums.
+// q . k over hd values (q already scaled), in four independent partial sums; 16-byte loads of the
+// key row when its length allows (4 floats or 8 halves).
 RF_DEV float rf_att_dot(const float* q, const float* k, int hd) {
     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
     if ((hd & 3) == 0) {
@@ -32,11 +33,31 @@ RF_DEV float rf_att_dot(const float* q, const float* k, int hd) {
     return (s0 + s1) + (s2 + s3);
 }
 
+RF_DEV float rf_half_lo(uint32_t w) { return rf_half2float((rf_half)(w & 0xffffu)); }
+RF_DEV float rf_half_hi(uint32_t w) { return rf_half2float((rf_half)(w >> 16)); }
+
+RF_DEV float rf_att_dot(const float* q, const rf_half* k, int hd) {
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    if ((hd & 7) == 0) {
+        for (int d = 0; d < hd; d += 8) {
+            const rf_u32x4 v = rf_load16(k + d);
+            s0 += q[d] * rf_half_lo(v.x) + q[d + 1] * rf_half_hi(v.x);
+            s1 += q[d + 2] * rf_half_lo(v.y) + q[d + 3] * rf_half_hi(v.y);
+            s2 += q[d + 4] * rf_half_lo(v.z) + q[d + 5] * rf_half_hi(v.z);
+            s3 += q[d + 6] * rf_half_lo(v.w) + q[d + 7] * rf_half_hi(v.w);
+        }
+    } else {
+        for (int d = 0; d < hd; ++d) s0 += q[d] * rf_half2float(k[d]);
+    }
+    return (s0 + s1) + (s2 + s3);
+}
+
 // The online softmax of one query row over keys lo..hi (inclusive) of one cached head. Leaves, for the
 // whole block, the largest score in *m_out, the sum of exp(score - m) in *l_out, and
 // sum of exp(score - m) * v in s_out[0..hd) (shared memory). Empty range: m = RF_NEG_BIG, l = 0.
-RF_DEV void rf_attn_range(const float* __restrict__ qr, const float* __restrict__ kb,
-                          const float* __restrict__ vb, int lo, int hi, int hd, float scale,
+template <class KV>
+RF_DEV void rf_attn_range(const float* __restrict__ qr, const typename KV::T* __restrict__ kb,
+                          const typename KV::T* __restrict__ vb, int lo, int hi, int hd, float scale,
                           float* s_q, float* s_max, float* s_sum, float* s_acc, float* m_out, float* l_out,
                           float* s_out) {
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
@@ -58,10 +79,10 @@ RF_DEV void rf_attn_range(const float* __restrict__ qr, const float* __restrict_
         const int count = hi - t0 + 1 < WARP_SIZE ? hi - t0 + 1 : WARP_SIZE;
         for (int u = 0; u < count; ++u) {
             const float w = RF_SHFL(e, u);
-            const float* vr = vb + (long long)(t0 + u) * hd;
+            const typename KV::T* vr = vb + (long long)(t0 + u) * hd;
             RF_UNROLL for (int d = 0; d < RF_ATT_DPL; ++d) {
                 const int i = lane + d * WARP_SIZE;
-                if (i < hd) acc[d] += w * vr[i];
+                if (i < hd) acc[d] += w * KV::get(vr, i);
             }
         }
         m = m_new;
@@ -117,8 +138,9 @@ RF_DEV void rf_attn_write(const float* s_out, float inv, float* __restrict__ out
 
 // q: (N, heads, hd); kc, vc: one layer's cache (n_slots, kv_heads, n_ctx, hd); out: (N, heads * hd).
 // One block per (head, row) over all of the row's keys.
-extern "C" __global__ void attn_f32(const float* __restrict__ q, const float* __restrict__ kc,
-                                   const float* __restrict__ vc, float* __restrict__ out,
+template <class KV>
+RF_DEV void rf_attn(const float* __restrict__ q, const typename KV::T* __restrict__ kc,
+                                   const typename KV::T* __restrict__ vc, float* __restrict__ out,
                                    const int* __restrict__ row_slot, const int* __restrict__ row_pos,
                                    int heads, int kv_heads, int hd, int n_ctx, float scale, int window,
                                    int8_t* __restrict__ xq, float* __restrict__ xd) {
@@ -128,7 +150,7 @@ extern "C" __global__ void attn_f32(const float* __restrict__ q, const float* __
     const int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
     const long long head_off = ((long long)row_slot[n] * kv_heads + h / (heads / kv_heads)) * n_ctx * hd;
     float m, l;
-    rf_attn_range(q + ((long long)n * heads + h) * hd, kc + head_off, vc + head_off, lo, p, hd, scale, s_q,
+    rf_attn_range<KV>(q + ((long long)n * heads + h) * hd, kc + head_off, vc + head_off, lo, p, hd, scale, s_q,
                   s_max, s_sum, s_acc, &m, &l, s_out);
     rf_attn_write(s_out, 1.0f / l, out, (long long)n * heads * hd, (long long)h * hd, hd, xq, xd);
 }
@@ -137,8 +159,9 @@ extern "C" __global__ void attn_f32(const float* __restrict__ q, const float* __
 // row's own length, so a graph captured once serves every position). Each block leaves its (max,
 // sum) in part_ml (N, heads, splits, 2) and its unnormalized sum of values in part_acc (N, heads,
 // splits, hd); attn_combine_f32 merges them.
-extern "C" __global__ void attn_split_f32(const float* __restrict__ q, const float* __restrict__ kc,
-                                         const float* __restrict__ vc, float* __restrict__ part_acc,
+template <class KV>
+RF_DEV void rf_attn_split(const float* __restrict__ q, const typename KV::T* __restrict__ kc,
+                                         const typename KV::T* __restrict__ vc, float* __restrict__ part_acc,
                                          float* __restrict__ part_ml, const int* __restrict__ row_slot,
                                          const int* __restrict__ row_pos, int heads, int kv_heads, int hd,
                                          int n_ctx, float scale, int window) {
@@ -150,7 +173,7 @@ extern "C" __global__ void attn_split_f32(const float* __restrict__ q, const flo
     const int a = lo + z * chunk, b = a + chunk - 1 < p ? a + chunk - 1 : p;
     const long long head_off = ((long long)row_slot[n] * kv_heads + h / (heads / kv_heads)) * n_ctx * hd;
     float m, l;
-    rf_attn_range(q + ((long long)n * heads + h) * hd, kc + head_off, vc + head_off, a, b, hd, scale, s_q,
+    rf_attn_range<KV>(q + ((long long)n * heads + h) * hd, kc + head_off, vc + head_off, a, b, hd, scale, s_q,
                   s_max, s_sum, s_acc, &m, &l, s_out);
     const long long part = ((long long)n * heads + h) * splits + z;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) part_acc[part * hd + i] = s_out[i];
@@ -160,7 +183,28 @@ extern "C" __global__ void attn_split_f32(const float* __restrict__ q, const flo
     }
 }
 
-// Merge attn_split_f32's partial results: one block per (head, row).
+// The kernels per cache element type: attn_<S> and attn_split_<S> (S = f32 or f16).
+#define RF_ATTN_KERNELS(S, KV)                                                                          \
+    extern "C" __global__ void attn_##S(const float* __restrict__ q, const KV::T* __restrict__ kc,      \
+                                       const KV::T* __restrict__ vc, float* __restrict__ out,          \
+                                       const int* __restrict__ row_slot, const int* __restrict__ row_pos, \
+                                       int heads, int kv_heads, int hd, int n_ctx, float scale, int window, \
+                                       int8_t* __restrict__ xq, float* __restrict__ xd) {              \
+        rf_attn<KV>(q, kc, vc, out, row_slot, row_pos, heads, kv_heads, hd, n_ctx, scale, window, xq, xd); \
+    }                                                                                                   \
+    extern "C" __global__ void attn_split_##S(const float* __restrict__ q, const KV::T* __restrict__ kc, \
+                                             const KV::T* __restrict__ vc, float* __restrict__ part_acc, \
+                                             float* __restrict__ part_ml, const int* __restrict__ row_slot, \
+                                             const int* __restrict__ row_pos, int heads, int kv_heads, int hd, \
+                                             int n_ctx, float scale, int window) {                     \
+        rf_attn_split<KV>(q, kc, vc, part_acc, part_ml, row_slot, row_pos, heads, kv_heads, hd, n_ctx, scale, \
+                          window);                                                                      \
+    }
+
+RF_ATTN_KERNELS(f32, rf_kv_f32)
+RF_ATTN_KERNELS(f16, rf_kv_f16)
+
+// Merge attn_split_<S>'s partial results: one block per (head, row).
 extern "C" __global__ void attn_combine_f32(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
                                            float* __restrict__ out, int heads, int hd, int splits,
                                            int8_t* __restrict__ xq, float* __restrict__ xd) {

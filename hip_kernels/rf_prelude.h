@@ -121,6 +121,32 @@ RF_DEV float rf_half2float(rf_half h) {
 #endif
 }
 
+// float -> f16 bits, rounded to nearest even (the f16 KV cache's store).
+RF_DEV rf_half rf_float2half(float f) {
+#if defined(RF_PLATFORM_CUDA)
+    rf_half h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#elif defined(RF_PLATFORM_HIP)
+    return __builtin_bit_cast(rf_half, (_Float16)f);
+#else
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    const uint32_t sign = (u >> 16) & 0x8000u, mag = u & 0x7fffffffu;
+    if (mag > 0x7f800000u) return (rf_half)(sign | 0x7e00u);         // NaN
+    if (mag >= 0x477ff000u) return (rf_half)(sign | 0x7c00u);        // rounds past 65504: inf
+    if (mag < 0x38800000u) {                                         // f16 subnormal or zero
+        const float a = rf_bits_as_float(mag) * 16777216.0f;         // in units of 2^-24, exact
+        return (rf_half)(sign | (uint32_t)rintf(a));
+    }
+    const uint32_t e = (mag >> 23) - 112, m = mag & 0x7fffffu;
+    uint32_t h = (e << 10) | (m >> 13);
+    const uint32_t rest = m & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;        // to nearest, ties to even
+    return (rf_half)(sign | h);
+#endif
+}
+
 // bfloat16 is the top half of a float32: shifting is exact and works on every compiler.
 RF_DEV float rf_bf162float(rf_bf16 b) { return rf_bits_as_float((uint32_t)b << 16); }
 
@@ -337,3 +363,17 @@ RF_DEV void rf_quantize_lane(float v, long long i, int8_t* q, float* ds) {
     }
 }
 #endif
+
+// ---------------------------------------------------------------- KV cache element types
+// The cache stores keys and values as float32 or as f16 (half the bytes a long context streams per
+// token); kernels that read or write it take one of these as a template parameter.
+struct rf_kv_f32 {
+    typedef float T;
+    static __device__ float get(const T* p, long long i) { return p[i]; }
+    static __device__ void put(T* p, long long i, float v) { p[i] = v; }
+};
+struct rf_kv_f16 {
+    typedef rf_half T;
+    static __device__ float get(const T* p, long long i) { return rf_half2float(p[i]); }
+    static __device__ void put(T* p, long long i, float v) { p[i] = rf_float2half(v); }
+};

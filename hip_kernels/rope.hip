@@ -47,23 +47,36 @@ extern "C" __global__ void rope_qk_f32(const float* __restrict__ q, long long ld
     rf_rope_row(x, y, cos_tab + tab, sin_tab + tab, hd, rot_dim, neox);
 }
 
-// Cache layout per layer: (n_slots, kv_heads, n_ctx, hd). Row n of k/v (N, kv_heads, hd; rows ldk and
-// ldv elements apart, so slices of a fused projection are read in place) goes to slot row_slot[n],
-// position row_pos[n]. One block per (row, kv head).
-extern "C" __global__ void kv_append_f32(const float* __restrict__ k, long long ldk,
-                                        const float* __restrict__ v, long long ldv,
-                                        float* __restrict__ kc, float* __restrict__ vc,
-                                        const int* __restrict__ row_slot, const int* __restrict__ row_pos,
-                                        int kv_heads, int hd, int n_ctx) {
+// Cache layout per layer: (n_slots, kv_heads, n_ctx, hd) of KV::T. Row n of k/v (N, kv_heads, hd;
+// rows ldk and ldv elements apart, so slices of a fused projection are read in place) goes to slot
+// row_slot[n], position row_pos[n]. One block per (row, kv head).
+template <class KV>
+RF_DEV void rf_kv_append(const float* __restrict__ k, long long ldk, const float* __restrict__ v, long long ldv,
+                         typename KV::T* __restrict__ kc, typename KV::T* __restrict__ vc,
+                         const int* __restrict__ row_slot, const int* __restrict__ row_pos, int kv_heads, int hd,
+                         int n_ctx) {
     const int n = blockIdx.x / kv_heads, h = blockIdx.x % kv_heads;
     const float* kr = k + (long long)n * ldk + (long long)h * hd;
     const float* vr = v + (long long)n * ldv + (long long)h * hd;
     const long long dst = (((long long)row_slot[n] * kv_heads + h) * n_ctx + row_pos[n]) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        kc[dst + i] = kr[i];
-        vc[dst + i] = vr[i];
+        KV::put(kc, dst + i, kr[i]);
+        KV::put(vc, dst + i, vr[i]);
     }
 }
+
+#define RF_KV_APPEND(S, KV)                                                                             \
+    extern "C" __global__ void kv_append_##S(const float* __restrict__ k, long long ldk,                 \
+                                            const float* __restrict__ v, long long ldv,                 \
+                                            KV::T* __restrict__ kc, KV::T* __restrict__ vc,             \
+                                            const int* __restrict__ row_slot,                          \
+                                            const int* __restrict__ row_pos, int kv_heads, int hd,     \
+                                            int n_ctx) {                                               \
+        rf_kv_append<KV>(k, ldk, v, ldv, kc, vc, row_slot, row_pos, kv_heads, hd, n_ctx);              \
+    }
+
+RF_KV_APPEND(f32, rf_kv_f32)
+RF_KV_APPEND(f16, rf_kv_f16)
 
 // The fused form: rotate k and write it, with v, straight into the cache (one pass, no k copy).
 extern "C" __global__ void rope_kv_append_f32(const float* __restrict__ k, long long ldk,

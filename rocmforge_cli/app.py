@@ -53,6 +53,8 @@ CtxOpt = typer.Option(None, "--ctx", "--ctx-size", "-c", help=CTX_HELP, show_def
 ThreadsOpt = typer.Option(None, "--threads", "-t", show_default=False,
                           help="CPU backend: threads of numpy's BLAS, which runs the matrix products "
                                "(default: BLAS's own, usually all cores).")
+CacheTypeOpt = typer.Option(None, "--cache-type", "-ctk", show_default=False,
+                            help="KV cache element type: f16 (GPU default) or f32 (the CPU's only one).")
 NglOpt = typer.Option(None, "--n-gpu-layers", "-ngl", show_default=False,
                       help="All or nothing: 0 runs on the CPU, any other number runs every layer on the "
                            "GPU (no partial offload). Same as --backend cpu / a GPU backend.")
@@ -149,6 +151,7 @@ def generate(
     ctx: Optional[int] = CtxOpt,
     chat_template_file: Optional[str] = typer.Option(None, "--chat-template-file", help="Jinja template to use instead of the model's."),
     backend: Backend = BackendOpt,
+    cache_type: Optional[str] = CacheTypeOpt,
     n_gpu_layers: Optional[int] = NglOpt,
     threads: Optional[int] = ThreadsOpt,
     numerics: Numerics = NumericsOpt,
@@ -166,6 +169,7 @@ def generate(
         sampling=_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
         raw=raw, stop=stop, json_out=json_out, ctx=ctx, chat_template_file=chat_template_file,
         backend=backend_name, numerics=numerics.value, verbose=verbose, n_gpu_layers=n_gpu_layers,
+        cache_type=cache_type,
     )
 
 
@@ -247,6 +251,7 @@ def bench(
     repetitions: int = typer.Option(5, "--repetitions", "-r", help="Runs; the median is reported."),
     depth: int = typer.Option(0, "--n-depth", "-d", help="Tokens already in the context before tg (prefilled, not timed)."),
     backend: Backend = BackendOpt,
+    cache_type: Optional[str] = CacheTypeOpt,
     n_gpu_layers: Optional[int] = NglOpt,
     threads: Optional[int] = ThreadsOpt,
     numerics: Numerics = NumericsOpt,
@@ -259,7 +264,7 @@ def bench(
     backend_name = run_flags(threads, n_gpu_layers, backend.value)  # first: BLAS reads -t as it loads
     bench_cmd.run(model=pick_model(model, model_opt), n_prompt=n_prompt, n_gen=n_gen,
                   repetitions=repetitions, backend=backend_name, json_out=json_out, numerics=numerics.value,
-                  depth=depth)
+                  depth=depth, cache_type=cache_type)
 
 
 @app.command()

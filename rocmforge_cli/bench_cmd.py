@@ -66,7 +66,8 @@ async def measure(engine, n_prompt: int, n_gen: int, repetitions: int, depth: in
     return {"pp": statistics.median(pp) if pp else None, "tg": statistics.median(tg) if tg else None}
 
 
-def run(*, model, n_prompt, n_gen, repetitions, backend, json_out, numerics="float32", depth=0) -> None:
+def run(*, model, n_prompt, n_gen, repetitions, backend, json_out, numerics="float32", depth=0,
+        cache_type=None) -> None:
     if n_prompt < 0 or n_gen < 0 or (n_prompt == 0 and n_gen == 0):
         raise BadInputError("-p and -n must be >= 0 and not both 0")
     if depth < 0:
@@ -78,11 +79,14 @@ def run(*, model, n_prompt, n_gen, repetitions, backend, json_out, numerics="flo
 
     path = resolve_model_path(model)
     engine = create_engine(path, backend=backend, n_ctx=max(n_prompt + 8, depth + n_gen + 8, 64), n_slots=1,
-                           numerics=numerics)
+                           numerics=numerics, cache_type=cache_type)
     device = cpu_name() if engine.backend == "cpu" else engine.model.ops.device.name
     result = asyncio.run(measure(engine, n_prompt, n_gen, repetitions, depth))
+    cache_kind, args = getattr(engine.model.ops, "kv_cache_type", "f32"), engine.model.args
     report = {
         "model": str(path), "backend": engine.backend, "device": device, "numerics": numerics,
+        "cache_type": cache_kind,
+        "kv_bytes_per_token": 2 * args.n_layers * args.n_kv_heads * args.head_dim * (2 if cache_kind == "f16" else 4),
         "pp": {"n_tokens": n_prompt, "tokens_per_s": round(result["pp"] or 0.0, 2)},
         "tg": {"n_tokens": n_gen, "tokens_per_s": round(result["tg"] or 0.0, 2), "depth": depth},
     }

@@ -61,7 +61,7 @@ def build_request(engine, text: str, *, system: str | None, raw: bool, max_token
 
 def run(*, model, prompt, system, max_tokens, sampling, raw, stop, json_out, ctx, chat_template_file,
         backend, verbose, numerics="float32", system_file=None, n_gpu_layers=None,
-        server=None) -> None:
+        server=None, cache_type=None) -> None:
     from rocmforge_cli.common import check_generation_flags, system_prompt
 
     params = check_generation_flags(sampling, max_tokens, ctx)  # bad flags fail before the model loads
@@ -79,7 +79,7 @@ def run(*, model, prompt, system, max_tokens, sampling, raw, stop, json_out, ctx
 
     path = resolve_model_path(model)
     engine = create_engine(path, backend=backend, n_ctx=ctx, n_slots=1,
-                           chat_template_file=chat_template_file, numerics=numerics)
+                           chat_template_file=chat_template_file, numerics=numerics, cache_type=cache_type)
     if verbose:
         print(describe_run(engine, n_gpu_layers), file=sys.stderr)
     result = asyncio.run(_generate(engine, text, system=system, raw=raw, max_tokens=max_tokens,

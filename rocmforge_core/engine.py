@@ -597,11 +597,12 @@ def _check_special_ids(tokenizer, n_rows: int) -> None:
 
 def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_ctx: int | None = None,
                   n_slots: int = 4, max_queue: int = 64, chat_template_file: str | None = None,
-                  numerics: str = "float32", progress=None) -> Engine:
+                  numerics: str = "float32", progress=None, cache_type: str | None = None) -> Engine:
     """The one way to build an engine: resolve and load the model, tokenizer and template (not started).
 
     `numerics` (CPU backend only): "float32", or "llama.cpp" to reproduce llama.cpp's CPU results
     bit for bit (8-bit activations, its kernels' rounding; many times slower; see backends/cpu.py).
+    `cache_type`: the KV cache's element type, "f16" (the GPU default) or "f32" (the CPU's only one).
     """
     from rocmforge_core.backends import select_backend
     from rocmforge_core.backends.cpu import NUMERICS
@@ -617,12 +618,18 @@ def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_c
                                 hint="use --backend cpu")
         backend = "cpu"
     name, reason = select_backend(backend)
+    if cache_type not in (None, "f16", "f32"):
+        raise BadInputError(f"unknown cache type '{cache_type}'", hint="choose f16 or f32")
+    if name == "cpu" and cache_type == "f16":
+        raise BadInputError("the CPU backend keeps its KV cache in float32", hint="drop --cache-type f16 or use a GPU")
     if n_ctx is not None and n_ctx < 8:
         raise BadInputError(f"--ctx must be at least 8 (got {n_ctx})")
     if n_slots < 1 or max_queue < 1:
         raise BadInputError("an engine needs at least one slot and a queue of at least one")
     path = resolve_model(None if model is None else str(model), progress=progress)
     gguf_file, config, tokenizer, loaded = _load(path, name, numerics)
+    if name != "cpu":  # before the engine allocates its cache
+        loaded.ops.kv_cache_type = cache_type or "f16"
     _check_special_ids(tokenizer, int(loaded.args.vocab_size))
     template = ChatTemplate.for_model(gguf_file.metadata, override_file=chat_template_file)
     ctx, ctx_reason = _context_size(config, n_ctx, n_slots, name, loaded, path)

@@ -207,6 +207,15 @@ def test_bench_depth_fills_the_context_before_tg(files):
     assert_one_line_error(run_main("bench", files["model"], "-d", "-1"), "-d must be >= 0")
 
 
+def test_cache_type_f16_is_for_the_gpu(files):
+    assert_one_line_error(run_main("generate", files["model"], "-p", "hi", "--cache-type", "f16", "--backend", "cpu"),
+                          "float32")
+    assert_one_line_error(run_main("bench", files["model"], "--cache-type", "q4"), "unknown cache type")
+    result = run_main("bench", files["model"], "-p", "0", "-n", "2", "-r", "1", "--cache-type", "f32", "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["cache_type"] == "f32"
+
+
 # ---- -t: BLAS threads, set before numpy loads (a real process) ----------------------------------------
 
 def test_threads_set_the_blas_thread_count(files):

@@ -57,6 +57,7 @@ class GpuOps:
         self.graph_failures: list[str] = []  # why a capture fell back to op-by-op (for diagnostics)
         self.launches = 0
         self.attn_keys_per_split = 512  # see _attention_splits
+        self.kv_cache_type = "f16"  # new caches store keys and values in f16 (or "f32")
         # Projections read 8-bit activations (gpu/mvq.py) for the weight types that have the int8
         # mat-vec; ROCMFORGE_GPU_Q8=0 keeps every product in float32 (the CPU's arithmetic, to 1e-5).
         self.q8_activations = os.environ.get("ROCMFORGE_GPU_Q8", "1") != "0"
@@ -165,7 +166,7 @@ class GpuOps:
     def make_cache(self, n_layers: int, n_slots: int, n_ctx: int, n_kv_heads: int, head_dim: int) -> GpuKVCache:
         if head_dim > ATT_MAX_HEAD_DIM:
             raise UnsupportedModelError(f"head_dim {head_dim} exceeds the GPU attention limit {ATT_MAX_HEAD_DIM}")
-        return GpuKVCache(self, n_layers, n_slots, n_ctx, n_kv_heads, head_dim)
+        return GpuKVCache(self, n_layers, n_slots, n_ctx, n_kv_heads, head_dim, self.kv_cache_type)
 
     # ---- the decode step
     def decode_step(self, model: Any, tokens: np.ndarray, cache: GpuKVCache, slots: np.ndarray,
@@ -377,7 +378,7 @@ class GpuOps:
         slot_d, pos_d = self._row_index(slots, starts, counts)
         kc, vc = cache.k[layer], cache.v[layer]
         block = self.threads(min(hd, 256))
-        self.launch("kv_append_f32", (n * kv_heads,), block, k.ptr, k.ld, v.ptr, v.ld, kc, vc, slot_d.ptr,
+        self.launch(f"kv_append_{cache.cache_type}", (n * kv_heads,), block, k.ptr, k.ld, v.ptr, v.ld, kc, vc, slot_d.ptr,
                     pos_d.ptr, kv_heads, hd, cache.n_ctx)
         out = self.empty((n, heads * hd))
         if self.q8_activations and hd % mvq.Q8_BLOCK == 0:  # for the output projection's int8 mat-vec
@@ -386,11 +387,11 @@ class GpuOps:
         att_block = self.threads(4 * self.warp)
         splits = self._attention_splits(n, cache.n_ctx)
         if splits == 1:
-            self.launch("attn_f32", (heads, n), att_block, q.ptr, kc, vc, out.ptr, slot_d.ptr, pos_d.ptr,
+            self.launch(f"attn_{cache.cache_type}", (heads, n), att_block, q.ptr, kc, vc, out.ptr, slot_d.ptr, pos_d.ptr,
                         heads, kv_heads, hd, cache.n_ctx, float(scale), int(window or 0), xq, xd)
             return out
         part_acc, part_ml = self.empty((n, heads, splits, hd)), self.empty((n, heads, splits, 2))
-        self.launch("attn_split_f32", (heads, n, splits), att_block, q.ptr, kc, vc, part_acc.ptr, part_ml.ptr,
+        self.launch(f"attn_split_{cache.cache_type}", (heads, n, splits), att_block, q.ptr, kc, vc, part_acc.ptr, part_ml.ptr,
                     slot_d.ptr, pos_d.ptr, heads, kv_heads, hd, cache.n_ctx, float(scale), int(window or 0))
         self.launch("attn_combine_f32", (heads, n), self.threads(min(hd, 256)), part_acc.ptr, part_ml.ptr, out.ptr,
                     heads, hd, splits, xq, xd)

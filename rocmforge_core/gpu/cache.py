@@ -1,4 +1,4 @@
-"""The KV cache on the device: per layer, float32 keys and values at fixed addresses."""
+"""The KV cache on the device: per layer, keys and values (f16 by default, or float32) at fixed addresses."""
 
 from __future__ import annotations
 
@@ -10,10 +10,16 @@ from rocmforge_core.errors import BadInputError
 from rocmforge_core.kv_cache import KVCache
 
 
+CACHE_TYPES = {"f16": np.dtype(np.float16), "f32": np.dtype(np.float32)}
+
+
 class GpuKVCache:
     """The KV cache on the device: per layer, keys and values (n_slots, n_kv_heads, n_ctx, head_dim)."""
 
-    def __init__(self, ops: Any, n_layers: int, n_slots: int, n_ctx: int, n_kv_heads: int, head_dim: int):
+    def __init__(self, ops: Any, n_layers: int, n_slots: int, n_ctx: int, n_kv_heads: int, head_dim: int,
+                 cache_type: str = "f16"):
+        if cache_type not in CACHE_TYPES:
+            raise BadInputError(f"unknown cache type '{cache_type}'", hint="choose " + " or ".join(CACHE_TYPES))
         if n_slots < 1 or n_ctx < 1:
             raise BadInputError(f"a KV cache needs at least one slot and one position "
                                 f"(got {n_slots} slots, {n_ctx} positions)")
@@ -21,7 +27,9 @@ class GpuKVCache:
         self.n_layers, self.n_slots, self.n_ctx = n_layers, n_slots, n_ctx
         self.n_kv_heads, self.head_dim = n_kv_heads, head_dim
         self.shape = (n_slots, n_kv_heads, n_ctx, head_dim)
-        layer_bytes = 4 * n_slots * n_kv_heads * n_ctx * head_dim
+        self.cache_type = cache_type  # the kernels' suffix: kv_append_<type>, attn_<type>
+        self.dtype = CACHE_TYPES[cache_type]
+        layer_bytes = self.dtype.itemsize * n_slots * n_kv_heads * n_ctx * head_dim
         rt = ops.rt
         self._ptrs: list[int] = []
         try:
@@ -48,10 +56,15 @@ class GpuKVCache:
         return self._download(self.v[layer])[slot, :, lo:hi]
 
     def _download(self, ptr: int) -> np.ndarray:
-        out = np.empty(self.shape, dtype=np.float32)
+        out = np.empty(self.shape, dtype=self.dtype)
         self.ops.rt.copy_dtoh(out, ptr, out.nbytes, self.ops.stream)
         self.ops.rt.stream_synchronize(self.ops.stream)
-        return out
+        return out.astype(np.float32)
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Cache bytes one position of context takes (keys and values of every layer)."""
+        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * self.dtype.itemsize
 
     def close(self) -> None:
         graphs, self.graphs = getattr(self, "graphs", {}), {}

@@ -72,6 +72,7 @@ def ops(rt):
 
     ops = GpuOps(rt)
     ops.q8_activations = False
+    ops.kv_cache_type = "f32"
     return ops
 
 

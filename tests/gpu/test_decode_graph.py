@@ -35,6 +35,7 @@ def case(request, tmp_path_factory):
 def op_by_op(rt, numerics):
     ops = GpuOps(rt)
     ops.use_graphs, ops.q8_activations = False, numerics == "q8"
+    ops.kv_cache_type = "f16" if numerics == "q8" else "f32"
     return ops
 
 
@@ -42,12 +43,14 @@ def op_by_op(rt, numerics):
 def graphed(rt, numerics):
     ops = GpuOps(rt)
     ops.use_graphs, ops.q8_activations = True, numerics == "q8"
+    ops.kv_cache_type = "f16" if numerics == "q8" else "f32"
     return ops
 
 
 @pytest.fixture(scope="module", params=["f32", "q8"])
 def numerics(request) -> str:
-    """Graphs must replay exactly what op by op computes, with float32 and with 8-bit activations."""
+    """Graphs must replay exactly what op by op computes: float32 everywhere, and as users run it
+    (8-bit activations, f16 KV cache)."""
     return request.param
 
 

@@ -225,6 +225,52 @@ def test_split_attention_matches_one_block(ops, window, request):
     assert rel_err(split, whole) < F32_BOUND
 
 
+def test_f16_cache_stores_round_to_nearest_even(ops, request):
+    """kv_append into an f16 cache rounds as numpy's float16 does: ties, subnormals, overflow to inf."""
+    rng = rng_for(request)
+    n_kv, hd = 2, 64
+    vals = np.concatenate([rng.standard_normal(200) * 10.0 ** rng.integers(-9, 5, 200),
+                           [65504.0, 65519.0, 65520.0, 1e6, -1e6, 2.0 ** -24, 2.0 ** -25, 2.0 ** -26 * 3, 0.0, -0.0,
+                            1.0 + 2.0 ** -11, 1.0 + 3 * 2.0 ** -11, 6e-8]]).astype(np.float32)
+    x = np.resize(vals, (2, n_kv, hd)).astype(np.float32)
+    saved, ops.kv_cache_type = ops.kv_cache_type, "f16"
+    try:
+        cache = ops.make_cache(1, 1, 4, n_kv, hd)
+    finally:
+        ops.kv_cache_type = saved
+    q = ops.upload(np.zeros((2, 4, hd), np.float32))  # the queries do not matter here: only the append
+    ops.attention(q, ops.upload(x), ops.upload(-x), cache, 0, [0], [0], [2], 0.125, None)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).astype(np.float32)
+    assert np.array_equal(cache.keys(0, 0, 0, 2), want.transpose(1, 0, 2))
+    assert np.array_equal(cache.values(0, 0, 0, 2), -want.transpose(1, 0, 2))
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+def test_f16_cache_attention_equals_f32_on_f16_values(ops, splits, request):
+    """With keys and values already representable in f16, the f16 cache's attention (whole or split)
+    equals the f32 cache's up to float32 summation order."""
+    rng = rng_for(request)
+    n_heads, n_kv, hd, n_ctx, length = 8, 2, 64, 32, 29
+    k = rng.standard_normal((length, n_kv, hd)).astype(np.float16).astype(np.float32)
+    v = rng.standard_normal((length, n_kv, hd)).astype(np.float16).astype(np.float32)
+    q = rng.standard_normal((length, n_heads, hd)).astype(np.float32)
+    outs = []
+    saved = (ops.kv_cache_type, ops.attn_keys_per_split)
+    try:
+        for kind in ("f16", "f32"):
+            ops.kv_cache_type, ops.attn_keys_per_split = kind, n_ctx // splits
+            cache = ops.make_cache(1, 1, n_ctx, n_kv, hd)
+            ops.attention(ops.upload(q[:-1]), ops.upload(k[:-1]), ops.upload(v[:-1]), cache, 0, [0], [0],
+                          [length - 1], 0.125, None)  # prefill rows: one block per (head, row)
+            last = ops.attention(ops.upload(q[-1:]), ops.upload(k[-1:]), ops.upload(v[-1:]), cache, 0, [0],
+                                 [length - 1], [1], 0.125, None)  # a decode row
+            outs.append(ops.to_host(last))
+    finally:
+        ops.kv_cache_type, ops.attn_keys_per_split = saved
+    assert rel_err(outs[0], outs[1]) < F32_BOUND
+
+
 def test_rope_qk_in_one_launch(ops, request):
     """q and k of different head counts, read as strided column slices of one fused projection."""
     rng = rng_for(request)

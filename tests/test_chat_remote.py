@@ -175,3 +175,26 @@ def test_repl_in_a_terminal(server, tmp_path):
     child.send("/bye\r")
     assert finish(child) == 0
     assert "Traceback" not in screen(child)
+
+
+def test_a_server_gone_mid_chat_is_one_error_line_and_the_chat_stays(model_path, capsys):
+    import asyncio
+
+    from rocmforge_cli import remote
+
+    async def go(url):
+        async with remote.async_client() as client:
+            chat, _ = remote_chat(url, client)
+            chat.state.messages.append({"role": "user", "content": "Hi"})
+            first = await chat.reply(watch_keys=False)
+            kept = [dict(m) for m in chat.state.messages]
+            await asyncio.to_thread(gone.__exit__, None, None, None)  # the server stops between turns
+            chat.state.messages.append({"role": "user", "content": "Still there?"})
+            second = await chat.reply(watch_keys=False)
+            return first, second, kept, chat.state.messages
+
+    gone = ServerThread(model_path, n_slots=1, n_ctx=256).__enter__()
+    first, second, kept, messages = asyncio.run(asyncio.wait_for(go(gone.url), 60))
+    assert (first, second) == ("length", "error") and messages == kept
+    err = capsys.readouterr().err
+    assert "error: cannot reach the server" in err and "connection refused" in err

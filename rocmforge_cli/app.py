@@ -195,6 +195,7 @@ def chat(
     n_gpu_layers: Optional[int] = NglOpt,
     threads: Optional[int] = ThreadsOpt,
     verbose: bool = VerboseOpt,
+    server: Optional[str] = typer.Option(None, "--server", help="Chat with an OpenAI-compatible server at this URL instead of loading the model (MODEL, if given, is the name sent)."),
 ) -> None:
     """Chat with a model in the terminal (piped stdin: answer once and exit)."""
     from rocmforge_cli import chat_cmd
@@ -206,6 +207,7 @@ def chat(
         sampling=_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
         ctx=ctx, context_shift=context_shift, chat_template_file=chat_template_file,
         history_file=history_file, backend=backend_name, verbose=verbose, n_gpu_layers=n_gpu_layers,
+        server=server,
     )
 
 
@@ -220,6 +222,7 @@ def serve(
     max_queue: int = typer.Option(16, "--max-queue", help="Sequences that may wait for a slot; more get HTTP 503."),
     max_body_bytes: int = typer.Option(8 << 20, "--max-body-bytes", help="Largest request body; larger gets HTTP 413."),
     grace: float = typer.Option(10.0, "--shutdown-grace", help="Seconds in-flight requests get to finish on SIGINT/SIGTERM."),
+    context_shift: bool = typer.Option(False, "--context-shift", help="A chat over the context drops its oldest exchanges (the system prompt stays) instead of getting HTTP 400."),
     temperature: float = Sampling.temperature,
     top_k: int = Sampling.top_k,
     top_p: float = Sampling.top_p,
@@ -238,7 +241,7 @@ def serve(
         model=model, host=host, port=port, ctx=ctx, parallel=parallel, backend=backend.value,
         api_key=api_key, max_queue=max_queue, max_body_bytes=max_body_bytes, grace=grace,
         sampling=_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
-        chat_template_file=chat_template_file, verbose=verbose,
+        chat_template_file=chat_template_file, verbose=verbose, context_shift=context_shift,
     )
 
 

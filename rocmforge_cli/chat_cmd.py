@@ -28,14 +28,22 @@ def _stdin_is_tty() -> bool:
 
 
 def run(*, model, system, max_tokens, sampling, ctx, context_shift, chat_template_file, history_file,
-        backend, verbose, system_file=None, n_gpu_layers=None) -> None:
+        backend, verbose, system_file=None, n_gpu_layers=None, server=None) -> None:
     from rocmforge_cli.common import check_generation_flags, system_prompt
 
     params = check_generation_flags(sampling, max_tokens, ctx)  # bad flags fail before the model loads
+    if server:
+        _check_remote_flags(ctx=ctx, context_shift=context_shift, chat_template_file=chat_template_file)
     system = system_prompt(system, system_file)
     interactive = _stdin_is_tty()
     piped = None if interactive else _read_piped()
     history_path = Path(history_file).expanduser() if history_file else default_history_path()
+    if server:
+        from rocmforge_cli import remote_chat
+
+        return remote_chat.run(url=server, model=model, params=params, max_tokens=max_tokens, system=system,
+                               verbose=verbose, interactive=interactive, piped=piped,
+                               history_path=history_path)
 
     from rocmforge_cli import repl, slash
     from rocmforge_cli.common import describe_run, resolve_model_path
@@ -65,6 +73,15 @@ def run(*, model, system, max_tokens, sampling, ctx, context_shift, chat_templat
                                          context_shift=context_shift))
     except KeyboardInterrupt:  # a SIGINT between prompts: leave as quietly as Ctrl-D does
         pass
+
+
+def _check_remote_flags(**given) -> None:
+    """Flags about the local model mean nothing to a server, which has its own: refuse them."""
+    names = {"ctx": "--ctx", "context_shift": "--context-shift", "chat_template_file": "--chat-template-file"}
+    used = [names[k] for k, v in given.items() if v]
+    if used:
+        raise BadInputError(f"{' and '.join(used)}: only for a local model, not with --server",
+                            hint="the server's own flags (rocmforge serve -c ..., --context-shift) decide")
 
 
 def _read_piped() -> str:

@@ -20,13 +20,13 @@ import sys
 from rocmforge_cli import slash
 from rocmforge_cli.render import Renderer, format_stats
 from rocmforge_core.engine import ContextOverflowError
-from rocmforge_core.errors import BadInputError, RocmforgeError
+from rocmforge_core.errors import RocmforgeError
 
 PROMPT = ">>> "
 CONTINUATION = "... "
 
-class ContextOverflow(BadInputError):
-    """The conversation no longer fits the context window."""
+# The conversation no longer fits the context window (the name the REPL's callers know it by).
+ContextOverflow = ContextOverflowError
 
 
 class Chat:
@@ -41,54 +41,31 @@ class Chat:
         self._draining = None  # the task still reading a reply the user stopped
         self.typeahead = TypeAhead()
 
+    @property
+    def n_ctx(self) -> int | None:
+        return self.engine.n_ctx
+
+    def forget_cache(self) -> None:
+        """After /clear: the KV cache no longer holds a prefix of the conversation."""
+        if self.session is not None:
+            self.session.reset()
+
     # ---- the prompt ------------------------------------------------------------------------------
 
-    def _render_request(self):
-        from rocmforge_core.engine import Request
-
-        if self.engine.chat_template is None:
-            return Request(prompt=raw_document(self.state))
-        return Request(messages=self.state.conversation())
-
     def prompt_ids(self) -> list[int]:
-        """Token ids for the next reply. With --context-shift, drops the oldest exchanges until the
-        prompt leaves room for a reply; without it, raises ContextOverflow saying how far over it is."""
-        n_ctx = self.engine.n_ctx
-        room = min(self.state.max_tokens, n_ctx // 4) if self.context_shift else 0
-        ids, count = self._measure()
-        if ids is None and not self.context_shift:
-            raise ContextOverflow(
-                f"the conversation is {count} tokens, {count - n_ctx + 1} over the context of {n_ctx}",
-                hint="/clear starts over; or restart with a larger --ctx or with --context-shift")
-        dropped = 0
-        while ids is None or count + room > n_ctx:
-            if not self._drop_oldest_turn():
-                if ids is not None:
-                    break  # only the message being answered is left: it fits, with a shorter reply
-                raise ContextOverflow(f"the last message alone does not fit the context of {n_ctx} tokens",
-                                      hint="send a shorter message or restart with a larger --ctx")
-            dropped += 1
-            ids, count = self._measure()
-        if dropped:
-            self.ui.notice(f"context full: dropped the {dropped} oldest exchange(s); the system prompt stays")
-        return ids
+        """Token ids for the next reply (rocmforge_core.conversation's rules). With --context-shift the
+        oldest exchanges dropped to make room leave the conversation for good; without it, an
+        overflow raises ContextOverflow saying how far over it is, the conversation untouched."""
+        from rocmforge_core.conversation import fit_conversation
 
-    def _measure(self) -> tuple[list[int] | None, int]:
-        """(ids, token count) of the conversation as it stands; ids is None when it overflows."""
-        try:
-            ids = self.engine.prepare_prompt(self._render_request())
-        except ContextOverflowError as exc:
-            return None, exc.n_tokens
-        return ids, len(ids)
-
-    def _drop_oldest_turn(self) -> bool:
-        """Remove the oldest user message and the replies after it; never the message being answered."""
-        messages = self.state.messages
-        users = [i for i, m in enumerate(messages) if m["role"] == "user"]
-        if len(users) < 2:
-            return False
-        del messages[:users[1]]
-        return True
+        conversation = self.state.conversation()
+        fit = fit_conversation(self.engine, conversation, max_new=self.state.max_tokens,
+                               shift=self.context_shift)
+        if fit.dropped:
+            n_head = len(conversation) - len(self.state.messages)  # the system prompt, when there is one
+            self.state.messages = fit.messages[n_head:]
+            self.ui.notice(f"context full: dropped the {fit.dropped} oldest exchange(s); the system prompt stays")
+        return fit.ids
 
     # ---- the reply -------------------------------------------------------------------------------
 
@@ -98,7 +75,15 @@ class Chat:
         stream = self._submit()
         if stream is None:
             return None
-        text, final = await self._stream(stream, watch_keys)
+        try:
+            text, final = await self._stream(stream, watch_keys)
+        except RocmforgeError as exc:  # a remote reply refused or cut off: the turn did not happen
+            self.ui.end_reply(None)
+            if not self.ui.interactive:
+                raise
+            self.ui.error(exc.one_line())
+            _drop_unanswered(self.state)
+            return "error"
         self._finish_turn(text, final)
         return final.finish_reason if final else "cancelled"
 
@@ -180,20 +165,16 @@ class Chat:
             self.state.last_stats = format_stats(t, reason)
             if self.state.show_stats:
                 self.ui.stats(self.state.last_stats)
-            if reason == "length" and t.prompt_tokens + t.completion_tokens >= self.engine.n_ctx:
+            if reason == "length" and self.n_ctx and t.prompt_tokens + t.completion_tokens >= self.n_ctx:
                 self.ui.notice("the context is full: /clear starts over (or restart with a larger --ctx "
                                "or with --context-shift)")
 
 
 def raw_document(state: slash.ChatState) -> str:
-    """Raw completion mode's prompt: the system prompt, then each message with the model's continuation
-    appended directly; a new message starts on its own line."""
-    text = f"{state.system}\n\n" if state.system else ""
-    for message in state.messages:
-        if message["role"] == "user" and text and not text.endswith(("\n", " ")):
-            text += "\n"
-        text += message["content"]
-    return text
+    """Raw completion mode's prompt (see rocmforge_core.conversation.raw_text)."""
+    from rocmforge_core.conversation import raw_text
+
+    return raw_text(state.conversation())
 
 
 def _drop_unanswered(state: slash.ChatState) -> None:
@@ -286,11 +267,16 @@ async def run_interactive(engine, state: slash.ChatState, ui: Renderer, *, histo
             if engine.chat_template is None:
                 ui.notice("this model has no chat template: raw completion mode (each message is added "
                           "to the text so far and the model continues it)")
-            prompt = _prompt_session(history_path, ui)
-            await _loop(chat, prompt, ui)
-            await chat.settle()
+            await converse(chat, ui, history_path=history_path)
         finally:
             session.close()
+
+
+async def converse(chat: Chat, ui: Renderer, *, history_path) -> None:
+    """Read messages and commands until the user leaves; a local or a remote chat alike."""
+    prompt = _prompt_session(history_path, ui)
+    await _loop(chat, prompt, ui)
+    await chat.settle()
 
 
 async def _loop(chat: Chat, prompt, ui: Renderer) -> None:
@@ -314,7 +300,7 @@ async def _loop(chat: Chat, prompt, ui: Renderer) -> None:
             if outcome.action == slash.EXIT:
                 return
             if outcome.action == slash.CLEAR:
-                chat.session.reset()
+                chat.forget_cache()
             if outcome.action != slash.REGEN:
                 continue
         else:
@@ -379,10 +365,14 @@ async def answer_once(engine, state: slash.ChatState, ui: Renderer, text: str, *
     async with engine:
         session = engine.open_session()
         try:
-            chat = Chat(engine, session, state, ui, context_shift=context_shift)
-            state.messages.append({"role": "user", "content": text})
-            reason = await chat.reply(watch_keys=False)
-            await chat.settle()
+            return await answer(Chat(engine, session, state, ui, context_shift=context_shift), text)
         finally:
             session.close()
+
+
+async def answer(chat: Chat, text: str) -> str | None:
+    """One reply to `text`, then done: the finish reason."""
+    chat.state.messages.append({"role": "user", "content": text})
+    reason = await chat.reply(watch_keys=False)
+    await chat.settle()
     return reason

@@ -40,7 +40,7 @@ def model_names(model: str | None, path: Path) -> tuple[str, tuple[str, ...]]:
 
 
 def run(*, model, host, port, ctx, parallel, backend, api_key, max_queue, max_body_bytes, grace,
-        sampling, chat_template_file, verbose) -> None:
+        sampling, chat_template_file, verbose, context_shift=False) -> None:
     from rocmforge_cli.common import check_generation_flags
 
     params = check_generation_flags(sampling, 1, ctx)  # bad flags fail before the model loads
@@ -60,7 +60,8 @@ def run(*, model, host, port, ctx, parallel, backend, api_key, max_queue, max_bo
     print(f"rocmforge serve: {model_id} on {engine.backend} ({engine.backend_reason}), ctx {engine.n_ctx}, "
           f"{parallel} slot(s), loaded in {engine.load_ms:.0f} ms", file=sys.stderr, flush=True)
     options = ServerOptions(model_id=model_id, aliases=aliases, api_key=api_key or None,
-                            max_queue=max_queue, max_body_bytes=max_body_bytes, defaults=params)
+                            max_queue=max_queue, max_body_bytes=max_body_bytes, defaults=params,
+                            context_shift=context_shift)
     server = serve.make_server(engine, options, host=host, port=port, grace=grace, access_log=verbose)
     server.run()
     if not server.started:

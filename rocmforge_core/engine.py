@@ -40,10 +40,10 @@ class EngineBusyError(RocmforgeError):
 class ContextOverflowError(BadInputError):
     """A prompt (or a conversation) that does not fit the context window."""
 
-    def __init__(self, n_tokens: int, n_ctx: int):
+    def __init__(self, n_tokens: int, n_ctx: int, message: str | None = None, hint: str | None = None):
         super().__init__(
-            f"the prompt is {n_tokens} tokens, but the context holds {n_ctx}",
-            hint=f"shorten it by at least {n_tokens - n_ctx + 1} tokens, /clear the chat or raise --ctx")
+            message or f"the prompt is {n_tokens} tokens, but the context holds {n_ctx}",
+            hint=hint or f"shorten it by at least {n_tokens - n_ctx + 1} tokens, /clear the chat or raise --ctx")
         self.n_tokens, self.n_ctx = n_tokens, n_ctx
 
 

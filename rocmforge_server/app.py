@@ -20,7 +20,7 @@ from rocmforge_core.engine import Request
 from rocmforge_core.sampler import SamplingParams
 from rocmforge_server import errors, openai_format as fmt
 from rocmforge_server.errors import APIError
-from rocmforge_server.generation import Runner, Sequences, sampling_for
+from rocmforge_server.generation import Runner, Sequences, fit_messages, sampling_for
 from rocmforge_server.metrics import Metrics
 from rocmforge_server.middleware import ApiKey, BodyLimit, CountRequests
 from rocmforge_server.schemas import ChatCompletionRequest, CompletionRequest
@@ -37,6 +37,7 @@ class ServerOptions:
     max_queue: int = 16
     max_body_bytes: int = 8 << 20
     defaults: SamplingParams = field(default_factory=SamplingParams)
+    context_shift: bool = False  # drop a chat's oldest exchanges when it overflows, instead of a 400
 
 
 def build_app(engine, options: ServerOptions) -> FastAPI:
@@ -104,9 +105,10 @@ def _routes(app: FastAPI, engine, runner: Runner, metrics: Metrics, options: Ser
         check_model(body.model)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
-        requests = [Request(messages=messages, max_tokens=body.token_limit() or engine.n_ctx,
-                            sampling=sampling_for(body, options.defaults, i), stop=body.stops(),
-                            logprobs=body.logprob_count()) for i in range(body.n)]
+        max_tokens = body.token_limit() or engine.n_ctx
+        ids = fit_messages(engine, messages, max_tokens, options.context_shift)
+        requests = [Request(tokens=ids, max_tokens=max_tokens, sampling=sampling_for(body, options.defaults, i),
+                            stop=body.stops(), logprobs=body.logprob_count()) for i in range(body.n)]
         seqs = runner.start(requests, param="messages")
         ctx = _Context(rid=fmt.new_id("chatcmpl"), model=options.model_id, fingerprint=fingerprint,
                        text_of=text_of, n_per_prompt=body.n)

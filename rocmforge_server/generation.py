@@ -72,6 +72,17 @@ class Runner:
         return Sequences(self, streams)
 
 
+def fit_messages(engine, messages: list[dict], max_tokens: int, shift: bool) -> list[int]:
+    """A chat's prompt ids, fitted to the context as the chat REPL fits them (rocmforge_core.conversation);
+    a chat that does not fit, or a model without a chat template, is a 400."""
+    from rocmforge_core.conversation import fit_conversation
+
+    try:
+        return fit_conversation(engine, messages, max_new=max_tokens, shift=shift, raw=False).ids
+    except BadInputError as exc:
+        raise _api_error(exc, "messages") from exc
+
+
 def _api_error(exc: BaseException, param: str) -> BaseException:
     if isinstance(exc, ContextOverflowError):
         return APIError(400, f"this model's context is {exc.n_ctx} tokens, but the prompt is "

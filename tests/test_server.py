@@ -441,4 +441,6 @@ def test_generate_server_errors_are_one_line(server):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = generate_via(f"http://127.0.0.1:{port}", "-p", "Hi")
-    assert proc.returncode == 1 and "cannot reach the server" in proc.stderr and "Traceback" not in proc.stderr
+    # nobody listening is bad input (a wrong URL or no server started): exit 2, and the line says so
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "cannot reach the server" in proc.stderr and "connection refused" in proc.stderr

@@ -75,28 +75,36 @@ def fetch(ref: HfRef) -> Path:
     """Download (or find in the hub cache) the file a reference names; returns its snapshot path."""
     from huggingface_hub import hf_hub_download
 
-    filename = ref.file or pick_file(_repo_files(ref), ref)
+    files, online = _repo_files(ref)
+    try:
+        filename = ref.file or pick_file(files, ref)
+    except BadInputError as exc:
+        if online:
+            raise
+        raise OfflineError(f"cannot reach {_endpoint() or 'the Hugging Face hub'}, and the cache holds no match "
+                           f"for {ref}: {exc.message}", hint="check your network or HF_ENDPOINT") from None
     with _hub_errors(ref, filename):
+        # Offline, go straight to the cache: the client would otherwise retry with backoff for ~20 s.
         path = hf_hub_download(ref.repo, filename, cache_dir=str(cache_dir()), endpoint=_endpoint(),
-                               local_files_only=_offline())
+                               local_files_only=not online)
     return Path(path)
 
 
-def _repo_files(ref: HfRef) -> list[str]:
-    """The repo's file list from the hub; offline, the files of the repo already in the cache."""
+def _repo_files(ref: HfRef) -> tuple[list[str], bool]:
+    """The repo's file names and whether the hub answered; unreachable, the repo's files in the cache.
+
+    One model-info call (GET /api/models/{repo}/revision/main, whose `siblings` list every file): unlike
+    list_repo_files it is not retried with backoff, so an offline run learns so at once."""
     from huggingface_hub import HfApi
 
     if not _offline():
         try:
             with _hub_errors(ref, None):
-                return HfApi(endpoint=_endpoint()).list_repo_files(ref.repo)
+                info = HfApi(endpoint=_endpoint()).model_info(ref.repo)
+                return [s.rfilename for s in info.siblings or []], True
         except OfflineError:
             pass
-    cached = [f.file for f in cached_files(ref.repo)]
-    if not cached:
-        raise OfflineError(f"cannot reach the Hugging Face hub to list {ref.repo}, and nothing of it is cached "
-                           f"in {cache_dir()}", hint="check your network or HF_ENDPOINT")
-    return cached
+    return [f.file for f in cached_files(ref.repo)], False
 
 
 def pick_file(files: list[str], ref: HfRef) -> str:

@@ -83,6 +83,10 @@ def fetch(ref: HfRef) -> Path:
             raise
         raise OfflineError(f"cannot reach {_endpoint() or 'the Hugging Face hub'}, and the cache holds no match "
                            f"for {ref}: {exc.message}", hint="check your network or HF_ENDPOINT") from None
+    if online and ref.file and files and ref.file not in files:
+        ggufs = ", ".join(sorted(f for f in files if f.lower().endswith(".gguf"))) or "none"
+        raise BadInputError(f"{ref.repo} has no file {ref.file} (its .gguf files: {ggufs})",
+                            hint=f"or name one by quant: {ref.repo}:QUANT")
     with _hub_errors(ref, filename):
         # Offline, go straight to the cache: the client would otherwise retry with backoff for ~20 s.
         path = hf_hub_download(ref.repo, filename, cache_dir=str(cache_dir()), endpoint=_endpoint(),

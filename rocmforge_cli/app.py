@@ -35,7 +35,8 @@ class Numerics(str, Enum):
     llama_cpp = "llama.cpp"
 
 
-MODEL_HELP = "Path to a .gguf file or a known name (smollm2, gemma3-270m). Default: smollm2."
+MODEL_HELP = ("A .gguf path, a known name (smollm2, gemma3-270m), hf://owner/repo/file.gguf or owner/repo:QUANT, "
+              "an ollama model (llama3.2, qwen2.5:7b), or a .gguf name from `rocmforge models`. Default: smollm2.")
 ModelArg = typer.Argument(None, metavar="MODEL", help=MODEL_HELP, show_default=False)
 RequiredModelArg = typer.Argument(..., metavar="MODEL", help=MODEL_HELP, show_default=False)
 BackendOpt = typer.Option(Backend.auto, "--backend", help="Where the model runs.", case_sensitive=False)
@@ -95,10 +96,30 @@ def _sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, s
 
 @app.command()
 def models(json_out: bool = typer.Option(False, "--json", help="One JSON list.")) -> None:
-    """List the known model names, their cache paths and sizes, and whether they are downloaded."""
+    """List the models found: known names, rocmforge's cache, the HF cache, ollama's store, LM Studio."""
     from rocmforge_cli import models_cmd
 
     models_cmd.run(json_out=json_out)
+
+
+RefArg = typer.Argument(..., metavar="REF", show_default=False,
+                        help="A known name, hf://owner/repo/file.gguf or owner/repo:QUANT.")
+
+
+@app.command()
+def pull(ref: str = RefArg) -> None:
+    """Download a model now (known names, Hugging Face references); ollama's models need no pull."""
+    from rocmforge_cli import pull_cmd
+
+    pull_cmd.pull(ref)
+
+
+@app.command()
+def rm(ref: str = RefArg) -> None:
+    """Delete a model that rocmforge's cache or the Hugging Face cache holds (never ollama's or LM Studio's)."""
+    from rocmforge_cli import pull_cmd
+
+    pull_cmd.rm(ref)
 
 
 @app.command()

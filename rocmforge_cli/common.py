@@ -17,7 +17,8 @@ _STAGE_TEXT = {
 
 
 def resolve_model_path(model: str | None) -> Path:
-    """Resolve MODEL (a path, a known name or None for the default), fetching it if needed."""
+    """Resolve MODEL (see rocmforge_core.sources for the order), fetching it if needed. Known models draw
+    the bars below; Hugging Face downloads draw huggingface_hub's own."""
     from rocmforge_core import store
 
     name = model.lower() if model and model.lower() in store.KNOWN_MODELS else store.DEFAULT_MODEL

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, Protocol
 
-from rocmforge_core.errors import BadInputError, OfflineError, RocmforgeError
+from rocmforge_core.errors import OfflineError, RocmforgeError
 
 STAGES = ("waiting", "downloading", "extracting")
 CHUNK = 1 << 20  # 1 MiB: large enough for fast hashing, small enough for a smooth progress bar
@@ -123,32 +123,22 @@ def is_cached(name: str) -> bool:
 def list_models() -> list[dict]:
     """The known models for `rocmforge models --json`: name, cache path, size in bytes, cached or not."""
     return [
-        {"name": name, "path": str(model_path(name)), "size": spec.size, "cached": is_cached(name)}
+        {"name": name, "path": str(model_path(name)), "size": spec.size, "cached": is_cached(name),
+         "source": "known"}
         for name, spec in KNOWN_MODELS.items()
     ]
 
 
 def resolve_model(spec: str | None, progress: ProgressCallback | None = None) -> Path:
-    """Resolve MODEL: None -> the default model, an existing file -> itself, a known name -> the cached
-    file (fetched first if missing). Anything else is a BadInputError."""
-    if spec is None or spec == "":
-        spec = DEFAULT_MODEL
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path
-    name = spec.lower()
-    if name in KNOWN_MODELS:
-        return fetch_model(name, progress)
-    known = ", ".join(KNOWN_MODELS)
-    if path.is_dir():
-        raise BadInputError(f"{spec} is a directory, not a .gguf file", hint=f"known names: {known}")
-    if _looks_like_path(spec):
-        raise BadInputError(f"no such file: {spec}", hint=f"pass a path to a .gguf file or a known name: {known}")
-    raise BadInputError(f"unknown model '{spec}': not a file and not a known name",
-                        hint=f"known names: {known}; or pass a path to a .gguf file")
+    """Resolve MODEL to a local .gguf: None -> the default model, then a path, a known name (fetched first
+    if missing), a Hugging Face reference, an ollama model or a .gguf in the caches, in that order (see
+    rocmforge_core.sources). Nothing matching is a BadInputError that says where it looked."""
+    from rocmforge_core import sources
+
+    return sources.resolve(spec, progress)
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
     seps = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
     return any(s in spec for s in seps) or spec.startswith(("~", ".")) or spec.lower().endswith(".gguf")
 

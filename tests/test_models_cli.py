@@ -44,12 +44,19 @@ def models_json(env: dict[str, str]) -> list[dict]:
     return json.loads(result.stdout)
 
 
+def only_rocmforge_env(home) -> dict[str, str]:
+    """ROCMFORGE_HOME at `home`; the HF cache, ollama's store and LM Studio's folder empty (not the user's)."""
+    empty = str(home / ".none")
+    return dict(os.environ, ROCMFORGE_HOME=str(home), HF_HUB_CACHE=empty, OLLAMA_MODELS=empty,
+                LMSTUDIO_MODELS=empty)
+
+
 def test_models_json_flips_cached_after_a_fetch(tmp_path):
-    env = dict(os.environ, ROCMFORGE_HOME=str(tmp_path))
+    env = only_rocmforge_env(tmp_path)
     entries = models_json(env)
     assert [e["name"] for e in entries] == ["smollm2", "gemma3-270m"]
     for entry in entries:
-        assert set(entry) == {"name", "path", "size", "cached"}
+        assert set(entry) == {"name", "path", "size", "cached", "source"} and entry["source"] == "known"
         assert entry["cached"] is False
     assert entries[0]["path"] == str(tmp_path / SMOL.filename) and entries[0]["size"] == SMOL.size
 

@@ -131,7 +131,7 @@ def test_list_models_on_an_empty_home(tmp_path, monkeypatch):
     entries = store.list_models()
     assert [e["name"] for e in entries] == ["smollm2", "gemma3-270m"]
     for entry in entries:
-        assert set(entry) == {"name", "path", "size", "cached"}
+        assert set(entry) == {"name", "path", "size", "cached", "source"} and entry["source"] == "known"
         assert entry["cached"] is False
         assert Path(entry["path"]).parent == tmp_path
     assert entries[0]["size"] == 98_362_432 and entries[1]["size"] == 253_113_024

@@ -190,6 +190,7 @@ def chat(
     backend: Backend = BackendOpt,
     n_gpu_layers: Optional[int] = NglOpt,
     threads: Optional[int] = ThreadsOpt,
+    plain: bool = typer.Option(False, "--plain", help="Leave replies as the model wrote them: no Markdown rendering (/set markdown turns it on)."),
     verbose: bool = VerboseOpt,
 ) -> None:
     """Chat with a model in the terminal (piped stdin: answer once and exit)."""
@@ -202,6 +203,7 @@ def chat(
         sampling=_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
         ctx=ctx, context_shift=context_shift, chat_template_file=chat_template_file,
         history_file=history_file, backend=backend_name, verbose=verbose, n_gpu_layers=n_gpu_layers,
+        plain=plain,
     )
 
 

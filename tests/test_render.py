@@ -181,3 +181,16 @@ def test_off_a_terminal_the_reply_is_the_text_exactly(monkeypatch):
     ui = Renderer(out=out, interactive=True)
     stream(ui, CODE_REPLY + " " + "word " * 40)
     assert out.getvalue() == CODE_REPLY + " " + "word " * 40 + "\n"
+
+
+def test_load_spinner_only_on_a_terminal(monkeypatch):
+    from rocmforge_cli.render import load_spinner
+
+    monkeypatch.setenv("TERM", "xterm-256color")
+    piped, terminal = io.StringIO(), FakeTerminal()
+    with load_spinner("loading model.gguf", stream=piped):
+        pass
+    with load_spinner("loading model.gguf", stream=terminal):
+        pass
+    assert piped.getvalue() == ""
+    assert "loading model.gguf" in terminal.getvalue()

@@ -215,6 +215,7 @@ def chat(
     backend: Backend = BackendOpt,
     n_gpu_layers: Optional[int] = NglOpt,
     threads: Optional[int] = ThreadsOpt,
+    plain: bool = typer.Option(False, "--plain", help="Leave replies as the model wrote them: no Markdown rendering (/set markdown turns it on)."),
     verbose: bool = VerboseOpt,
     server: Optional[str] = typer.Option(None, "--server", help="Chat with an OpenAI-compatible server at this URL instead of loading the model (MODEL, if given, is the name sent)."),
 ) -> None:
@@ -229,6 +230,7 @@ def chat(
         ctx=ctx, context_shift=context_shift, chat_template_file=chat_template_file,
         history_file=history_file, backend=backend_name, verbose=verbose, n_gpu_layers=n_gpu_layers,
         server=server,
+        plain=plain,
     )
 
 

@@ -14,10 +14,11 @@ from rocmforge_core.errors import BadInputError
 
 
 def default_history_path() -> Path:
-    """The input history file: in the user data dir, shared by every chat session."""
-    from platformdirs import user_data_path
+    """The input history file, shared by every chat session: under ROCMFORGE_HOME when set, else in
+    the user data dir."""
+    from rocmforge_cli.history import default_path
 
-    return user_data_path("rocmforge", appauthor=False) / "chat_history"
+    return default_path()
 
 
 def _stdin_is_tty() -> bool:
@@ -28,7 +29,7 @@ def _stdin_is_tty() -> bool:
 
 
 def run(*, model, system, max_tokens, sampling, ctx, context_shift, chat_template_file, history_file,
-        backend, verbose, system_file=None, n_gpu_layers=None, server=None) -> None:
+        backend, verbose, system_file=None, n_gpu_layers=None, server=None, plain=False) -> None:
     from rocmforge_cli.common import check_generation_flags, system_prompt
 
     params = check_generation_flags(sampling, max_tokens, ctx)  # bad flags fail before the model loads
@@ -63,6 +64,8 @@ def run(*, model, system, max_tokens, sampling, ctx, context_shift, chat_templat
         print(f"model {info.name}; {describe_run(engine, n_gpu_layers)}", file=sys.stderr)
     state = slash.ChatState(model=info, sampling=slash.sampling_dict(params), max_tokens=max_tokens,
                             system=system or None, show_stats=verbose)
+    state.display = ui.display  # one object: /set markdown|wordwrap change what the Renderer does
+    state.display.markdown = not plain
     if not interactive:
         reason = asyncio.run(repl.answer_once(engine, state, ui, piped, context_shift=context_shift))
         if reason == "cancelled":

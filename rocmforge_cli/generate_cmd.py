@@ -75,11 +75,13 @@ def run(*, model, prompt, system, max_tokens, sampling, raw, stop, json_out, ctx
                                verbose=verbose)
 
     from rocmforge_cli.common import describe_run, resolve_model_path
+    from rocmforge_cli.render import load_spinner
     from rocmforge_core.engine import create_engine
 
     path = resolve_model_path(model)
-    engine = create_engine(path, backend=backend, n_ctx=ctx, n_slots=1,
-                           chat_template_file=chat_template_file, numerics=numerics, cache_type=cache_type)
+    with load_spinner(f"loading {path.name}"):  # on stderr, and only when stderr is a terminal
+        engine = create_engine(path, backend=backend, n_ctx=ctx, n_slots=1,
+                               chat_template_file=chat_template_file, numerics=numerics, cache_type=cache_type)
     if verbose:
         print(describe_run(engine, n_gpu_layers), file=sys.stderr)
     result = asyncio.run(_generate(engine, text, system=system, raw=raw, max_tokens=max_tokens,

@@ -254,6 +254,7 @@ def model_info(engine, path) -> slash.ModelInfo:
         backend_reason=engine.backend_reason, n_ctx=engine.n_ctx,
         template_name=template.name if template is not None else None,
         template_source=template.source if template is not None else None,
+        **slash.file_facts(gguf),
     )
 
 
@@ -323,19 +324,20 @@ async def _read_line(prompt, assembler: slash.LineAssembler, typeahead: TypeAhea
             if not assembler.in_block:
                 return None
             assembler.cancel()
+            prompt.history.cancel_block()
 
 
 def _prompt_session(history_path, ui: Renderer):
     from prompt_toolkit import PromptSession
-    from prompt_toolkit.history import FileHistory, InMemoryHistory
+    from rocmforge_cli.history import BlockFileHistory, BlockMemoryHistory
     from prompt_toolkit.key_binding import KeyBindings
     from prompt_toolkit.output import create_output
 
-    history = InMemoryHistory()
+    history = BlockMemoryHistory()
     try:
         history_path.parent.mkdir(parents=True, exist_ok=True)
         history_path.touch(exist_ok=True)
-        history = FileHistory(str(history_path))
+        history = BlockFileHistory(str(history_path))
     except OSError as exc:
         ui.notice(f"input history not saved: cannot use {history_path} ({exc.strerror or exc})")
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
+from rocmforge_cli.render import Display
 from rocmforge_core.errors import BadInputError
 from rocmforge_core.sampler import SamplingParams
 from rocmforge_core.validate import is_int
@@ -47,6 +48,9 @@ class ModelInfo:
     n_ctx: int
     template_name: str | None = None  # None: no chat template, raw completion mode
     template_source: str | None = None
+    parameters: int | None = None       # weights' element count (None: not known)
+    quantization: str | None = None     # the file type, e.g. Q4_1
+    context_length: int | None = None   # the length the model was trained for
 
 
 @dataclass
@@ -61,6 +65,7 @@ class ChatState:
     messages: list[dict] = field(default_factory=list)
     show_stats: bool = False
     last_stats: str | None = None
+    display: Display = field(default_factory=Display)  # shared with the Renderer
 
     def conversation(self) -> list[dict]:
         """The messages as the chat template sees them: the system prompt first, when there is one."""
@@ -130,9 +135,21 @@ class Command:
     help: str
 
 
+# more ways to call /set, listed after it in /help
+_SET_FORMS = [("/set parameter NAME VALUE", "ollama's names (num_predict = max_tokens)"),
+              ("/set verbose|quiet", "a stats line after each reply, or none"),
+              ("/set [no]wordwrap", "wrap replies at word boundaries (default on)"),
+              ("/set [no]markdown", "show finished replies rendered as Markdown (default on)")]
+
+
 def _help(state: ChatState, arg: str) -> Outcome:
-    width = max(len(c.usage) for c in COMMANDS.values())
-    lines = [f"  {c.usage:<{width}}  {c.help}" for c in COMMANDS.values()]
+    rows = []
+    for name, c in COMMANDS.items():
+        rows.append((c.usage, c.help))
+        if name == "set":
+            rows += _SET_FORMS
+    width = max(len(usage) for usage, _ in rows)
+    lines = [f"  {usage:<{width}}  {text}" for usage, text in rows]
     lines += ["", '  """ starts a multi-line message; a line ending in """ sends it. Pasted text is kept whole.',
               "  Ctrl-C stops a reply; Ctrl-C or Ctrl-D at an empty prompt leaves. //text sends /text."]
     return Outcome(message="\n".join(lines))
@@ -180,12 +197,33 @@ _SET_NAMES = {
 }
 _INT_FIELDS = {"top_k", "repeat_last_n", "seed", "max_tokens"}
 _SET_USAGE = ("usage: /set PARAM VALUE (temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, "
-              "seed, max_tokens, system)")
+              "seed, max_tokens, system), /set parameter NAME VALUE, or /set verbose|quiet|wordwrap|"
+              "nowordwrap|markdown|nomarkdown")
+# ollama's `/set parameter NAME VALUE` names (its Modelfile's); num_ctx sizes the KV cache at load
+_OLLAMA_NAMES = {
+    "temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
+    "repeat_penalty": "repeat_penalty", "repeat_last_n": "repeat_last_n", "seed": "seed",
+    "num_predict": "max_tokens",
+}
+_PARAMETER_USAGE = f"usage: /set parameter NAME VALUE ({', '.join([*_OLLAMA_NAMES, 'num_ctx'])})"
+# /set switches: (what they set, the value, what the REPL prints)
+_SET_SWITCHES = {
+    "verbose": ("show_stats", True, "stats on: a line after each reply"),
+    "quiet": ("show_stats", False, "stats off"),
+    "wordwrap": ("wordwrap", True, "word wrap on"),
+    "nowordwrap": ("wordwrap", False, "word wrap off: the terminal breaks long lines"),
+    "markdown": ("markdown", True, "Markdown on: finished replies are shown rendered"),
+    "nomarkdown": ("markdown", False, "Markdown off: replies stay as the model wrote them"),
+}
 
 
 def _set(state: ChatState, arg: str) -> Outcome:
     raw_name, _, value = arg.partition(" ")
     value = value.strip()
+    if raw_name.lower() == "parameter":
+        return _set_parameter(state, value)
+    if raw_name.lower() in _SET_SWITCHES and not value:
+        return _set_switch(state, raw_name.lower())
     if not raw_name or not value:
         return Outcome(error=_SET_USAGE)
     key = _SET_NAMES.get(raw_name.lower().lstrip("-").replace("-", "_"))
@@ -193,6 +231,31 @@ def _set(state: ChatState, arg: str) -> Outcome:
         return Outcome(error=f"unknown parameter '{raw_name}' ({_SET_USAGE})")
     if key == "system":
         return _system(state, value)
+    return _set_value(state, key, value)
+
+
+def _set_parameter(state: ChatState, arg: str) -> Outcome:
+    """ollama's spelling: `/set parameter num_predict 64` sets max_tokens."""
+    name, _, value = arg.partition(" ")
+    value = value.strip()
+    if not name or not value:
+        return Outcome(error=_PARAMETER_USAGE)
+    if name.lower() == "num_ctx":
+        return Outcome(error=f"num_ctx cannot change during a chat: the KV cache is sized when the model "
+                             f"loads (ctx {state.model.n_ctx} now); restart with --ctx N")
+    key = _OLLAMA_NAMES.get(name.lower())
+    if key is None:
+        return Outcome(error=f"unknown parameter '{name}' ({_PARAMETER_USAGE})")
+    return _set_value(state, key, value)
+
+
+def _set_switch(state: ChatState, name: str) -> Outcome:
+    attr, value, message = _SET_SWITCHES[name]
+    setattr(state if attr == "show_stats" else state.display, attr, value)
+    return Outcome(message=message)
+
+
+def _set_value(state: ChatState, key: str, value: str) -> Outcome:
     parsed = _parse_value(key, value)
     if key == "max_tokens":
         if parsed < 1:
@@ -224,9 +287,16 @@ def _show_value(key: str, value) -> str:
 _SHOWN_PARAMS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed")
 
 
+_SHOW_USAGE = "usage: /show info|params|system|template|model"
+
+
 def _show(state: ChatState, arg: str) -> Outcome:
     what = arg.lower()
-    if what == "params":
+    if what == "info":
+        return Outcome(message=_table(_info_rows(state.model)))
+    if what == "system":
+        return Outcome(message=state.system if state.system else "no system prompt (/system TEXT sets one)")
+    if what in ("params", "parameters"):
         rows = [(k, _show_value(k, state.sampling[k])) for k in _SHOWN_PARAMS]
         rows += [("max_tokens", str(state.max_tokens)), ("ctx", str(state.model.n_ctx))]
         return Outcome(message=_table(rows))
@@ -243,7 +313,51 @@ def _show(state: ChatState, arg: str) -> Outcome:
                 ("backend", f"{m.backend} ({m.backend_reason})"), ("ctx", str(m.n_ctx)),
                 ("template", template)]
         return Outcome(message=_table(rows))
-    return Outcome(error="usage: /show params|template|model")
+    return Outcome(error=_SHOW_USAGE)
+
+
+def _info_rows(m: ModelInfo) -> list[tuple[str, str]]:
+    """ollama's /show info: what the model is and how it runs here."""
+    rows = [("architecture", m.architecture)]
+    if m.parameters:
+        rows.append(("parameters", format_parameters(m.parameters)))
+    if m.quantization:
+        rows.append(("quantization", m.quantization))
+    if m.context_length:
+        rows.append(("context length", str(m.context_length)))
+    rows += [("ctx", f"{m.n_ctx} (this chat's KV cache)"), ("backend", f"{m.backend} ({m.backend_reason})"),
+             ("template", m.template_name or "none (raw completion mode)")]
+    return rows
+
+
+def format_parameters(n: int) -> str:
+    """135,000,000 -> 135M, as ollama writes a model's size."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
+
+
+def file_facts(gguf) -> dict:
+    """ModelInfo's parameters, quantization and trained context from an open GGUF file. The
+    quantization is the file type the file declares (general.file_type, llama.cpp's enum), else the
+    tensor type that holds the most bytes."""
+    tensors = list(gguf.tensors.values())
+    quantization = None
+    file_type = gguf.get("general.file_type")
+    if is_int(file_type):
+        from gguf import LlamaFileType
+
+        with contextlib.suppress(ValueError):
+            quantization = LlamaFileType(file_type).name.removeprefix("MOSTLY_")
+    if quantization is None and tensors:
+        by_type: dict[str, int] = {}
+        for t in tensors:
+            by_type[t.qtype.name] = by_type.get(t.qtype.name, 0) + t.n_bytes
+        quantization = max(by_type, key=by_type.get)
+    trained = gguf.get(f"{gguf.get('general.architecture')}.context_length")
+    return {"parameters": sum(t.n_elements for t in tensors) or None, "quantization": quantization,
+            "context_length": trained if is_int(trained) else None}
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -357,7 +471,8 @@ COMMANDS: dict[str, Command] = {
     "regen": Command(_regen, "/regen", "answer the last message again"),
     "system": Command(_system, "/system TEXT", 'set the system prompt (/system "" removes it)'),
     "set": Command(_set, "/set PARAM VALUE", "change a sampling parameter, max_tokens or system"),
-    "show": Command(_show, "/show params|template|model", "show settings, chat template or model"),
+    "show": Command(_show, "/show info|params|system|template|model",
+                    "model facts, settings, system prompt, template, file"),
     "stats": Command(_stats, "/stats", "toggle the stats line after each reply"),
     "save": Command(_save, "/save FILE", "write the conversation and parameters as JSON"),
     "load": Command(_load, "/load FILE", "restore a conversation written by /save"),

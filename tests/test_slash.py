@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 
@@ -180,7 +181,96 @@ def test_show_template_of_a_model_without_one():
 
 @pytest.mark.parametrize("line", ["/show", "/show weights"])
 def test_show_needs_a_known_topic(line):
-    assert slash.dispatch(make_state(), line).error == "usage: /show params|template|model"
+    assert slash.dispatch(make_state(), line).error == "usage: /show info|params|system|template|model"
+
+
+# ---- ollama's spellings ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line, key, value", [
+    ("/set parameter temperature 0.2", "temperature", 0.2), ("/set parameter top_k 7", "top_k", 7),
+    ("/set parameter top_p 0.5", "top_p", 0.5), ("/set parameter min_p 0.1", "min_p", 0.1),
+    ("/set parameter repeat_penalty 1.2", "repeat_penalty", 1.2),
+    ("/set parameter repeat_last_n 32", "repeat_last_n", 32), ("/set PARAMETER seed 9", "seed", 9),
+])
+def test_set_parameter_uses_ollamas_names(line, key, value):
+    state = make_state()
+    outcome = slash.dispatch(state, line)
+    assert outcome.error is None and state.sampling[key] == value
+
+
+def test_set_parameter_num_predict_is_max_tokens():
+    state = make_state()
+    assert slash.dispatch(state, "/set parameter num_predict 64").message == "max_tokens = 64"
+    assert state.max_tokens == 64
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("/set parameter", "usage: /set parameter NAME VALUE"),
+    ("/set parameter top_k", "usage: /set parameter NAME VALUE"),
+    ("/set parameter mirostat 1", "unknown parameter 'mirostat'"),
+    ("/set parameter top_p 1.5", "--top-p must be in (0, 1]"),
+    ("/set parameter temperature warm", "temperature needs a number (got 'warm')"),
+    ("/set parameter num_predict 0", "max_tokens must be at least 1"),
+    ("/set parameter num_ctx 8192", "num_ctx cannot change during a chat"),
+])
+def test_set_parameter_bad_values_are_one_line_and_change_nothing(line, fragment):
+    state = make_state()
+    before = copy.deepcopy(state)
+    outcome = slash.dispatch(state, line)
+    assert outcome.error is not None and fragment in outcome.error and "\n" not in outcome.error
+    assert state == before
+
+
+def test_num_ctx_refusal_says_how_to_change_it():
+    error = slash.dispatch(make_state(), "/set parameter num_ctx 8192").error
+    assert "2048" in error and "--ctx" in error
+
+
+def test_verbose_quiet_wordwrap_and_markdown_switches():
+    state = make_state()
+    assert slash.dispatch(state, "/set verbose").message.startswith("stats on") and state.show_stats
+    assert slash.dispatch(state, "/set quiet").message == "stats off" and not state.show_stats
+    assert slash.dispatch(state, "/set nowordwrap").error is None and not state.display.wordwrap
+    assert slash.dispatch(state, "/set wordwrap").error is None and state.display.wordwrap
+    assert slash.dispatch(state, "/set nomarkdown").error is None and not state.display.markdown
+    assert slash.dispatch(state, "/set Markdown").error is None and state.display.markdown
+    assert "usage: /set PARAM VALUE" in slash.dispatch(state, "/set verbose yes").error
+
+
+def test_show_info_reports_what_the_model_is_and_how_it_runs():
+    state = make_state()
+    state.model.parameters, state.model.quantization, state.model.context_length = 134_515_008, "Q4_1", 8192
+    info = slash.dispatch(state, "/show info").message
+    for pattern in (r"architecture\s+llama", r"parameters\s+135M", r"quantization\s+Q4_1",
+                    r"context length\s+8192", r"ctx\s+2048", r"backend\s+cpu \(requested\)"):
+        assert re.search(pattern, info), pattern
+
+
+def test_show_info_leaves_out_what_is_not_known():
+    info = slash.dispatch(make_state(), "/show info").message
+    assert "architecture" in info and "parameters" not in info and "quantization" not in info
+
+
+def test_show_system_and_show_parameters():
+    state = make_state()
+    assert "no system prompt" in slash.dispatch(state, "/show system").message
+    slash.dispatch(state, "/system Be brief.")
+    assert slash.dispatch(state, "/show system").message == "Be brief."
+    assert slash.dispatch(state, "/show parameters").message == slash.dispatch(state, "/show params").message
+
+
+def test_file_facts_of_a_gguf(tmp_path):
+    from tiny_chat_model import make_chat_model
+    from rocmforge_core.gguf_file import GGUFFile
+
+    facts = slash.file_facts(GGUFFile(make_chat_model(tmp_path / "tiny.gguf", n_ctx=512)))
+    assert facts["context_length"] == 512 and facts["quantization"] == "F32" and facts["parameters"] > 0
+
+
+def test_format_parameters():
+    assert [slash.format_parameters(n) for n in (134_515_008, 7_241_732_096, 950, 12_000)] == \
+        ["135M", "7.24B", "950", "12K"]
 
 
 def test_stats_toggles_and_shows_the_last_reply():

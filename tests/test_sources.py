@@ -114,6 +114,9 @@ def test_generate_reads_an_ollama_model_in_place(tiny, places):
     blob = lay_out_ollama(places["ollama"], "llama3.2", "latest", tiny)
     lay_out_ollama(places["ollama"], "qwen2.5", "7b", tiny + b"\0" * 32)
     generated(run_main("generate", "llama3.2", *RUN))
+    # `rocmforge chat llama3.2` (piped: one answer) runs the same blob
+    chat = run_main("chat", "llama3.2", "-n", "4", "--temperature", "0", "--backend", "cpu", stdin="hi\n")
+    assert chat.code == 0 and chat.stdout.strip(), chat
     assert store.resolve_model("llama3.2:latest") == blob  # the blob itself: no copy
     assert store.resolve_model("qwen2.5:7b").parent == places["ollama"] / "blobs"
 

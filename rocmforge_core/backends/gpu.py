@@ -336,8 +336,8 @@ class GpuOps:
         device; the caller keeps the returned tables alive while it may use them."""
         return [self._rope_table(spec, max_pos) for spec in specs]
 
-    def rope(self, x: DeviceArray, positions, spec: RopeSpec) -> DeviceArray:
-        t, heads, hd = x.shape
+    def _rope_inputs(self, positions, spec: RopeSpec) -> tuple[DeviceArray, DeviceArray, DeviceArray]:
+        """cos and sin tables covering the positions, and the positions on the device."""
         if isinstance(positions, DeviceArray):  # bounded by the caller's reserve_rope
             if spec not in self._rope_tables:
                 raise GpuError("rope on device positions needs reserve_rope for its spec first")
@@ -345,7 +345,11 @@ class GpuOps:
         else:
             positions = np.asarray(positions).reshape(-1)
             cos_t, sin_t = self._rope_table(spec, int(positions.max(initial=0)))
-        pos = self._indices("positions", positions)
+        return cos_t, sin_t, self._indices("positions", positions)
+
+    def rope(self, x: DeviceArray, positions, spec: RopeSpec) -> DeviceArray:
+        t, heads, hd = x.shape
+        cos_t, sin_t, pos = self._rope_inputs(positions, spec)
         y = self.empty(x.shape)
         self.launch("rope_f32", (t * heads,), self.threads(min(hd, 256)), x.ptr, x.ld, y.ptr, cos_t.ptr,
                     sin_t.ptr, pos.ptr, heads, hd, spec.dim, int(spec.neox))
@@ -355,14 +359,7 @@ class GpuOps:
         """rope(q) and rope(k) at the same positions, in one launch."""
         t, heads_q, hd = q.shape
         heads_k = k.shape[1]
-        if isinstance(positions, DeviceArray):  # bounded by the caller's reserve_rope
-            if spec not in self._rope_tables:
-                raise GpuError("rope on device positions needs reserve_rope for its spec first")
-            cos_t, sin_t = self._rope_tables[spec][1:]
-        else:
-            positions = np.asarray(positions).reshape(-1)
-            cos_t, sin_t = self._rope_table(spec, int(positions.max(initial=0)))
-        pos = self._indices("positions", positions)
+        cos_t, sin_t, pos = self._rope_inputs(positions, spec)
         yq, yk = self.empty(q.shape), self.empty(k.shape)
         self.launch("rope_qk_f32", (t * (heads_q + heads_k),), self.threads(min(hd, 256)), q.ptr, q.ld, k.ptr,
                     k.ld, yq.ptr, yk.ptr, cos_t.ptr, sin_t.ptr, pos.ptr, heads_q, heads_k, hd, spec.dim,

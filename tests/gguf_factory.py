@@ -60,6 +60,18 @@ def write_gguf(path: str | Path, arch: str, metadata: dict[str, Any] | None = No
     return path
 
 
+def llama_layer_tensors(p: str, weight, norm, d: int, n_heads: int, n_kv: int, hd: int, ffn: int) -> dict:
+    """One llama-style layer's tensors by llama.cpp name (prefix p = "blk.N."); `weight(rows, cols)` and
+    `norm(n)` make the (array, qtype) pairs."""
+    return {
+        p + "attn_norm.weight": norm(d), p + "ffn_norm.weight": norm(d),
+        p + "attn_q.weight": weight(n_heads * hd, d), p + "attn_k.weight": weight(n_kv * hd, d),
+        p + "attn_v.weight": weight(n_kv * hd, d), p + "attn_output.weight": weight(d, n_heads * hd),
+        p + "ffn_gate.weight": weight(ffn, d), p + "ffn_up.weight": weight(ffn, d),
+        p + "ffn_down.weight": weight(d, ffn),
+    }
+
+
 def tensor_data(array: np.ndarray, qtype: QT) -> np.ndarray:
     """The array as GGUFWriter stores it for `qtype`: packed uint8 blocks, or float32/float16."""
     if array.dtype == np.uint8:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 
-from gguf_factory import write_gguf
+from gguf_factory import write_gguf, llama_layer_tensors
 from rocmforge_core.engine import Request, collect, create_engine
 from rocmforge_core.errors import BadInputError
 from rocmforge_core.sampler import Sampler, SamplingParams
@@ -280,12 +280,7 @@ def random_llama(path, *, rows=VOCAB, d=64, n_heads=4, n_kv=2, hd=16, ffn=128, n
     tensors = {"token_embd.weight": weight(rows, d, std=1.0), "output_norm.weight": norm(d)}
     for i in range(n_layers):
         p = f"blk.{i}."
-        tensors.update({
-            p + "attn_norm.weight": norm(d), p + "ffn_norm.weight": norm(d),
-            p + "attn_q.weight": weight(n_heads * hd, d), p + "attn_k.weight": weight(n_kv * hd, d),
-            p + "attn_v.weight": weight(n_kv * hd, d), p + "attn_output.weight": weight(d, n_heads * hd),
-            p + "ffn_gate.weight": weight(ffn, d), p + "ffn_up.weight": weight(ffn, d),
-            p + "ffn_down.weight": weight(d, ffn)})
+        tensors.update(llama_layer_tensors(p, weight, norm, d, n_heads, n_kv, hd, ffn))
     return write_gguf(path, a, meta, tensors)
 
 

@@ -17,7 +17,7 @@ from rocmforge_core.backends.cpu import CpuBackend, quantize_q8_0, quantize_q8_k
 from rocmforge_core.errors import BadInputError, UnsupportedModelError
 from rocmforge_core.gguf_file import GGUFFile
 from rocmforge_core.models import load_model
-from gguf_factory import random_blocks, write_gguf
+from gguf_factory import random_blocks, write_gguf, llama_layer_tensors
 from reference_numpy import ReferenceModel
 
 VOCAB = 67
@@ -79,13 +79,7 @@ def make_tiny_model(path, arch: str, *, dtype=QT.F32, d=48, n_heads=3, n_kv=1, h
         tensors["rope_freqs.weight"] = (rng.uniform(1.0, 4.0, hd // 2).astype(np.float32), QT.F32)
     for i in range(n_layers):
         p = f"blk.{i}."
-        tensors.update({
-            p + "attn_norm.weight": norm(d), p + "ffn_norm.weight": norm(d),
-            p + "attn_q.weight": weight(n_heads * hd, d), p + "attn_k.weight": weight(n_kv * hd, d),
-            p + "attn_v.weight": weight(n_kv * hd, d), p + "attn_output.weight": weight(d, n_heads * hd),
-            p + "ffn_gate.weight": weight(ffn, d), p + "ffn_up.weight": weight(ffn, d),
-            p + "ffn_down.weight": weight(d, ffn),
-        })
+        tensors.update(llama_layer_tensors(p, weight, norm, d, n_heads, n_kv, hd, ffn))
         if arch == "qwen2":
             for kind, n in (("q", n_heads), ("k", n_kv), ("v", n_kv)):
                 tensors[p + f"attn_{kind}.bias"] = (rng.standard_normal(n * hd).astype(np.float32) * 0.3, QT.F32)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-from gguf_factory import write_gguf
+from gguf_factory import write_gguf, llama_layer_tensors
 
 VOCAB = 258
 BOS, EOS = 256, 257
@@ -52,11 +52,5 @@ def write_byte_model(path, *, context_length: int = 64, rope_scale: float | None
     tensors = {"token_embd.weight": weight(VOCAB, d, std=1.0), "output_norm.weight": norm(d)}
     for i in range(n_layers):
         p = f"blk.{i}."
-        tensors.update({
-            p + "attn_norm.weight": norm(d), p + "ffn_norm.weight": norm(d),
-            p + "attn_q.weight": weight(n_heads * hd, d), p + "attn_k.weight": weight(n_kv * hd, d),
-            p + "attn_v.weight": weight(n_kv * hd, d), p + "attn_output.weight": weight(d, n_heads * hd),
-            p + "ffn_gate.weight": weight(ffn, d), p + "ffn_up.weight": weight(ffn, d),
-            p + "ffn_down.weight": weight(d, ffn),
-        })
+        tensors.update(llama_layer_tensors(p, weight, norm, d, n_heads, n_kv, hd, ffn))
     return write_gguf(path, "llama", meta, tensors)

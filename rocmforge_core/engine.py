@@ -568,7 +568,7 @@ _LOADED: dict[tuple, tuple] = {}  # one loaded model per process: (key) -> (gguf
 
 def _load(path: Path, backend: str, numerics: str = "float32"):
     """Load (or reuse) the model files. Keeping the last model lets a process build engines cheaply."""
-    from rocmforge_core.backends.cpu import CpuBackend
+    from rocmforge_core.backends import cpu
     from rocmforge_core.config import config_from_metadata
     from rocmforge_core.gguf_file import GGUFFile
     from rocmforge_core.models import load_model
@@ -581,7 +581,7 @@ def _load(path: Path, backend: str, numerics: str = "float32"):
         gguf_file = GGUFFile(path)
         config = config_from_metadata(gguf_file.metadata)
         tokenizer = Tokenizer.from_gguf(gguf_file)
-        ops = CpuBackend(numerics) if backend == "cpu" else backend
+        ops = cpu.make_ops("cpu", numerics) if backend == "cpu" else backend
         _LOADED[key] = (gguf_file, config, tokenizer, load_model(gguf_file, backend=ops))
     return _LOADED[key]
 

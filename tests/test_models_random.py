@@ -13,7 +13,8 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 
 from rocmforge_core.backends import cpu
-from rocmforge_core.backends.cpu import CpuBackend, quantize_q8_0, quantize_q8_k
+from rocmforge_core.backends.cpu import CpuBackend
+from rocmforge_core.backends.cpu_llama import LlamaCppBackend, quantize_q8_0, quantize_q8_k
 from rocmforge_core.errors import BadInputError, UnsupportedModelError
 from rocmforge_core.gguf_file import GGUFFile
 from rocmforge_core.models import load_model
@@ -166,7 +167,7 @@ def test_batched_decode_equals_each_sequence_alone(case):
 def test_llama_cpp_numerics_stay_near_the_reference(case):
     path, _ = case
     tokens = prompt(11)
-    model = load_model(GGUFFile(path), CpuBackend("llama.cpp"))
+    model = load_model(GGUFFile(path), LlamaCppBackend())
     expected = ReferenceModel(path).logits(tokens)
     got = model.prefill(tokens, model.make_cache(1, 16), 0, 0, all_logits=True)
     assert rel_err(got, expected) < LLAMA_NUMERICS_TOL

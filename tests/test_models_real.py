@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 
 from rocmforge_core.backends.cpu import CpuBackend
+from rocmforge_core.backends.cpu_llama import LlamaCppBackend
 from rocmforge_core.config import config_from_metadata
 from rocmforge_core.gguf_file import GGUFFile
 from rocmforge_core.models import load_model
@@ -117,7 +118,7 @@ def exact_run(run):
     """Every fixture prompt through the llama.cpp-numerics model, one sequence at a time: prefill
     (all prompt rows through every layer, as llama-cpp-python with logits_all computed them) and
     N_STEPS greedy tokens decoded one by one."""
-    model = load_model(GGUFFile(run["path"]), CpuBackend("llama.cpp"))
+    model = load_model(GGUFFile(run["path"]), LlamaCppBackend())
     firsts, ids = [], []
     for case in run["fixture"]["runs"]["quantized"]["cases"]:
         prompt = case["prompt_ids"]
@@ -206,7 +207,7 @@ def test_layer0_ops_reproduce_llama_cpp_with_its_numerics(run):
     layer0 = run["fixture"]["layer0"]
     t = {k: decode_f32(v["float32_b64"]).reshape(v["shape"]) for k, v in layer0["tensors"].items()}
     gguf_file = GGUFFile(run["path"])
-    exact, plain = CpuBackend("llama.cpp"), CpuBackend("float32")
+    exact, plain = LlamaCppBackend(), CpuBackend()
     n = len(layer0["prompt_ids"])
 
     def same(ours, expected, what):

@@ -38,11 +38,7 @@ GPU_CASES.update({  # packed-block weights: d and ffn multiples of 32
 
 def cpu_model(gguf_file):
     """The reference: the CPU backend with plain float32 numerics (not its llama.cpp-rounding mode)."""
-    try:
-        ops = CpuBackend(numerics="float32")
-    except TypeError:  # a CpuBackend without numerics modes is float32 already
-        ops = CpuBackend()
-    return load_model(gguf_file, ops)
+    return load_model(gguf_file, CpuBackend())
 
 
 def rel_err(a, b) -> float:

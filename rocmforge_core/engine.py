@@ -569,8 +569,8 @@ _LOADED: dict[tuple, tuple] = {}  # one loaded model per process: (key) -> (gguf
 def _load(path: Path, backend: str, numerics: str = "float32"):
     """Load (or reuse) the model files. Keeping the last model lets a process build engines cheaply."""
     from rocmforge_core.backends.cpu import CpuBackend
-    from rocmforge_core.config import config_from_metadata
     from rocmforge_core.gguf_file import GGUFFile
+    from rocmforge_core.model_check import check_model
     from rocmforge_core.models import load_model
     from rocmforge_core.tokenizer import Tokenizer
 
@@ -579,7 +579,7 @@ def _load(path: Path, backend: str, numerics: str = "float32"):
     if key not in _LOADED:
         _LOADED.clear()  # free the previous model before loading another
         gguf_file = GGUFFile(path)
-        config = config_from_metadata(gguf_file.metadata)
+        config = check_model(gguf_file)  # the same checks as `rocmforge inspect`
         tokenizer = Tokenizer.from_gguf(gguf_file)
         ops = CpuBackend(numerics) if backend == "cpu" else backend
         _LOADED[key] = (gguf_file, config, tokenizer, load_model(gguf_file, backend=ops))

@@ -143,7 +143,7 @@ def _shown(value: Any) -> str:
 
 def _vocab_size(keys: _ArchKeys) -> int:
     tokens = keys.metadata.get("tokenizer.ggml.tokens")
-    default = len(tokens) if tokens else None
+    default = len(tokens) if isinstance(tokens, list) and tokens else None
     if keys.raw("vocab_size") is None and default is None:
         raise BadInputError(f"GGUF metadata has neither {keys.arch}.vocab_size nor tokenizer.ggml.tokens")
     return keys.positive_int("vocab_size", default)

@@ -26,9 +26,9 @@ def check_model(gguf_file) -> ModelConfig:
     for key in _GENERAL_STRINGS:
         if key in md and not isinstance(md[key], str):
             raise BadInputError(f"GGUF metadata {key} is not a string (got {type(md[key]).__name__})")
+    _check_tokenizer_metadata(md)
     config = config_from_metadata(md)
     _check_layer_count(gguf_file, config)
-    _check_tokenizer_metadata(md)
     _check_layout(gguf_file, config)
     _check_special_ids(gguf_file)
     _check_finite(gguf_file)

@@ -149,6 +149,9 @@ def check_metadata_types(metadata: Mapping[str, Any]) -> None:
         value = metadata.get(_KEY + key)
         if value is not None and not _is_int(value):
             fail(key, value, "an integer token id")
+        if value is not None and tokens and key.split("_")[0] in _CORE_IDS and not 0 <= value < len(tokens):
+            raise BadInputError(f"tokenizer.ggml.{key} {value} is outside the vocabulary of {len(tokens)} "
+                                "tokens", hint="the file's tokenizer metadata is corrupt")
     for key in _FLAG_KEYS:
         value = metadata.get(_KEY + key)
         if value is not None and not isinstance(value, (bool, np.bool_)):
@@ -303,9 +306,6 @@ class Vocab:
             value = metadata.get(_KEY + key)
             if value is None:
                 return default
-            if not 0 <= int(value) < n and key.split("_")[0] in _CORE_IDS:
-                raise BadInputError(f"tokenizer.ggml.{key} {value} is outside the vocabulary of {n} tokens",
-                                    hint="the file's tokenizer metadata is corrupt")
             if not 0 <= int(value) < n:
                 log.warning("bad special token %s = %s, using the default %s", key, value, default)
                 return default

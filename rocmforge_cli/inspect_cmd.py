@@ -18,15 +18,15 @@ def run(model: str, json_out: bool) -> None:
       tokenizer_model (str|null, tokenizer.ggml.model), tokenizer_pre (str|null),
       chat_template (bool: the file carries tokenizer.chat_template), n_tensors (int),
       tensor_types ({type name: {"count", "parameters", "bytes"}}, largest bytes first).
-    The model is opened and its config built, so a corrupt file or an unsupported architecture
-    or tensor type fails here with exit code 2, as it would when running the model.
+    The model is opened and checked by the same `check_model` as a load, so a corrupt file or an
+    unsupported architecture or tensor type fails here with exit code 2, as it would when running it.
     """
     from rocmforge_cli.common import resolve_model_path
-    from rocmforge_core.config import config_from_metadata
     from rocmforge_core.gguf_file import GGUFFile
+    from rocmforge_core.model_check import check_model
 
     gf = GGUFFile(resolve_model_path(model))
-    summary = summarize(gf, config_from_metadata(gf.metadata))
+    summary = summarize(gf, check_model(gf))
     if json_out:
         print(json.dumps(summary, ensure_ascii=False))
     else:

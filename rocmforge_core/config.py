@@ -7,6 +7,7 @@ sliding-window pattern) are filled in here so the model code has one place to lo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -115,7 +116,7 @@ class _ArchKeys:
                 raise BadInputError(f"GGUF metadata lacks {self.arch}.{name}")
             return default
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise BadInputError(f"GGUF metadata {self.arch}.{name} = {value!r} is not a positive integer")
+            raise BadInputError(f"GGUF metadata {self.arch}.{name} = {_shown(value)} is not a positive integer")
         return value
 
     def number(self, name: str, default: float | None) -> float | None:
@@ -123,28 +124,43 @@ class _ArchKeys:
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BadInputError(f"GGUF metadata {self.arch}.{name} = {value!r} is not a number")
+            raise BadInputError(f"GGUF metadata {self.arch}.{name} = {_shown(value)} is not a number")
+        if not math.isfinite(value):
+            raise BadInputError(f"GGUF metadata {self.arch}.{name} = {value} is not a finite number")
         return float(value)
+
+    def text(self, name: str) -> str | None:
+        value = self.raw(name)
+        if value is not None and not isinstance(value, str):
+            raise BadInputError(f"GGUF metadata {self.arch}.{name} = {_shown(value)} is not a string")
+        return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _vocab_size(keys: _ArchKeys) -> int:
     tokens = keys.metadata.get("tokenizer.ggml.tokens")
-    default = len(tokens) if tokens else None
+    default = len(tokens) if isinstance(tokens, list) and tokens else None
     if keys.raw("vocab_size") is None and default is None:
         raise BadInputError(f"GGUF metadata has neither {keys.arch}.vocab_size nor tokenizer.ggml.tokens")
     return keys.positive_int("vocab_size", default)
 
 
 def _rope_scaling(keys: _ArchKeys) -> dict[str, Any]:
-    kind = keys.raw("rope.scaling.type")
+    kind = keys.text("rope.scaling.type")
     factor = keys.number("rope.scaling.factor", None)
     if factor is None and keys.raw("rope.scale_linear") is not None:  # the older spelling
         kind, factor = kind or "linear", keys.number("rope.scale_linear", 1.0)
     if kind == "none" or (kind is None and factor in (None, 1.0)):
         return {}
-    original = keys.raw("rope.scaling.original_context_length")
+    original = None
+    if keys.raw("rope.scaling.original_context_length") is not None:
+        original = keys.positive_int("rope.scaling.original_context_length")
     return {"rope_scaling_type": kind or "linear", "rope_scaling_factor": factor or 1.0,
-            "rope_original_context": int(original) if original else None}
+            "rope_original_context": original}
 
 
 def _attention_extras(keys: _ArchKeys, arch: str) -> dict[str, Any]:
@@ -158,6 +174,15 @@ def _attention_extras(keys: _ArchKeys, arch: str) -> dict[str, Any]:
 
 
 def _check_consistent(c: ModelConfig) -> None:
+    if c.head_dim < 1:
+        raise BadInputError(f"{c.architecture}: {c.n_heads} attention heads leave no dimensions per head "
+                            f"of the {c.dim}-wide embedding")
+    if not c.norm_eps >= 0:
+        raise BadInputError(f"{c.architecture}: the norm epsilon {c.norm_eps:g} is negative")
+    if not c.rope_base > 0:
+        raise BadInputError(f"{c.architecture}: rope.freq_base {c.rope_base:g} must be positive")
+    if c.rope_scaling_factor <= 0:
+        raise BadInputError(f"{c.architecture}: rope.scaling.factor {c.rope_scaling_factor:g} must be positive")
     if c.n_heads % c.n_kv_heads:
         raise BadInputError(f"{c.architecture}: {c.n_heads} attention heads do not split into "
                             f"{c.n_kv_heads} KV head groups")

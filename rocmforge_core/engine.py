@@ -285,18 +285,40 @@ class Engine:
                                     hint="use --raw, or give one with --chat-template-file")
             text = self.chat_template.render(list(request.messages), add_generation_prompt=True,
                                              bos_token=self._special_text(tok.bos_id),
-                                             eos_token=self._special_text(tok.eos_id))
+                                             eos_token=self._special_text(tok.eos_id),
+                                             max_chars=self._max_prompt_bytes())
             from rocmforge_core.chat_template import strip_leading_bos
 
             text, had_bos = strip_leading_bos(text, self._special_text(tok.bos_id))
+            self._check_prompt_size(text)
             ids = tok.encode(text, add_bos=True if had_bos else None, parse_special=True)
         else:
+            self._check_prompt_size(request.prompt or "")
             ids = tok.encode(request.prompt or "", add_bos=None, parse_special=False)
         if not ids:
             raise BadInputError("the prompt is empty", hint="give some text with --prompt or on stdin")
         if len(ids) >= self.n_ctx:
             raise ContextOverflowError(len(ids), self.n_ctx)
         return ids
+
+    def _max_prompt_bytes(self) -> int:
+        """More text bytes than this cannot fit the context, whatever the tokenizer makes of them."""
+        return self.n_ctx * self.tokenizer.max_token_bytes
+
+    def _check_prompt_size(self, text: str) -> None:
+        """Refuse a text too long for the context before tokenizing it (which costs time and memory in
+        proportion to its length). Characters bound bytes from below, so most texts skip the encode."""
+        limit = self._max_prompt_bytes()
+        if len(text) <= limit // 4:
+            return
+        n_bytes = len(text.encode("utf-8", "surrogatepass"))
+        if n_bytes > limit:
+            per = self.tokenizer.max_token_bytes
+            raise ContextOverflowError(
+                n_bytes // per, self.n_ctx,
+                message=f"the prompt is {n_bytes:,} bytes: more than the {self.n_ctx:,}-token context can "
+                        f"hold at {per} bytes per token at most ({limit:,} bytes)",
+                hint="shorten it or raise --ctx")
 
     def _check_request(self, request: Request) -> None:
         """Every field of a request, so that nothing a client sends can fail later inside the loop."""
@@ -569,8 +591,8 @@ _LOADED: dict[tuple, tuple] = {}  # one loaded model per process: (key) -> (gguf
 def _load(path: Path, backend: str, numerics: str = "float32"):
     """Load (or reuse) the model files. Keeping the last model lets a process build engines cheaply."""
     from rocmforge_core.backends import cpu
-    from rocmforge_core.config import config_from_metadata
     from rocmforge_core.gguf_file import GGUFFile
+    from rocmforge_core.model_check import check_model
     from rocmforge_core.models import load_model
     from rocmforge_core.tokenizer import Tokenizer
 
@@ -579,7 +601,7 @@ def _load(path: Path, backend: str, numerics: str = "float32"):
     if key not in _LOADED:
         _LOADED.clear()  # free the previous model before loading another
         gguf_file = GGUFFile(path)
-        config = config_from_metadata(gguf_file.metadata)
+        config = check_model(gguf_file)  # the same checks as `rocmforge inspect`
         tokenizer = Tokenizer.from_gguf(gguf_file)
         ops = cpu.make_ops("cpu", numerics) if backend == "cpu" else backend
         _LOADED[key] = (gguf_file, config, tokenizer, load_model(gguf_file, backend=ops))

@@ -139,6 +139,7 @@ class GGUFFile:
         self.tensors: dict[str, TensorInfo] = {}
         for name, dims, type_id, offset in infos:
             self.tensors[name] = self._tensor(name, dims, type_id, offset)
+        _check_no_overlap(infos, self.tensors, self.path)
         self.architecture: str = self._architecture()
 
     def tensor(self, name: str) -> TensorInfo:
@@ -187,6 +188,15 @@ class GGUFFile:
                 f"({self.file_size} bytes)", hint="the file is truncated or corrupt")
         data = self._map[start:start + n_bytes]
         return TensorInfo(name, qtype, tuple(reversed(dims)), n_elements, n_bytes, data)
+
+
+def _check_no_overlap(infos: list, tensors: dict[str, TensorInfo], path: Path) -> None:
+    """Two tensors sharing bytes mean a corrupt header (llama.cpp refuses such files too)."""
+    spans = sorted((offset, tensors[name].n_bytes, name) for name, _, _, offset in infos)
+    for (start, size, name), (next_start, _, next_name) in zip(spans, spans[1:]):
+        if size and start + size > next_start:
+            raise BadInputError(f"{path.name}: tensor '{name}' (data bytes {start}..{start + size}) overlaps "
+                                f"tensor '{next_name}' (from byte {next_start})", hint="the file is corrupt")
 
 
 def _open_map(path: Path) -> np.memmap:
@@ -270,8 +280,8 @@ def _read_tensor_infos(cur: _Cursor, n_tensors: int, path: Path) -> list[tuple[s
             name = f"#{i}"
             name = cur.string()
             n_dims = cur.u32()
-            if n_dims > MAX_DIMS:
-                raise ValueError(f"{n_dims} dimensions (at most {MAX_DIMS})")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise ValueError(f"{n_dims} dimensions (a tensor has 1 to {MAX_DIMS})")
             dims = [cur.u64() for _ in range(n_dims)]
             type_id, offset = cur.u32(), cur.u64()
             if name in seen:

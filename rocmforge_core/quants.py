@@ -31,6 +31,38 @@ BLOCK_SIZES: dict[QT, tuple[int, int]] = {
 }
 
 SUPPORTED_TYPES: frozenset[QT] = frozenset(BLOCK_SIZES)
+FLOAT_TYPES: frozenset[QT] = frozenset({QT.F32, QT.F16, QT.BF16})
+
+# Byte offsets of the fp16 scale fields (d, and dmin where there is one) inside a block (ggml-common.h).
+SCALE_FIELDS: dict[QT, tuple[int, ...]] = {
+    QT.Q4_0: (0,), QT.Q4_1: (0, 2), QT.Q5_0: (0,), QT.Q5_1: (0, 2), QT.Q8_0: (0,),
+    QT.Q2_K: (80, 82), QT.Q3_K: (108,), QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,),
+}
+
+
+def first_nonfinite_scale(raw: np.ndarray, qtype: QT) -> int | None:
+    """The first block whose fp16 scale is NaN or Inf, or None.
+
+    Only the high byte of each scale is read (a strided column, no copy of the blocks): an fp16 is
+    non-finite exactly when its five exponent bits, bits 2..6 of that byte, are all set.
+    """
+    type_size = BLOCK_SIZES[qtype][1]
+    blocks = raw.reshape(-1, type_size)
+    for offset in SCALE_FIELDS.get(qtype, ()):
+        bad = np.flatnonzero((blocks[:, offset + 1] & 0x7C) == 0x7C)
+        if bad.size:
+            return int(bad[0])
+    return None
+
+
+def first_nonfinite_value(raw: np.ndarray, qtype: QT) -> int | None:
+    """The first NaN or Inf element of a float tensor (F32, F16, BF16), or None."""
+    if qtype == QT.BF16:
+        finite = (raw.view("<u2") & 0x7F80) != 0x7F80
+    else:
+        finite = np.isfinite(raw.view("<f4" if qtype == QT.F32 else "<f2"))
+    bad = np.flatnonzero(~finite)
+    return int(bad[0]) if bad.size else None
 
 
 def type_name(qtype: int) -> str:

@@ -51,7 +51,17 @@ def tiny_model(path, arch="llama", template=True):
         "blk.0.attn_q.weight": (rng.standard_normal((64, 64)), QT.Q4_0),
         "blk.0.ffn_down.weight": (random_blocks(QT.Q6_K, (64, 256), rng), QT.Q6_K),
     }
+    # the rest of the one layer, which the load-time check asks for
+    for name, shape in LAYER_REST.items():
+        tensors[f"blk.0.{name}"] = (rng.standard_normal(shape), QT.F32 if len(shape) == 1 else QT.Q8_0)
+    if arch == "qwen3":
+        tensors.update({f"blk.0.attn_{x}_norm.weight": (np.ones(16), QT.F32) for x in "qk"})
     return write_gguf(path, arch, metadata, tensors)
+
+
+LAYER_REST = {"attn_norm.weight": (64,), "ffn_norm.weight": (64,), "attn_k.weight": (32, 64),
+              "attn_v.weight": (32, 64), "attn_output.weight": (64, 64), "ffn_gate.weight": (256, 64),
+              "ffn_up.weight": (256, 64)}
 
 
 @pytest.fixture
@@ -64,12 +74,13 @@ def test_good_file_json(good):
     assert result.returncode == 0, result.stderr
     s = json.loads(result.stdout)
     assert s["architecture"] == "llama" and s["name"] == "tiny"
-    assert s["parameters"] == 32 * 64 + 64 + 64 * 64 + 64 * 256
+    rest = sum(int(np.prod(shape)) for shape in LAYER_REST.values())
+    assert s["parameters"] == 32 * 64 + 64 + 64 * 64 + 64 * 256 + rest
     assert s["file_size"] == good.stat().st_size
     assert (s["layers"], s["embedding_length"], s["heads"], s["kv_heads"], s["head_dim"]) == (1, 64, 4, 2, 16)
     assert s["context_length"] == 128 and s["vocab_size"] == 32 and s["rope_base"] == 10000.0
     assert s["tokenizer_model"] == "gpt2" and s["chat_template"] is True
-    assert s["n_tensors"] == 4
+    assert s["n_tensors"] == 4 + len(LAYER_REST)
     assert s["tensor_types"]["Q6_K"] == {"count": 1, "parameters": 64 * 256, "bytes": 64 * 210}
     assert set(s["tensor_types"]) == {"Q8_0", "F32", "Q4_0", "Q6_K"}
 
@@ -115,7 +126,8 @@ def test_bad_version(good):
 def test_truncated_everywhere(good, tmp_path):
     gf = GGUFFile(good)
     emb = gf.tensor("token_embd.weight")
-    in_infos = tensor_info_positions(good, "blk.0.attn_q.weight")["dims"]
+    last = list(gf.tensors)[-1]  # a cut in the last info: the header's tensor count still fits
+    in_infos = tensor_info_positions(good, last)["dims"]
     in_metadata = good.read_bytes().find(b"tokenizer.ggml.tokens") + 40
     cuts = {
         10: "header is cut short",

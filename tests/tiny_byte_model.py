@@ -25,7 +25,9 @@ def byte_tokens() -> list[str]:
 
 def write_byte_model(path, *, context_length: int = 64, rope_scale: float | None = None,
                      n_layers: int = 2, d: int = 32, n_heads: int = 2, n_kv: int = 1, hd: int = 16,
-                     ffn: int = 48, seed: int = 0):
+                     ffn: int = 48, seed: int = 0, meta: dict | None = None, tensors: dict | None = None):
+    """`meta` and `tensors` replace entries of the good file (a value None drops the entry): corrupt
+    files for the load-time checks."""
     rng = np.random.default_rng(seed)
 
     def weight(*shape, std=0.2):
@@ -34,6 +36,7 @@ def write_byte_model(path, *, context_length: int = 64, rope_scale: float | None
     def norm(n):
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32), QT.F32
 
+    overrides, tensor_overrides = meta or {}, tensors or {}
     meta = {
         "general.name": "tiny-bytes",
         "llama.block_count": n_layers, "llama.embedding_length": d, "llama.feed_forward_length": ffn,
@@ -53,4 +56,10 @@ def write_byte_model(path, *, context_length: int = 64, rope_scale: float | None
     for i in range(n_layers):
         p = f"blk.{i}."
         tensors.update(llama_layer_tensors(p, weight, norm, d, n_heads, n_kv, hd, ffn))
+    for table, changes in ((meta, overrides), (tensors, tensor_overrides)):
+        for key, value in changes.items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
     return write_gguf(path, "llama", meta, tensors)

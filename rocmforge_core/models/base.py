@@ -271,18 +271,41 @@ def rope_scaling(gguf_file, config, rope_dim: int) -> dict[str, Any]:
     return spec
 
 
+def expected_tensors(args: DecoderArgs) -> dict[str, tuple[int, ...]]:
+    """Name -> numpy shape of every tensor the decoder reads, for all layers (`load_weights`'s names)."""
+    d, hd, rows = args.d_model, args.head_dim, args.vocab_size
+    q, kv = args.n_heads * hd, args.n_kv_heads * hd
+    expect: dict[str, tuple[int, ...]] = {"token_embd.weight": (rows, d), "output_norm.weight": (d,)}
+    per_layer = {"attn_norm.weight": (d,), "ffn_norm.weight": (d,), "attn_q.weight": (q, d),
+                 "attn_k.weight": (kv, d), "attn_v.weight": (kv, d), "attn_output.weight": (d, q),
+                 "ffn_gate.weight": (args.ffn_dim, d), "ffn_up.weight": (args.ffn_dim, d),
+                 "ffn_down.weight": (d, args.ffn_dim)}
+    if args.qkv_bias:
+        per_layer.update({"attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,)})
+    if args.qk_norm:
+        per_layer.update({"attn_q_norm.weight": (hd,), "attn_k_norm.weight": (hd,)})
+    if args.post_norms:
+        per_layer.update({"post_attention_norm.weight": (d,), "post_ffw_norm.weight": (d,)})
+    for i in range(args.n_layers):
+        expect.update({f"blk.{i}.{name}": shape for name, shape in per_layer.items()})
+    return expect
+
+
 def check_shapes(gguf_file, args: DecoderArgs) -> None:
-    """Fail with one line when the tensors disagree with the metadata, before loading anything."""
-    expect = {
-        "token_embd.weight": (args.vocab_size, args.d_model),
-        "blk.0.attn_q.weight": (args.n_heads * args.head_dim, args.d_model),
-        "blk.0.attn_k.weight": (args.n_kv_heads * args.head_dim, args.d_model),
-        "blk.0.ffn_gate.weight": (args.ffn_dim, args.d_model),
-    }
-    for name, shape in expect.items():
-        got = tuple(gguf_file.tensor(name).shape)
-        if got != shape:
-            raise BadInputError(f"{name} has shape {got}, but the metadata implies {shape}",
-                                hint="the file's metadata and tensors disagree")
+    """Fail with one line when any tensor the decoder reads is missing, has another shape than the
+    metadata implies or, for a vector, is not a float type; before loading anything."""
+    from rocmforge_core.quants import FLOAT_TYPES
+
     if args.n_heads % args.n_kv_heads:
         raise BadInputError(f"{args.n_heads} attention heads are not a multiple of {args.n_kv_heads} kv heads")
+    expect = expected_tensors(args)
+    if gguf_file.has_tensor("output.weight"):
+        expect["output.weight"] = (args.vocab_size, args.d_model)
+    for name, shape in expect.items():
+        info = gguf_file.tensor(name)
+        if tuple(info.shape) != shape:
+            raise BadInputError(f"{name} has shape {tuple(info.shape)}, but the metadata implies {shape}",
+                                hint="the file's metadata and tensors disagree")
+        if len(shape) == 1 and info.qtype not in FLOAT_TYPES:
+            raise UnsupportedModelError(f"{name} is stored as {info.qtype.name}; a norm or bias must be "
+                                        "F32, F16 or BF16")

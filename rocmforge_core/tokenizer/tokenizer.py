@@ -34,6 +34,7 @@ class Tokenizer:
         self.add_bos: bool = vocab.add_bos
         self.add_eos: bool = vocab.add_eos
         self._pieces: list[bytes | None] = [None] * self.vocab_size
+        self._max_token_bytes: int | None = None
         # (first two characters, id, text, attr) in partition order, without / with control tokens
         self._specials = {flag: [(vocab.tokens[tid][:2], tid, vocab.tokens[tid], vocab.attrs[tid])
                                  for tid in vocab.special_order if flag or not vocab.attrs[tid] & _HIDDEN]
@@ -46,6 +47,14 @@ class Tokenizer:
             from rocmforge_core.tokenizer.spm import SentencePieceBPE
 
             self._encoder = SentencePieceBPE(vocab)
+
+    @property
+    def max_token_bytes(self) -> int:
+        """An upper bound on the text bytes one token stands for (its text's UTF-8 length, at most 4
+        bytes a character): a text of more bytes than n * this cannot fit in n tokens."""
+        if self._max_token_bytes is None:
+            self._max_token_bytes = max(1, 4 * max(map(len, self.vocab.tokens), default=1))
+        return self._max_token_bytes
 
     @classmethod
     def from_gguf(cls, gguf_file) -> "Tokenizer":

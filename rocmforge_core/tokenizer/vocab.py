@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from rocmforge_core.errors import BadInputError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,88 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
 }
 
 
+# Ids the tokenizer adds, emits or stops on: one outside the vocabulary is refused. llama.cpp only warns
+# and drops it, but then a model silently runs without its BOS or its end of turn.
+_CORE_IDS = ("bos", "eos", "eot", "eom", "unknown")
+_ID_KEYS = tuple(f"{k}_token_id" for k in _CORE_IDS + ("padding", "prefix", "suffix", "middle")) + tuple(
+    f"fim_{k}_token_id" for k in ("pre", "suf", "mid", "pad", "rep", "sep"))
+_FLAG_KEYS = ("add_bos_token", "add_eos_token", "add_space_prefix")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value.tolist() if hasattr(value, "tolist") else value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_numeric_array(value: Any, kind: str) -> bool:
+    """A numpy array of dtype kind 'f' (floats) / 'iu' (integers), or a list of such numbers."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and (value.dtype.kind in kind or (kind == "f" and value.dtype.kind in "iu"))
+    ok = (int, float) if kind == "f" else (int,)
+    return isinstance(value, list) and all(isinstance(v, ok) and not isinstance(v, bool) for v in value)
+
+
+def check_metadata_types(metadata: Mapping[str, Any]) -> None:
+    """Each tokenizer.ggml.* value has the type the GGUF spec gives it: one line naming the key if not."""
+    def fail(key: str, value: Any, what: str) -> None:
+        raise BadInputError(f"GGUF metadata {_KEY}{key} = {_shown(value)} is not {what}",
+                            hint="the file's tokenizer metadata is corrupt")
+
+    for key in ("model", "pre"):
+        value = metadata.get(_KEY + key)
+        if value is not None and not isinstance(value, str):
+            fail(key, value, "a string")
+    tokens = metadata.get(_KEY + "tokens")
+    if tokens is not None:
+        if not isinstance(tokens, list) or not all(isinstance(t, (str, bytes)) for t in tokens):
+            fail("tokens", tokens, "an array of strings")
+        if not tokens:
+            raise BadInputError(f"GGUF metadata {_KEY}tokens is empty", hint="the file carries no vocabulary")
+    merges = metadata.get(_KEY + "merges")
+    if merges is not None and (not isinstance(merges, list) or not all(isinstance(m, str) for m in merges)):
+        fail("merges", merges, "an array of strings")
+    for key, kind, what in (("scores", "f", "an array of numbers"), ("token_type", "iu", "an array of integers")):
+        value = metadata.get(_KEY + key)
+        if value is not None and not _is_numeric_array(value, kind):
+            fail(key, value, what)
+    for key in _ID_KEYS:
+        value = metadata.get(_KEY + key)
+        if value is not None and not _is_int(value):
+            fail(key, value, "an integer token id")
+        if value is not None and tokens and key.split("_")[0] in _CORE_IDS and not 0 <= value < len(tokens):
+            raise BadInputError(f"tokenizer.ggml.{key} {value} is outside the vocabulary of {len(tokens)} "
+                                "tokens", hint="the file's tokenizer metadata is corrupt")
+    for key in _FLAG_KEYS:
+        value = metadata.get(_KEY + key)
+        if value is not None and not isinstance(value, (bool, np.bool_)):
+            fail(key, value, "a boolean")
+
+
+def _check_token_text(model: str, tokens: list[str]) -> None:
+    """Byte-level BPE vocabularies are text; a token that is not UTF-8 would fail deep in `tokenizers`."""
+    if model != "gpt2":
+        return  # SentencePiece pieces are handled as bytes (surrogateescape) by our own encoder
+    try:
+        "".join(tokens).encode("utf-8")
+    except UnicodeEncodeError:
+        bad = next(i for i, t in enumerate(tokens) if not _is_utf8(t))
+        raise BadInputError(f"token {bad} of tokenizer.ggml.tokens is not valid UTF-8 "
+                            f"({tokens[bad].encode('utf-8', 'surrogateescape')[:16]!r})",
+                            hint="the file's vocabulary is corrupt") from None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _flag(metadata: Mapping[str, Any], key: str, default: bool) -> bool:
     value = metadata.get(_KEY + key)
     return default if value is None else bool(value)
@@ -160,10 +244,12 @@ class Vocab:
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> "Vocab":
+        check_metadata_types(metadata)
         model = metadata.get(_KEY + "model")
         if model is None:
             raise BadInputError("GGUF metadata has no tokenizer.ggml.model", "the file carries no tokenizer")
         tokens = _token_texts(metadata)
+        _check_token_text(str(model), tokens)
         n = len(tokens)
         vocab = cls(model=str(model), pre=str(metadata.get(_KEY + "pre") or ""), tokens=tokens,
                     attrs=_attributes(metadata, n), scores=_scores(metadata, n),

@@ -192,12 +192,20 @@ def default_model(tmp: str) -> str:
     return str(make_chat_model(Path(tmp) / "tiny-chat.gguf"))
 
 
+def model_file(model: str) -> str:
+    if Path(model).exists():
+        return Path(model).name
+    from rocmforge_cli.common import resolve_model_path
+
+    return resolve_model_path(model).name  # a name from the store: the file it stands for (cached)
+
+
 def row(args, model: str, single: Phase, loaded: Phase, ok: bool) -> str:
     load = (f"{args.clients} clients x {args.requests} requests, {args.max_tokens} tokens, --parallel "
             f"{args.parallel}, {loaded.disconnected} of {args.clients * args.requests} streams left mid-stream")
     checks = "pass: 0 5xx, all [DONE], slots back" if ok else "FAIL"
     note = "no llama-server baseline: no llama.cpp build on this machine"
-    return (f"| {datetime.date.today().isoformat()} | {cpu_name()}, {os.cpu_count()} cores | {Path(model).name} "
+    return (f"| {datetime.date.today().isoformat()} | {cpu_name()}, {os.cpu_count()} cores | {model_file(model)} "
             f"| {args.backend} | {load} | {single.tps:.1f} | {single.ttft(0.5):.0f} / {single.ttft(0.99):.0f} ms "
             f"| {loaded.tps:.1f} | {loaded.ttft(0.5):.0f} / {loaded.ttft(0.99):.0f} ms "
             f"| **{loaded.tps / single.tps:.2f}x** | {checks} | {note} |")

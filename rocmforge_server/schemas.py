@@ -39,8 +39,10 @@ class ChatMessage(_Body):
     def _text_only(cls, content):
         if isinstance(content, list):
             for part in content:
-                if part.type != "text" or part.text is None:
+                if part.type != "text":
                     raise ValueError(f"content parts of type '{part.type}' are not supported (text only)")
+                if part.text is None:
+                    raise ValueError("a content part of type 'text' needs its 'text' string")
         return content
 
     def text(self) -> str:

@@ -164,16 +164,20 @@ def test_eight_concurrent_requests_match_alone_and_batch(smollm2_path, reference
 
     async def go():
         async with create_engine(smollm2_path, backend="cpu", n_slots=8, n_ctx=512) as engine:
-            real_decode = engine.model.decode
+            model = engine.model
 
-            def counting_decode(tokens, *args):
-                batch_sizes.append(len(tokens))
-                return real_decode(tokens, *args)
+            def counting(real):
+                def step(tokens, *args):
+                    batch_sizes.append(len(tokens))
+                    return real(tokens, *args)
+                return step
 
             t0 = time.perf_counter()
             await collect(engine.submit(Request(prompt=PROMPTS[0], max_tokens=12, sampling=GREEDY)))
             single = time.perf_counter() - t0
-            engine.model.decode = counting_decode  # instance attribute; removed below
+            # greedy batches decode through decode_greedy (the backend picks the tokens), others
+            # through decode: count both (instance attributes; removed below)
+            model.decode, model.decode_greedy = counting(model.decode), counting(model.decode_greedy)
             try:
                 t0 = time.perf_counter()
                 results = await asyncio.gather(*[
@@ -181,7 +185,7 @@ def test_eight_concurrent_requests_match_alone_and_batch(smollm2_path, reference
                     for p in PROMPTS])
                 total = time.perf_counter() - t0
             finally:
-                del engine.model.decode
+                del model.decode, model.decode_greedy
         return results, single, total
 
     results, single, total = run(go(), timeout=300)

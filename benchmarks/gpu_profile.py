@@ -80,6 +80,27 @@ def matvec_rates(ops, model) -> list[str]:
     return lines
 
 
+def prefill_rates(ops, model, rows: int) -> list[str]:
+    """Device time of each projection of layer 0 on `rows` activation rows (a prompt chunk), with the
+    rate in TFLOP/s (2 n_out n_in rows flops) and the whole chunk's
+    matrix time summed over the layers."""
+    w = model.weights
+    layer = w.layers[0]
+    lines, total = [], 0.0
+    for name, lin in (("qkv", layer.qkv), ("wo", layer.wo), ("gate_up", layer.gate_up), ("down", layer.down),
+                      ("output", w.output)):
+        x = ops.upload(np.random.default_rng(0).standard_normal((rows, lin.n_in)).astype(np.float32))
+        y = ops.empty((rows, lin.n_out))
+        ms = event_ms(ops, lambda: ops.matmul_into(x, lin, y), reps=10)
+        total += ms * (len(w.layers) if name != "output" else 1)
+        flops = 2.0 * lin.n_out * lin.n_in * rows
+        lines.append(f"{name:8s} {lin.n_out:6d}x{lin.n_in:<6d} rows {rows}: {ms * 1e3:9.1f} us "
+                     f"{flops / ms / 1e9:7.1f} TFLOP/s")
+    lines.append(f"all projections of a {rows}-row chunk: {total:.2f} ms ({rows / total * 1e3:.0f} tok/s "
+                 f"if nothing else ran)")
+    return lines
+
+
 def step_times(ops, model, steps: int) -> list[str]:
     cache = model.make_cache(1, 512)
     model.prefill([1, 2, 3, 4], cache, 0, 0)
@@ -113,6 +134,8 @@ def main() -> None:
                     help="after warm-up, one op-by-op decode step between cuProfilerStart/Stop (for ncu "
                          "--profile-from-start off)")
     ap.add_argument("--profile-matvec", action="store_true", help="one gate/up mat-vec for ncu")
+    ap.add_argument("--prefill", type=int, metavar="ROWS", help="only the projections' rates on ROWS rows")
+    ap.add_argument("--profile-prefill", type=int, metavar="ROWS", help="one gate/up product on ROWS rows for ncu")
     args = ap.parse_args()
     from rocmforge_core.backends.gpu import make_ops
     from rocmforge_core.gguf_file import GGUFFile
@@ -138,6 +161,12 @@ def main() -> None:
         return profile_one_step(ops, model)
     if args.profile_matvec:
         return profile_one_matvec(ops, model)
+    if args.profile_prefill:
+        return profile_one_prefill(ops, model, args.profile_prefill)
+    if args.prefill:
+        for line in prefill_rates(ops, model, args.prefill):
+            print(line, flush=True)
+        return
     for line in matvec_rates(ops, model) + ([] if args.matvec_only else step_times(ops, model, args.steps)):
         print(line, flush=True)
 
@@ -149,6 +178,21 @@ def profile_one_matvec(ops, model) -> None:
     lin = model.weights.layers[1].gate_up
     x = ops.upload(np.random.default_rng(0).standard_normal((1, lin.n_in)).astype(np.float32))
     y = ops.empty((1, lin.n_out))
+    ops.matmul_into(x, lin, y)
+    ops.sync()
+    driver.cuProfilerStart()
+    ops.matmul_into(x, lin, y)
+    ops.sync()
+    driver.cuProfilerStop()
+
+
+def profile_one_prefill(ops, model, rows: int) -> None:
+    """One gate/up product of layer 1 on `rows` activation rows between cuProfilerStart/Stop (ncu)."""
+    from cuda.bindings import driver
+
+    lin = model.weights.layers[1].gate_up
+    x = ops.upload(np.random.default_rng(0).standard_normal((rows, lin.n_in)).astype(np.float32))
+    y = ops.empty((rows, lin.n_out))
     ops.matmul_into(x, lin, y)
     ops.sync()
     driver.cuProfilerStart()

@@ -377,3 +377,151 @@ struct rf_kv_f16 {
     static __device__ float get(const T* p, long long i) { return rf_half2float(p[i]); }
     static __device__ void put(T* p, long long i, float v) { p[i] = rf_float2half(v); }
 };
+
+// ---------------------------------------------------------------- matrix tiles (f16 in, f32 out)
+// The one tile abstraction of the matrix kernels: a warp multiplies 16 x 16 tiles,
+//     C[16][16] += A[16][16] * B[16][16]^T,
+// A and B being rows of 16 f16 values in shared memory (row i at p + i * ld, ld even). A fragment is the
+// per-target register image of one operand (rf_tile_load_a / _b; rows 16-byte aligned); the accumulator is RF_TILE_ACC floats
+// per lane and rf_tile_coord(lane, i) says which element of C accumulator i holds. Per target:
+//   NVIDIA sm_80+ (NVRTC):        two mma.sync.m16n8k16 f16 -> f32 (inline PTX), ldmatrix fragments;
+//   CDNA (gfx908, 90a, 94x, 950):  v_mfma_f32_16x16x16f16 on wave64 (__builtin_amdgcn_mfma_*);
+//   RDNA3/4 (gfx11, gfx12):        v_wmma_f32_16x16x16_f16 on wave32 - guarded: ROCm 5.2 (our CI's
+//                                  hipcc) cannot build these targets, so this path is not compiled here;
+//   everything else (RDNA2 and older parts without matrix cores, NVIDIA before sm_80, the host
+//   emulation): each lane computes 256 / WARP_SIZE elements of C from shared memory.
+// Every lane of the warp calls these together (the hardware paths are warp-wide instructions).
+#define RF_TILE 16
+#define RF_TILE_ACC (RF_TILE * RF_TILE / WARP_SIZE)
+
+#if defined(RF_PLATFORM_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && WARP_SIZE == 32
+#define RF_TILE_MMA_SYNC 1
+#elif defined(RF_PLATFORM_HIP) && (defined(__gfx908__) || defined(__gfx90a__) || defined(__gfx940__) || \
+    defined(__gfx941__) || defined(__gfx942__) || defined(__gfx950__)) && WARP_SIZE == 64
+#define RF_TILE_MFMA 1
+#elif defined(RF_PLATFORM_HIP) && (defined(__gfx1100__) || defined(__gfx1101__) || defined(__gfx1102__) || \
+    defined(__gfx1103__) || defined(__gfx1150__) || defined(__gfx1151__) || defined(__gfx1200__) ||         \
+    defined(__gfx1201__)) && WARP_SIZE == 32
+#define RF_TILE_WMMA 1
+#endif
+
+#if defined(RF_TILE_MMA_SYNC)
+struct rf_frag { uint32_t r[4]; };  // A: rows g / g+8, cols 2t.. / 2t+8..; B: two 8-row halves
+RF_DEV uint32_t rf_smem_addr(const void* p) {  // a generic pointer into shared memory -> .shared address
+    uint32_t a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+// ldmatrix.x4: lane l names row l % 8 of 8x8 matrix l / 8 (16-byte aligned), and receives in r[m] the
+// two values at row (lane / 4), columns 2 (lane % 4) .. of matrix m: exactly the mma fragments.
+RF_DEV void rf_ldmatrix4(rf_frag& f, const rf_half* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(f.r[0]), "=r"(f.r[1]), "=r"(f.r[2]), "=r"(f.r[3]) : "r"(rf_smem_addr(row)));
+}
+RF_DEV void rf_tile_load_a(rf_frag& f, const rf_half* a, int lda, int lane) {  // matrices: rows 0-7 / 8-15 x k 0-7 / 8-15
+    const int m = lane >> 3;
+    rf_ldmatrix4(f, a + ((m & 1) * 8 + (lane & 7)) * lda + (m >> 1) * 8);
+}
+RF_DEV void rf_tile_load_b(rf_frag& f, const rf_half* b, int ldb, int lane) {  // n 0-7 x k 0-7 / 8-15, then n 8-15
+    const int m = lane >> 3;
+    rf_ldmatrix4(f, b + ((m >> 1) * 8 + (lane & 7)) * ldb + (m & 1) * 8);
+}
+RF_DEV void rf_tile_mma(float* c, const rf_frag& a, const rf_frag& b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a.r[0]), "r"(a.r[1]), "r"(a.r[2]), "r"(a.r[3]), "r"(b.r[0]), "r"(b.r[1]));
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[4]), "+f"(c[5]), "+f"(c[6]), "+f"(c[7])
+                 : "r"(a.r[0]), "r"(a.r[1]), "r"(a.r[2]), "r"(a.r[3]), "r"(b.r[2]), "r"(b.r[3]));
+}
+RF_DEV void rf_tile_coord(int lane, int i, int& row, int& col) {
+    const int g = lane >> 2, t = lane & 3, j = i & 3;
+    row = g + 8 * (j >> 1);
+    col = 8 * (i >> 2) + 2 * t + (j & 1);
+}
+
+#elif defined(RF_TILE_MFMA)
+typedef _Float16 rf_f16x4 __attribute__((ext_vector_type(4)));
+typedef float rf_f32x4 __attribute__((ext_vector_type(4)));
+struct rf_frag { rf_f16x4 v; };  // lane l: row l % 16, k 4 (l / 16) .. +3
+RF_DEV void rf_tile_load_a(rf_frag& f, const rf_half* a, int lda, int lane) {
+    f.v = *(const rf_f16x4*)(a + (lane & 15) * lda + 4 * (lane >> 4));
+}
+RF_DEV void rf_tile_load_b(rf_frag& f, const rf_half* b, int ldb, int lane) { rf_tile_load_a(f, b, ldb, lane); }
+RF_DEV void rf_tile_mma(float* c, const rf_frag& a, const rf_frag& b) {
+    rf_f32x4 acc = {c[0], c[1], c[2], c[3]};
+    acc = __builtin_amdgcn_mfma_f32_16x16x16f16(a.v, b.v, acc, 0, 0, 0);
+    c[0] = acc[0]; c[1] = acc[1]; c[2] = acc[2]; c[3] = acc[3];
+}
+RF_DEV void rf_tile_coord(int lane, int i, int& row, int& col) {  // lane l: rows 4 (l / 16) + i, col l % 16
+    row = 4 * (lane >> 4) + i;
+    col = lane & 15;
+}
+
+#elif defined(RF_TILE_WMMA)
+typedef _Float16 rf_f16x16 __attribute__((ext_vector_type(16)));
+typedef float rf_f32x8 __attribute__((ext_vector_type(8)));
+struct rf_frag { rf_f16x16 v; };  // lanes l and l + 16 both hold row l % 16, all 16 k
+RF_DEV void rf_tile_load_a(rf_frag& f, const rf_half* a, int lda, int lane) {
+    const rf_half* p = a + (lane & 15) * lda;
+    RF_UNROLL for (int k = 0; k < 16; ++k) f.v[k] = __builtin_bit_cast(_Float16, p[k]);
+}
+RF_DEV void rf_tile_load_b(rf_frag& f, const rf_half* b, int ldb, int lane) { rf_tile_load_a(f, b, ldb, lane); }
+RF_DEV void rf_tile_mma(float* c, const rf_frag& a, const rf_frag& b) {
+    rf_f32x8 acc;
+    RF_UNROLL for (int i = 0; i < 8; ++i) acc[i] = c[i];
+    acc = __builtin_amdgcn_wmma_f32_16x16x16_f16_w32(a.v, b.v, acc);
+    RF_UNROLL for (int i = 0; i < 8; ++i) c[i] = acc[i];
+}
+RF_DEV void rf_tile_coord(int lane, int i, int& row, int& col) {  // lane l: rows 2 i + l / 16, col l % 16
+    row = 2 * i + (lane >> 4);
+    col = lane & 15;
+}
+
+#else
+struct rf_frag { const rf_half* p; int ld; };  // no matrix unit: the fragment is where the rows are
+RF_DEV void rf_tile_load_a(rf_frag& f, const rf_half* a, int lda, int lane) { f.p = a; f.ld = lda; (void)lane; }
+RF_DEV void rf_tile_load_b(rf_frag& f, const rf_half* b, int ldb, int lane) { f.p = b; f.ld = ldb; (void)lane; }
+RF_DEV void rf_tile_coord(int lane, int i, int& row, int& col) {
+    const int e = i * WARP_SIZE + lane;
+    row = e / RF_TILE;
+    col = e % RF_TILE;
+}
+RF_DEV void rf_tile_mma(float* c, const rf_frag& a, const rf_frag& b) {
+#if defined(RF_PLATFORM_HOST)
+    const int lane = 0;
+#else
+    const int lane = threadIdx.x % WARP_SIZE;
+#endif
+    for (int i = 0; i < RF_TILE_ACC; ++i) {
+        int row, col;
+        rf_tile_coord(lane, i, row, col);
+        const rf_half* ar = a.p + row * a.ld;
+        const rf_half* br = b.p + col * b.ld;
+        float s = 0.0f;
+        for (int k = 0; k < RF_TILE; ++k) s += rf_half2float(ar[k]) * rf_half2float(br[k]);
+        c[i] += s;
+    }
+}
+#endif
+
+// Two floats to a pair of f16 bits (lo in the low half), rounded to nearest even: one instruction on
+// NVIDIA sm_80+.
+RF_DEV uint32_t rf_pack_half2(float lo, float hi) {
+#if defined(RF_PLATFORM_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    uint32_t r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (uint32_t)rf_float2half(lo) | ((uint32_t)rf_float2half(hi) << 16);
+#endif
+}
+
+// Launch bounds where the compiler takes them (they let it budget registers for that block size).
+#if defined(RF_PLATFORM_HOST)
+#define RF_BOUNDS(threads, blocks)
+#else
+#define RF_BOUNDS(threads, blocks) __launch_bounds__(threads, blocks)
+#endif

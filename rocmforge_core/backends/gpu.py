@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rocmforge_core.errors import UnsupportedModelError
-from rocmforge_core.gpu import decode_step, mvq
+from rocmforge_core.gpu import decode_step, mmf, mvq
 from rocmforge_core.gpu.cache import GpuKVCache
 from rocmforge_core.gpu.kernels import KernelLoader
 from rocmforge_core.gpu.memory import BufferPool, DeviceArray
@@ -61,6 +61,9 @@ class GpuOps:
         # Projections read 8-bit activations (gpu/mvq.py) for the weight types that have the int8
         # mat-vec; ROCMFORGE_GPU_Q8=0 keeps every product in float32 (the CPU's arithmetic, to 1e-5).
         self.q8_activations = os.environ.get("ROCMFORGE_GPU_Q8", "1") != "0"
+        # Projections of many rows (prompts) run on the matrix units (gpu/mmf.py); ROCMFORGE_GPU_MMA=0
+        # keeps them on the mat-vec.
+        self.matrix_tiles = os.environ.get("ROCMFORGE_GPU_MMA", "1") != "0"
         self._logits_into: DeviceArray | None = None  # set by step_scope
         self._capturing = False
         dev = rt.device
@@ -226,8 +229,11 @@ class GpuOps:
         for p in lin.parts:
             bias = lin.bias.ptr + 4 * p.col_off if lin.bias is not None else 0
             if p.split:
-                q8 = q8 or mvq.quantize(self, x, ldx)
                 res = residual.ptr + 4 * p.col_off if residual is not None else 0
+                if self.matrix_tiles and mmf.usable(x, ldx, rows):  # prompt rows: matrix-unit tiles
+                    mmf.launch(self, p, x, ldx, rows, y.ptr + 4 * p.col_off, lin.n_out, bias, res)
+                    continue
+                q8 = q8 or mvq.quantize(self, x, ldx)
                 mvq.launch(self, p, q8, rows, y.ptr + 4 * p.col_off, lin.n_out, bias, res)
                 continue
             grid = ((p.n_out + per_block - 1) // per_block, (rows + MV_ROWS_PER_PASS - 1) // MV_ROWS_PER_PASS)

@@ -19,7 +19,8 @@ from typing import Any
 
 from rocmforge_core.gpu.runtime import PRELUDE, GpuError, GpuRuntime, PackedArgs, kernel_dir
 
-_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
+# `void RF_BOUNDS(threads, blocks) name(` (launch bounds, as CUDA and HIP place them) is a kernel too.
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:RF_BOUNDS\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)')
 _DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)\(([^)]*)\)(.*)$", re.M)
 # Scalar parameter types -> PackedArgs codes; pointers are always "p" (device addresses).
 _SCALARS = {

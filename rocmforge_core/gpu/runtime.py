@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,11 +100,22 @@ def kernel_files() -> list[str]:
 
 
 def kernel_source(name: str) -> str:
-    """The file's source with the prelude inlined: one self-contained translation unit, so neither
-    compiler needs include paths or in-memory header lists."""
-    src = (kernel_dir() / f"{name}.hip").read_text()
-    prelude = (kernel_dir() / PRELUDE).read_text().replace("#pragma once", "", 1)
-    return src.replace(f'#include "{PRELUDE}"', f"// ---- {PRELUDE} (inlined)\n{prelude}\n// ----", 1)
+    """The file's source with the project headers (rf_prelude.h, rf_blocks.h, ...) inlined, each once:
+    one self-contained translation unit, so neither compiler needs include paths or header lists."""
+    seen: set[str] = set()
+
+    def inline(match: re.Match) -> str:
+        header = match.group(1)
+        if header in seen:
+            return f"// ---- {header} (already inlined)"
+        seen.add(header)
+        text = (kernel_dir() / header).read_text().replace("#pragma once", "", 1)
+        return f"// ---- {header} (inlined)\n{_INCLUDE.sub(inline, text)}\n// ----"
+
+    return _INCLUDE.sub(inline, (kernel_dir() / f"{name}.hip").read_text())
+
+
+_INCLUDE = re.compile(r'^#include "(rf_\w+\.h)"[ \t]*$', re.M)
 
 
 # ---- compile cache ----

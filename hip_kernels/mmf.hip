@@ -1,0 +1,177 @@
+// Matrix products for many activation rows (prompt processing) on the matrix units: y = x @ W^T.
+//
+// A block computes a BM x 128 tile of y^T (BM weight rows x 128 activation rows) over the whole input
+// in steps of 32: each step, the block decodes its weight rows' 32 values from the split blocks
+// (rf_blocks.h) to f16 and converts the activation rows' float32 values to f16, both into shared
+// memory, and eight warps multiply 16 x 16 tiles (rf_tile_* in the prelude: mma.sync, MFMA, WMMA or
+// the portable loop) accumulating in float32. Shared memory is double-buffered, so one barrier per
+// step separates writing the next step from reading this one. The epilogue adds bias and residual.
+// Weights are read once per 128 activation rows, so a 512-token prompt reads them 4 times (mostly
+// from L2), instead of once per 8 rows as the mat-vec does.
+#include "rf_prelude.h"
+#include "rf_blocks.h"
+
+#define RF_MM_BK 32                // input values per step (one f16 row segment per chunk pair)
+#define RF_MM_LD (RF_MM_BK + 8)    // shared row stride in halves: 80 bytes keeps fragment loads conflict-free
+#define RF_MM_BN 128               // activation rows per block
+#define RF_MM_WARPS_M 2
+#define RF_MM_WARPS_N 4
+#define RF_MM_WARPS (RF_MM_WARPS_M * RF_MM_WARPS_N)  // a block is RF_MM_WARPS warps (1 thread in emulation)
+#if defined(RF_PLATFORM_HOST)
+#define RF_MM_WT RF_MM_WARPS       // the emulation's one thread plays every warp
+#else
+#define RF_MM_WT 1
+#endif
+
+// Which item of a split row holds the 16 values 16q .. 16q + 15, and which of its two groups.
+template <class T>
+struct rf_chunks {  // 32-value blocks: an item is a block, its groups the two halves
+    static __device__ void at(int q, int& it, int& g) { it = q >> 1; g = q & 1; }
+};
+template <>
+struct rf_chunks<MQ4_K> {  // item 8 sb + 2p + h: values 16h.. of sub-blocks 2p (group 0) and 2p + 1
+    static __device__ void at(int q, int& it, int& g) {
+        const int s = (q >> 1) & 7;
+        it = (q >> 4) * 8 + (s >> 1) * 2 + (q & 1);
+        g = s & 1;
+    }
+};
+template <>
+struct rf_chunks<MQ5_K> : rf_chunks<MQ4_K> {};
+template <>
+struct rf_chunks<MQ6_K> {  // item 8 sb + 4n + c: values l0.. of sub-blocks 4n + j (group 0) and 4n + j + 2
+    static __device__ void at(int q, int& it, int& g) {
+        const int r = q & 15, n = r >> 3, jp = (r >> 1) & 3;
+        it = (q >> 4) * 8 + 4 * n + (jp & 1) * 2 + (r & 1);
+        g = jp >> 1;
+    }
+};
+
+RF_DEV void rf_store32(rf_half* dst, const uint32_t* v) {  // 16 halves, dst 16-byte aligned
+    rf_u32x4 a = {v[0], v[1], v[2], v[3]}, b = {v[4], v[5], v[6], v[7]};
+    *(rf_u32x4*)dst = a;
+    *(rf_u32x4*)(dst + 8) = b;
+}
+
+// One step's operands into shared memory: weight rows m0.. and activation rows n0.., values
+// ks * 32 .. + 31 of each, as f16 (zeros past the last row).
+template <class T, int BM>
+RF_DEV void rf_mmf_stage(const uint8_t* __restrict__ w, int n_out, int n_in, const float* __restrict__ x,
+                         int ldx, int n_rows, int m0, int n0, int ks, rf_half* sw, rf_half* sx) {
+    const int nb = n_in / T::QK;
+    const long long bulk_row = (long long)nb * T::BULK, meta_row = (long long)nb * (T::BLOCK - T::BULK);
+    const uint8_t* meta = w + (long long)n_out * bulk_row;
+    for (int c = threadIdx.x; c < BM * 2; c += blockDim.x) {
+        const int r = c >> 1, h = c & 1, row = m0 + r;
+        uint32_t v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (row < n_out) {
+            int it, g;
+            rf_chunks<T>::at(ks * 2 + h, it, g);
+            rf_item o;
+            T::item(w + row * bulk_row, meta + row * meta_row, it, o);
+            const float f = g ? o.f[1] : o.f[0], v0 = g ? o.v0[1] : o.v0[0];
+            RF_UNROLL for (int k = 0; k < 4; ++k) {
+                const uint32_t q = (uint32_t)(g ? o.w[4 + k] : o.w[k]);
+                v[2 * k] = rf_pack_half2(f * (float)(int8_t)q + v0, f * (float)(int8_t)(q >> 8) + v0);
+                v[2 * k + 1] = rf_pack_half2(f * (float)(int8_t)(q >> 16) + v0, f * (float)(int8_t)(q >> 24) + v0);
+            }
+        }
+        rf_store32(sw + r * RF_MM_LD + 16 * h, v);
+    }
+    for (int c = threadIdx.x; c < RF_MM_BN * 2; c += blockDim.x) {
+        const int r = c >> 1, h = c & 1, tok = n0 + r;
+        uint32_t v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (tok < n_rows) {
+            const float* src = x + (long long)tok * ldx + ks * RF_MM_BK + 16 * h;
+            RF_UNROLL for (int k = 0; k < 4; ++k) {
+                const rf_u32x4 f = rf_load16(src + 4 * k);
+                v[2 * k] = rf_pack_half2(rf_bits_as_float(f.x), rf_bits_as_float(f.y));
+                v[2 * k + 1] = rf_pack_half2(rf_bits_as_float(f.z), rf_bits_as_float(f.w));
+            }
+        }
+        rf_store32(sx + r * RF_MM_LD + 16 * h, v);
+    }
+}
+
+// y[t, row] = W[row, :] . x[t, :] (+ bias[row]) (+ res[t, row]) for t < n_rows, row < n_out.
+// grid = (ceil(n_out / BM), ceil(n_rows / 128)), RF_MM_WARPS warps per block; n_in a multiple of the
+// type's block, x 16-byte aligned with ldx a multiple of 4.
+template <class T, int BM>
+RF_DEV void rf_mmf(const uint8_t* __restrict__ w, int n_out, int n_in, const float* __restrict__ x, int ldx,
+                   float* __restrict__ y, int ldy, const float* __restrict__ bias, const float* __restrict__ res,
+                   int n_rows) {
+    const int MI = BM / (RF_MM_WARPS_M * RF_TILE), NI = RF_MM_BN / (RF_MM_WARPS_N * RF_TILE);
+    __shared__ __attribute__((aligned(16))) rf_half sw[2][BM * RF_MM_LD];
+    __shared__ __attribute__((aligned(16))) rf_half sx[2][RF_MM_BN * RF_MM_LD];
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * RF_MM_BN;
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int n_k = n_in / RF_MM_BK;
+    float acc[RF_MM_WT][MI][NI][RF_TILE_ACC];
+    RF_UNROLL for (int u = 0; u < RF_MM_WT; ++u)
+        RF_UNROLL for (int mi = 0; mi < MI; ++mi)
+            RF_UNROLL for (int ni = 0; ni < NI; ++ni)
+                RF_UNROLL for (int i = 0; i < RF_TILE_ACC; ++i) acc[u][mi][ni][i] = 0.0f;
+
+    rf_mmf_stage<T, BM>(w, n_out, n_in, x, ldx, n_rows, m0, n0, 0, sw[0], sx[0]);
+    __syncthreads();
+    for (int ks = 0; ks < n_k; ++ks) {
+        const int cur = ks & 1;
+        // The other buffer was last read in step ks - 1, which every warp finished before the barrier.
+        if (ks + 1 < n_k) rf_mmf_stage<T, BM>(w, n_out, n_in, x, ldx, n_rows, m0, n0, ks + 1, sw[cur ^ 1], sx[cur ^ 1]);
+        RF_UNROLL for (int u = 0; u < RF_MM_WT; ++u) {
+            const int wt = warp * RF_MM_WT + u, wm = wt % RF_MM_WARPS_M, wn = wt / RF_MM_WARPS_M;
+            RF_UNROLL for (int kk = 0; kk < RF_MM_BK / RF_TILE; ++kk) {
+                rf_frag fa[MI], fb[NI];
+                RF_UNROLL for (int mi = 0; mi < MI; ++mi)
+                    rf_tile_load_a(fa[mi], sw[cur] + ((wm * MI + mi) * RF_TILE) * RF_MM_LD + kk * RF_TILE, RF_MM_LD, lane);
+                RF_UNROLL for (int ni = 0; ni < NI; ++ni)
+                    rf_tile_load_b(fb[ni], sx[cur] + ((wn * NI + ni) * RF_TILE) * RF_MM_LD + kk * RF_TILE, RF_MM_LD, lane);
+                RF_UNROLL for (int mi = 0; mi < MI; ++mi)
+                    RF_UNROLL for (int ni = 0; ni < NI; ++ni) rf_tile_mma(acc[u][mi][ni], fa[mi], fb[ni]);
+            }
+        }
+        __syncthreads();
+    }
+
+    RF_UNROLL for (int u = 0; u < RF_MM_WT; ++u) {
+        const int wt = warp * RF_MM_WT + u, wm = wt % RF_MM_WARPS_M, wn = wt / RF_MM_WARPS_M;
+        RF_UNROLL for (int mi = 0; mi < MI; ++mi) {
+            RF_UNROLL for (int ni = 0; ni < NI; ++ni) {
+                RF_UNROLL for (int i = 0; i < RF_TILE_ACC; ++i) {
+                    int r, c;
+                    rf_tile_coord(lane, i, r, c);
+                    const int row = m0 + (wm * MI + mi) * RF_TILE + r, tok = n0 + (wn * NI + ni) * RF_TILE + c;
+                    if (row >= n_out || tok >= n_rows) continue;
+                    const long long at = (long long)tok * ldy + row;
+                    y[at] = acc[u][mi][ni][i] + (bias ? bias[row] : 0.0f) + (res ? res[at] : 0.0f);
+                }
+            }
+        }
+    }
+}
+
+#define RF_MMF_KERNEL(T, D, BM)                                                                          \
+    extern "C" __global__ void RF_BOUNDS(RF_MM_WARPS * WARP_SIZE, 1)                                    \
+        mmf_##T##_##BM(const uint8_t* __restrict__ w, int n_out, int n_in, const float* __restrict__ x,  \
+                       int ldx, float* __restrict__ y, int ldy, const float* __restrict__ bias,          \
+                       const float* __restrict__ res, int n_rows) {                                     \
+        rf_mmf<D, BM>(w, n_out, n_in, x, ldx, y, ldy, bias, res, n_rows);                                \
+    }
+
+// One line per instance (no macro calling another): gpu/kernels.py reads the kernel table from here.
+RF_MMF_KERNEL(q4_0, MQ4_0, 128)
+RF_MMF_KERNEL(q4_0, MQ4_0, 64)
+RF_MMF_KERNEL(q4_1, MQ4_1, 128)
+RF_MMF_KERNEL(q4_1, MQ4_1, 64)
+RF_MMF_KERNEL(q5_0, MQ5_0, 128)
+RF_MMF_KERNEL(q5_0, MQ5_0, 64)
+RF_MMF_KERNEL(q5_1, MQ5_1, 128)
+RF_MMF_KERNEL(q5_1, MQ5_1, 64)
+RF_MMF_KERNEL(q8_0, MQ8_0, 128)
+RF_MMF_KERNEL(q8_0, MQ8_0, 64)
+RF_MMF_KERNEL(q4_K, MQ4_K, 128)
+RF_MMF_KERNEL(q4_K, MQ4_K, 64)
+RF_MMF_KERNEL(q5_K, MQ5_K, 128)
+RF_MMF_KERNEL(q5_K, MQ5_K, 64)
+RF_MMF_KERNEL(q6_K, MQ6_K, 128)
+RF_MMF_KERNEL(q6_K, MQ6_K, 64)

@@ -1,0 +1,75 @@
+"""The matrix-tile product (hip_kernels/mmf.hip, rocmforge_core/gpu/mmf.py) against numpy.
+
+Fresh random blocks at awkward shapes: weight rows that are not a multiple of either block height
+(64, 128), activation rows past one 128-row tile and not a multiple of a tile's 16, inputs of one
+and of several quant blocks. Two references per case:
+  - the same arithmetic: weights and activations rounded to f16 first, exact products; the kernel's
+    only freedom is float32 summation order (plus one f16 ulp where its dequantized float32 value
+    sits one float32 ulp from the file decoder's), so 1e-4 of the largest output;
+  - float64 on the unrounded values (what the CPU backend computes): rounding each factor to f16
+    moves each product by at most 2^-10 of its size, so each output by at most 2^-10 sum|w x| (a hard
+    bound), plus float32 slack.
+Outputs are poisoned with NaN first, so an element the kernel fails to write fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+
+from rocmforge_core.gpu import mmf, mvq
+from test_kernels import poisoned, rel_err, rng_for
+from test_mmvq import split_weight
+
+TYPES = [QT[name] for name in mvq.SPLIT_TYPES]
+F16_SAME_BOUND = 1e-4
+
+
+def shapes(qtype: QT):
+    qk = mvq.SPLIT_TYPES[qtype.name][0]
+    return [(200, qk * 3 if qk == 32 else qk), (37, qk * 2)]
+
+
+def check(got, x, w, where):
+    x16 = x.astype(np.float16).astype(np.float64)
+    w16 = w.astype(np.float16).astype(np.float64)
+    assert rel_err(got, x16 @ w16.T) < F16_SAME_BOUND, where
+    ref = x.astype(np.float64) @ w.T
+    bound = 2.0**-10 * (np.abs(x.astype(np.float64)) @ np.abs(w).T) * 1.001 + 2e-5 * np.abs(ref).max()
+    assert np.all(np.abs(got - ref) <= bound), where
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
+def test_tile_product(ops_q8, qtype, request):
+    ops = ops_q8
+    rng = rng_for(request)
+    for n_out, n_in in shapes(qtype):
+        lin, w = split_weight(ops, qtype, n_out, n_in, rng)
+        for rows in (9, 130):
+            x = rng.standard_normal((rows, n_in)).astype(np.float32)
+            y = poisoned(ops, (rows, n_out))
+            ops.matmul_into(ops.upload(x), lin, y)
+            check(ops.to_host(y), x, w, f"{qtype.name} {n_out}x{n_in} rows={rows}")
+
+
+def test_tile_product_epilogue_and_strided_rows(ops_q8, request):
+    """Bias and residual added in the epilogue; activations read from a column slice (row stride
+    larger than the row), as a fused projection's output is."""
+    ops = ops_q8
+    rng = rng_for(request)
+    n_out, n_in, rows = 77, 256, 21
+    lin, w = split_weight(ops, QT.Q4_K, n_out, n_in, rng)
+    bias = rng.standard_normal(n_out).astype(np.float32)
+    lin.bias = ops.upload(bias)
+    wide = rng.standard_normal((rows, n_in + 64)).astype(np.float32)
+    x = ops.upload(wide)[:, 64:]
+    res = rng.standard_normal((rows, n_out)).astype(np.float32)
+    got = ops.to_host(ops.matmul(x, lin, residual=ops.upload(res)))
+    check(got - bias - res, wide[:, 64:], w, "epilogue")
+
+
+def test_weight_rows_per_block(ops_q8):
+    sms = ops_q8.device.multiprocessors
+    assert mmf.weight_rows(ops_q8, 128 * 2 * sms, 1) == 128
+    assert mmf.weight_rows(ops_q8, 128, 128) == 64

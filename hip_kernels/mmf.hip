@@ -2,8 +2,8 @@
 //
 // A block computes a BM x 128 tile of y^T (BM weight rows x 128 activation rows) over the whole input
 // in steps of 32: each step, the block decodes its weight rows' 32 values from the split blocks
-// (rf_blocks.h) to f16 and converts the activation rows' float32 values to f16, both into shared
-// memory, and eight warps multiply 16 x 16 tiles (rf_tile_* in the prelude: mma.sync, MFMA, WMMA or
+// (rf_blocks.h) to f16 and copies the activation rows' values (converted to f16 once per product by
+// convert_f16) into shared memory, and eight warps multiply 16 x 16 tiles (rf_tile_* in the prelude: mma.sync, MFMA, WMMA or
 // the portable loop) accumulating in float32. Shared memory is double-buffered, so one barrier per
 // step separates writing the next step from reading this one. The epilogue adds bias and residual.
 // Weights are read once per 128 activation rows, so a 512-token prompt reads them 4 times (mostly
@@ -56,7 +56,7 @@ RF_DEV void rf_store32(rf_half* dst, const uint32_t* v) {  // 16 halves, dst 16-
 // One step's operands into shared memory: weight rows m0.. and activation rows n0.., values
 // ks * 32 .. + 31 of each, as f16 (zeros past the last row).
 template <class T, int BM>
-RF_DEV void rf_mmf_stage(const uint8_t* __restrict__ w, int n_out, int n_in, const float* __restrict__ x,
+RF_DEV void rf_mmf_stage(const uint8_t* __restrict__ w, int n_out, int n_in, const rf_half* __restrict__ x,
                          int ldx, int n_rows, int m0, int n0, int ks, rf_half* sw, rf_half* sx) {
     const int nb = n_in / T::QK;
     const long long bulk_row = (long long)nb * T::BULK, meta_row = (long long)nb * (T::BLOCK - T::BULK);
@@ -80,30 +80,38 @@ RF_DEV void rf_mmf_stage(const uint8_t* __restrict__ w, int n_out, int n_in, con
     }
     for (int c = threadIdx.x; c < RF_MM_BN * 2; c += blockDim.x) {
         const int r = c >> 1, h = c & 1, tok = n0 + r;
-        uint32_t v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        rf_u32x4 a = {0, 0, 0, 0}, b = {0, 0, 0, 0};
         if (tok < n_rows) {
-            const float* src = x + (long long)tok * ldx + ks * RF_MM_BK + 16 * h;
-            RF_UNROLL for (int k = 0; k < 4; ++k) {
-                const rf_u32x4 f = rf_load16(src + 4 * k);
-                v[2 * k] = rf_pack_half2(rf_bits_as_float(f.x), rf_bits_as_float(f.y));
-                v[2 * k + 1] = rf_pack_half2(rf_bits_as_float(f.z), rf_bits_as_float(f.w));
-            }
+            const rf_half* src = x + (long long)tok * ldx + ks * RF_MM_BK + 16 * h;
+            a = rf_load16(src);
+            b = rf_load16(src + 8);
         }
-        rf_store32(sx + r * RF_MM_LD + 16 * h, v);
+        *(rf_u32x4*)(sx + r * RF_MM_LD + 16 * h) = a;
+        *(rf_u32x4*)(sx + r * RF_MM_LD + 16 * h + 8) = b;
     }
 }
 
-// y[t, row] = W[row, :] . x[t, :] (+ bias[row]) (+ res[t, row]) for t < n_rows, row < n_out.
-// grid = (ceil(n_out / BM), ceil(n_rows / 128)), RF_MM_WARPS warps per block; n_in a multiple of the
-// type's block, x 16-byte aligned with ldx a multiple of 4.
+// y[t, c] = W[c, :] . x[t, :] (+ bias[c]) (+ res[t, c]) for t < n_rows, where the columns c are the
+// rows of up to three weights of one type stacked (w0: columns 0..n0-1, w1: the next n1, w2: the next
+// n2; absent parts have 0 rows), so a fused projection (q/k/v, gate/up) is one launch that fills the
+// card. grid = (sum over parts of ceil(n_p / BM), ceil(n_rows / 128)), RF_MM_WARPS warps per block;
+// n_in a multiple of the type's block; x f16 rows (convert_f16), 16-byte aligned, ldx a multiple of 8.
 template <class T, int BM>
-RF_DEV void rf_mmf(const uint8_t* __restrict__ w, int n_out, int n_in, const float* __restrict__ x, int ldx,
+RF_DEV void rf_mmf(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1, const uint8_t* __restrict__ w2,
+                   int n0, int n1, int n2, int n_in, const rf_half* __restrict__ x, int ldx,
                    float* __restrict__ y, int ldy, const float* __restrict__ bias, const float* __restrict__ res,
                    int n_rows) {
     const int MI = BM / (RF_MM_WARPS_M * RF_TILE), NI = RF_MM_BN / (RF_MM_WARPS_N * RF_TILE);
     __shared__ __attribute__((aligned(16))) rf_half sw[2][BM * RF_MM_LD];
     __shared__ __attribute__((aligned(16))) rf_half sx[2][RF_MM_BN * RF_MM_LD];
-    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * RF_MM_BN;
+    // This block's part: its weights, row count and first output column.
+    const int t0 = (n0 + BM - 1) / BM, t1 = (n1 + BM - 1) / BM;
+    const int bx = blockIdx.x;
+    const int part = bx < t0 ? 0 : bx < t0 + t1 ? 1 : 2;
+    const uint8_t* w = part == 0 ? w0 : part == 1 ? w1 : w2;
+    const int n_out = part == 0 ? n0 : part == 1 ? n1 : n2;
+    const int col0 = part == 0 ? 0 : part == 1 ? n0 : n0 + n1;
+    const int m0 = (bx - (part == 0 ? 0 : part == 1 ? t0 : t0 + t1)) * BM, n0_tok = blockIdx.y * RF_MM_BN;
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const int n_k = n_in / RF_MM_BK;
     float acc[RF_MM_WT][MI][NI][RF_TILE_ACC];
@@ -112,12 +120,12 @@ RF_DEV void rf_mmf(const uint8_t* __restrict__ w, int n_out, int n_in, const flo
             RF_UNROLL for (int ni = 0; ni < NI; ++ni)
                 RF_UNROLL for (int i = 0; i < RF_TILE_ACC; ++i) acc[u][mi][ni][i] = 0.0f;
 
-    rf_mmf_stage<T, BM>(w, n_out, n_in, x, ldx, n_rows, m0, n0, 0, sw[0], sx[0]);
+    rf_mmf_stage<T, BM>(w, n_out, n_in, x, ldx, n_rows, m0, n0_tok, 0, sw[0], sx[0]);
     __syncthreads();
     for (int ks = 0; ks < n_k; ++ks) {
         const int cur = ks & 1;
         // The other buffer was last read in step ks - 1, which every warp finished before the barrier.
-        if (ks + 1 < n_k) rf_mmf_stage<T, BM>(w, n_out, n_in, x, ldx, n_rows, m0, n0, ks + 1, sw[cur ^ 1], sx[cur ^ 1]);
+        if (ks + 1 < n_k) rf_mmf_stage<T, BM>(w, n_out, n_in, x, ldx, n_rows, m0, n0_tok, ks + 1, sw[cur ^ 1], sx[cur ^ 1]);
         RF_UNROLL for (int u = 0; u < RF_MM_WT; ++u) {
             const int wt = warp * RF_MM_WT + u, wm = wt % RF_MM_WARPS_M, wn = wt / RF_MM_WARPS_M;
             RF_UNROLL for (int kk = 0; kk < RF_MM_BK / RF_TILE; ++kk) {
@@ -140,10 +148,10 @@ RF_DEV void rf_mmf(const uint8_t* __restrict__ w, int n_out, int n_in, const flo
                 RF_UNROLL for (int i = 0; i < RF_TILE_ACC; ++i) {
                     int r, c;
                     rf_tile_coord(lane, i, r, c);
-                    const int row = m0 + (wm * MI + mi) * RF_TILE + r, tok = n0 + (wn * NI + ni) * RF_TILE + c;
+                    const int row = m0 + (wm * MI + mi) * RF_TILE + r, tok = n0_tok + (wn * NI + ni) * RF_TILE + c;
                     if (row >= n_out || tok >= n_rows) continue;
-                    const long long at = (long long)tok * ldy + row;
-                    y[at] = acc[u][mi][ni][i] + (bias ? bias[row] : 0.0f) + (res ? res[at] : 0.0f);
+                    const long long at = (long long)tok * ldy + col0 + row;
+                    y[at] = acc[u][mi][ni][i] + (bias ? bias[col0 + row] : 0.0f) + (res ? res[at] : 0.0f);
                 }
             }
         }
@@ -152,11 +160,25 @@ RF_DEV void rf_mmf(const uint8_t* __restrict__ w, int n_out, int n_in, const flo
 
 #define RF_MMF_KERNEL(T, D, BM)                                                                          \
     extern "C" __global__ void RF_BOUNDS(RF_MM_WARPS * WARP_SIZE, 1)                                    \
-        mmf_##T##_##BM(const uint8_t* __restrict__ w, int n_out, int n_in, const float* __restrict__ x,  \
-                       int ldx, float* __restrict__ y, int ldy, const float* __restrict__ bias,          \
-                       const float* __restrict__ res, int n_rows) {                                     \
-        rf_mmf<D, BM>(w, n_out, n_in, x, ldx, y, ldy, bias, res, n_rows);                                \
+        mmf_##T##_##BM(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1,                   \
+                       const uint8_t* __restrict__ w2, int n0, int n1, int n2, int n_in,                 \
+                       const rf_half* __restrict__ x, int ldx, float* __restrict__ y, int ldy,           \
+                       const float* __restrict__ bias, const float* __restrict__ res, int n_rows) {      \
+        rf_mmf<D, BM>(w0, w1, w2, n0, n1, n2, n_in, x, ldx, y, ldy, bias, res, n_rows);                  \
     }
+
+// Rows of float32 x (row stride ldx) -> f16 rows of n values (n and ldx multiples of 4, x 16-byte
+// aligned): the tile product's activations, converted once for all the parts that read them.
+// grid = (ceil(n / (4 * blockDim.x)), n_rows).
+extern "C" __global__ void convert_f16(const float* __restrict__ x, int ldx, rf_half* __restrict__ y, int n) {
+    const long long r = blockIdx.y;
+    const int i = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (i >= n) return;
+    const rf_u32x4 v = rf_load16(x + r * ldx + i);
+    uint32_t* out = (uint32_t*)(y + r * n + i);
+    out[0] = rf_pack_half2(rf_bits_as_float(v.x), rf_bits_as_float(v.y));
+    out[1] = rf_pack_half2(rf_bits_as_float(v.z), rf_bits_as_float(v.w));
+}
 
 // One line per instance (no macro calling another): gpu/kernels.py reads the kernel table from here.
 RF_MMF_KERNEL(q4_0, MQ4_0, 128)

@@ -226,13 +226,18 @@ class GpuOps:
         block = self.threads(min(4 * self.warp, self.max_threads))
         per_block = max(1, block // self.warp)
         q8 = x.q8
-        for p in lin.parts:
+        parts = lin.parts
+        if self.matrix_tiles and mmf.usable(x, ldx, rows) and any(p.split for p in parts):
+            # Prompt rows: the split parts as matrix-unit tiles, fused parts of one type in one launch.
+            x16 = mmf.to_f16(self, x, ldx, rows, lin.n_in)
+            for group in mmf.groups([p for p in parts if p.split]):
+                mmf.launch(self, group, x16, rows, y.ptr, lin.n_out, lin.bias.ptr if lin.bias is not None else 0,
+                           residual.ptr if residual is not None else 0)
+            parts = [p for p in parts if not p.split]
+        for p in parts:
             bias = lin.bias.ptr + 4 * p.col_off if lin.bias is not None else 0
             if p.split:
                 res = residual.ptr + 4 * p.col_off if residual is not None else 0
-                if self.matrix_tiles and mmf.usable(x, ldx, rows):  # prompt rows: matrix-unit tiles
-                    mmf.launch(self, p, x, ldx, rows, y.ptr + 4 * p.col_off, lin.n_out, bias, res)
-                    continue
                 q8 = q8 or mvq.quantize(self, x, ldx)
                 mvq.launch(self, p, q8, rows, y.ptr + 4 * p.col_off, lin.n_out, bias, res)
                 continue

@@ -20,6 +20,7 @@ from gguf import GGMLQuantizationType as QT
 
 from rocmforge_core.gpu import mmf, mvq
 from test_kernels import poisoned, rel_err, rng_for
+from rocmforge_core.gpu.weights import GpuLinear
 from test_mmvq import split_weight
 
 TYPES = [QT[name] for name in mvq.SPLIT_TYPES]
@@ -67,6 +68,32 @@ def test_tile_product_epilogue_and_strided_rows(ops_q8, request):
     res = rng.standard_normal((rows, n_out)).astype(np.float32)
     got = ops.to_host(ops.matmul(x, lin, residual=ops.upload(res)))
     check(got - bias - res, wide[:, 64:], w, "epilogue")
+
+
+def test_fused_parts_share_launches(ops_q8, request):
+    """A projection of stacked weights (q/k/v-like) with types Q4_K, Q4_K, Q6_K, Q4_K, Q4_K, Q4_K,
+    Q4_K: runs of one type in one launch (at most three parts each), every column where it belongs."""
+    ops = ops_q8
+    rng = rng_for(request)
+    types = [QT.Q4_K, QT.Q4_K, QT.Q6_K, QT.Q4_K, QT.Q4_K, QT.Q4_K, QT.Q4_K]
+    outs = [70, 33, 48, 129, 16, 40, 24]
+    n_in, rows = 256, 19
+    parts, refs, off = [], [], 0
+    for qtype, n_out in zip(types, outs):
+        lin, w = split_weight(ops, qtype, n_out, n_in, rng)
+        part = lin.parts[0]
+        part.col_off = off
+        off += n_out
+        parts.append(part)
+        refs.append(w)
+    fused = GpuLinear(parts, off, n_in)
+    assert [len(g) for g in mmf.groups(parts)] == [2, 1, 3, 1]
+    x = rng.standard_normal((rows, n_in)).astype(np.float32)
+    y = poisoned(ops, (rows, off))
+    before = ops.launches
+    ops.matmul_into(ops.upload(x), fused, y)
+    assert ops.launches - before == 1 + 4  # the f16 conversion, then one launch per run
+    check(ops.to_host(y), x, np.concatenate(refs), "fused")
 
 
 def test_weight_rows_per_block(ops_q8):

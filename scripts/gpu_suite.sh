@@ -162,7 +162,7 @@ for stage in $stages; do
         compile) run_pytest compile "" tests/test_kernel_compile.py ;;
         kernels) for b in cuda hip; do
                      run_pytest "runtime_$b" "$b" tests/gpu/test_runtime.py
-                     run_pytest "kernels_$b" "$b" tests/gpu/test_kernels.py tests/gpu/test_mmvq.py tests/gpu/test_mmf.py
+                     run_pytest "kernels_$b" "$b" tests/gpu/test_kernels.py tests/gpu/test_mmvq.py tests/gpu/test_mmf.py tests/gpu/test_fattn.py
                  done ;;
         select) select_stage ;;
         models) run_pytest models_cuda cuda tests/gpu/test_model_gpu.py tests/gpu/test_decode_graph.py -m "not slow"

@@ -35,6 +35,8 @@ from rocmforge_core.rope import RopeSpec, cos_sin, table_size
 
 MV_ROWS_PER_PASS = 4  # RF_MV_MAXB in the prelude
 ATT_MAX_HEAD_DIM = 256  # RF_ATT_MAX_HD in attention.hip
+FA_MAX_HD, FA_ROWS, FA_WARPS = 128, 32, 2  # RF_FA_MAX_HD, RF_FA_ROWS, RF_FA_WARPS in fattn.hip
+FA_MIN_ROWS = 16  # shorter prompt chunks keep the row-per-block kernel
 _F32 = np.dtype(np.float32)
 
 
@@ -388,6 +390,12 @@ class GpuOps:
         block = self.threads(min(hd, 256))
         self.launch(f"kv_append_{cache.cache_type}", (n * kv_heads,), block, k.ptr, k.ld, v.ptr, v.ld, kc, vc, slot_d.ptr,
                     pos_d.ptr, kv_heads, hd, cache.n_ctx)
+        if self._flash_prefill(n, hd, slots):
+            out = self.empty((n, heads * hd))
+            block = FA_WARPS * self.warp if self.warp > 1 else 1  # the emulation's one thread plays both warps
+            self.launch(f"fattn_{cache.cache_type}", (-(-n // FA_ROWS), heads), block, q.ptr, kc, vc, out.ptr,
+                        slot_d.ptr, pos_d.ptr, n, heads, kv_heads, hd, cache.n_ctx, float(scale), int(window or 0))
+            return out
         out = self.empty((n, heads * hd))
         if self.q8_activations and hd % mvq.Q8_BLOCK == 0:  # for the output projection's int8 mat-vec
             out.q8 = mvq.empty_q8(self, n, heads * hd)
@@ -404,6 +412,12 @@ class GpuOps:
         self.launch("attn_combine_f32", (heads, n), self.threads(min(hd, 256)), part_acc.ptr, part_ml.ptr, out.ptr,
                     heads, hd, splits, xq, xd)
         return out
+
+    def _flash_prefill(self, rows: int, hd: int, slots) -> bool:
+        """Prompt rows of one sequence go to the matrix-unit flash attention (hip_kernels/fattn.hip); f16
+        products, so not when every product is to stay float32 (ROCMFORGE_GPU_Q8=0)."""
+        return (self.matrix_tiles and self.q8_activations and rows >= FA_MIN_ROWS and hd % 16 == 0 and hd <= FA_MAX_HD
+                and not isinstance(slots, DeviceArray) and len(set(map(int, slots))) == 1)
 
     def _attention_splits(self, rows: int, n_ctx: int) -> int:
         """Blocks per (head, row) for decode-sized batches: the keys a cache can hold split in chunks of

@@ -1,0 +1,173 @@
+// Prompt attention on the matrix units (flash attention): a block takes 32 consecutive query rows of
+// one head of one sequence (two warps of 16 rows) and walks the cached keys in tiles of 32 with an
+// online softmax, so the scores never leave the chip:
+//   S = Q K^T (16 x 32 per warp: tiles of rf_tile_mma over head_dim), masked (causal, window) into
+//   shared memory; each row's running max m and sum l update there, P = exp(S - m) as f16;
+//   O = O * exp(m_old - m) + P V (V staged transposed so its rows are the tile's B operand).
+// Key tiles past every row's position are never loaded (the causal part skipped); with a window, nor
+// are those before every row's window. head_dim <= RF_FA_MAX_HD and a multiple of 16; the rows of
+// one launch belong to one cache slot (the host checks both).
+#include "rf_prelude.h"
+
+#define RF_FA_MAX_HD 128
+#define RF_FA_ROWS 32                  // query rows per block
+#define RF_FA_KEYS 32                  // keys per tile
+#define RF_FA_WARPS (RF_FA_ROWS / RF_TILE)
+#define RF_FA_LDQ (RF_FA_MAX_HD + 8)   // shared row strides in halves (16-byte multiples, off the banks)
+#define RF_FA_LDV (RF_FA_KEYS + 8)
+#define RF_FA_LDS (RF_FA_KEYS + 1)
+#define RF_FA_NT (RF_FA_MAX_HD / RF_TILE)  // output tiles per warp (of head_dim)
+#if defined(RF_PLATFORM_HOST)
+#define RF_FA_WT RF_FA_WARPS             // the emulation's one thread plays both warps
+#else
+#define RF_FA_WT 1
+#endif
+
+// q: (N, heads, hd) float32; kc, vc: one layer's cache (n_slots, kv_heads, n_ctx, hd); out: (N, heads * hd).
+// grid = (ceil(N / 32), heads), RF_FA_WARPS warps per block (one thread in the host emulation).
+template <class KV>
+RF_DEV void rf_fattn(const float* __restrict__ q, const typename KV::T* __restrict__ kc,
+                     const typename KV::T* __restrict__ vc, float* __restrict__ out,
+                     const int* __restrict__ row_slot, const int* __restrict__ row_pos, int n_rows,
+                     int heads, int kv_heads, int hd, int n_ctx, float scale, int window) {
+    __shared__ __attribute__((aligned(16))) rf_half s_q[RF_FA_ROWS * RF_FA_LDQ];
+    __shared__ __attribute__((aligned(16))) rf_half s_k[RF_FA_KEYS * RF_FA_LDQ];
+    __shared__ __attribute__((aligned(16))) rf_half s_vt[RF_FA_MAX_HD * RF_FA_LDV];
+    __shared__ __attribute__((aligned(16))) rf_half s_p[RF_FA_ROWS * RF_FA_LDV];
+    __shared__ float s_s[RF_FA_ROWS * RF_FA_LDS];
+    __shared__ float s_m[RF_FA_ROWS], s_l[RF_FA_ROWS], s_c[RF_FA_ROWS];
+    __shared__ int s_pos[RF_FA_ROWS];
+    const int r0 = blockIdx.x * RF_FA_ROWS, h = blockIdx.y;
+    const int rows = n_rows - r0 < RF_FA_ROWS ? n_rows - r0 : RF_FA_ROWS;
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const long long head_off = ((long long)row_slot[r0] * kv_heads + h / (heads / kv_heads)) * n_ctx * hd;
+    const typename KV::T* kb = kc + head_off;
+    const typename KV::T* vb = vc + head_off;
+    const int n_dt = hd / RF_TILE;
+
+    // The block's rows: scaled queries as f16, positions, softmax state. Rows past the end repeat the
+    // last row's position (so they add no key tiles) and are never written.
+    for (int i = threadIdx.x; i < RF_FA_ROWS * hd; i += blockDim.x) {
+        const int r = i / hd, d = i % hd;
+        const float v = r < rows ? q[((long long)(r0 + r) * heads + h) * hd + d] * scale : 0.0f;
+        s_q[r * RF_FA_LDQ + d] = rf_float2half(v);
+    }
+    for (int r = threadIdx.x; r < RF_FA_ROWS; r += blockDim.x) {
+        s_pos[r] = row_pos[r0 + (r < rows ? r : rows - 1)];
+        s_m[r] = RF_NEG_BIG;
+        s_l[r] = 0.0f;
+    }
+    __syncthreads();
+    int lo = s_pos[0], hi = s_pos[0];
+    for (int r = 1; r < RF_FA_ROWS; ++r) {
+        lo = s_pos[r] < lo ? s_pos[r] : lo;
+        hi = s_pos[r] > hi ? s_pos[r] : hi;
+    }
+    lo = window > 0 && lo - window + 1 > 0 ? lo - window + 1 : 0;
+
+    float o[RF_FA_WT][RF_FA_NT][RF_TILE_ACC];
+    RF_UNROLL for (int u = 0; u < RF_FA_WT; ++u)
+        RF_UNROLL for (int t = 0; t < RF_FA_NT; ++t)
+            RF_UNROLL for (int i = 0; i < RF_TILE_ACC; ++i) o[u][t][i] = 0.0f;
+
+    for (int j0 = lo / RF_FA_KEYS * RF_FA_KEYS; j0 <= hi; j0 += RF_FA_KEYS) {
+        // Stage the tile: keys as rows, values transposed (zeros past the cache's filled end).
+        for (int i = threadIdx.x; i < RF_FA_KEYS * hd; i += blockDim.x) {
+            const int j = i / hd, d = i % hd;
+            const bool in = j0 + j <= hi;
+            s_k[j * RF_FA_LDQ + d] = rf_float2half(in ? KV::get(kb, (long long)(j0 + j) * hd + d) : 0.0f);
+            s_vt[d * RF_FA_LDV + j] = rf_float2half(in ? KV::get(vb, (long long)(j0 + j) * hd + d) : 0.0f);
+        }
+        __syncthreads();
+        RF_UNROLL for (int u = 0; u < RF_FA_WT; ++u) {
+            const int wr = (warp * RF_FA_WT + u) * RF_TILE;  // this warp's first row in the block
+            float s[RF_FA_KEYS / RF_TILE][RF_TILE_ACC];
+            RF_UNROLL for (int t = 0; t < RF_FA_KEYS / RF_TILE; ++t)
+                RF_UNROLL for (int i = 0; i < RF_TILE_ACC; ++i) s[t][i] = 0.0f;
+            for (int kd = 0; kd < n_dt; ++kd) {
+                rf_frag fa;
+                rf_tile_load_a(fa, s_q + wr * RF_FA_LDQ + kd * RF_TILE, RF_FA_LDQ, lane);
+                RF_UNROLL for (int t = 0; t < RF_FA_KEYS / RF_TILE; ++t) {
+                    rf_frag fb;
+                    rf_tile_load_b(fb, s_k + t * RF_TILE * RF_FA_LDQ + kd * RF_TILE, RF_FA_LDQ, lane);
+                    rf_tile_mma(s[t], fa, fb);
+                }
+            }
+            RF_UNROLL for (int t = 0; t < RF_FA_KEYS / RF_TILE; ++t) {
+                RF_UNROLL for (int i = 0; i < RF_TILE_ACC; ++i) {
+                    int r, c;
+                    rf_tile_coord(lane, i, r, c);
+                    const int j = j0 + t * RF_TILE + c, p = s_pos[wr + r];
+                    const bool seen = j <= p && (window <= 0 || p - j < window);
+                    s_s[(wr + r) * RF_FA_LDS + t * RF_TILE + c] = seen ? s[t][i] : RF_NEG_BIG;
+                }
+            }
+        }
+        __syncthreads();
+        // The online softmax, one row per thread.
+        for (int r = threadIdx.x; r < RF_FA_ROWS; r += blockDim.x) {
+            float* sr = s_s + r * RF_FA_LDS;
+            float mx = s_m[r];
+            for (int c = 0; c < RF_FA_KEYS; ++c) mx = fmaxf(mx, sr[c]);
+            float sum = 0.0f;
+            for (int c = 0; c < RF_FA_KEYS; ++c) {
+                const float e = sr[c] > 0.5f * RF_NEG_BIG ? rf_expf(sr[c] - mx) : 0.0f;
+                sum += e;
+                s_p[r * RF_FA_LDV + c] = rf_float2half(e);
+            }
+            const float corr = rf_expf(s_m[r] - mx);
+            s_c[r] = corr;
+            s_l[r] = s_l[r] * corr + sum;
+            s_m[r] = mx;
+        }
+        __syncthreads();
+        RF_UNROLL for (int u = 0; u < RF_FA_WT; ++u) {
+            const int wr = (warp * RF_FA_WT + u) * RF_TILE;
+            RF_UNROLL for (int t = 0; t < RF_FA_NT; ++t) {
+                if (t >= n_dt) break;
+                RF_UNROLL for (int i = 0; i < RF_TILE_ACC; ++i) {
+                    int r, c;
+                    rf_tile_coord(lane, i, r, c);
+                    o[u][t][i] *= s_c[wr + r];
+                }
+            }
+            RF_UNROLL for (int kk = 0; kk < RF_FA_KEYS / RF_TILE; ++kk) {
+                rf_frag fa;
+                rf_tile_load_a(fa, s_p + wr * RF_FA_LDV + kk * RF_TILE, RF_FA_LDV, lane);
+                RF_UNROLL for (int t = 0; t < RF_FA_NT; ++t) {
+                    if (t >= n_dt) break;
+                    rf_frag fb;
+                    rf_tile_load_b(fb, s_vt + t * RF_TILE * RF_FA_LDV + kk * RF_TILE, RF_FA_LDV, lane);
+                    rf_tile_mma(o[u][t], fa, fb);
+                }
+            }
+        }
+        __syncthreads();  // the next tile overwrites s_k, s_vt, s_p
+    }
+
+    RF_UNROLL for (int u = 0; u < RF_FA_WT; ++u) {
+        const int wr = (warp * RF_FA_WT + u) * RF_TILE;
+        RF_UNROLL for (int t = 0; t < RF_FA_NT; ++t) {
+            if (t >= n_dt) break;
+            RF_UNROLL for (int i = 0; i < RF_TILE_ACC; ++i) {
+                int r, c;
+                rf_tile_coord(lane, i, r, c);
+                if (wr + r >= rows) continue;
+                out[(long long)(r0 + wr + r) * heads * hd + (long long)h * hd + t * RF_TILE + c] =
+                    o[u][t][i] / s_l[wr + r];
+            }
+        }
+    }
+}
+
+#define RF_FATTN_KERNEL(S, KV)                                                                          \
+    extern "C" __global__ void fattn_##S(const float* __restrict__ q, const KV::T* __restrict__ kc,     \
+                                        const KV::T* __restrict__ vc, float* __restrict__ out,         \
+                                        const int* __restrict__ row_slot, const int* __restrict__ row_pos, \
+                                        int n_rows, int heads, int kv_heads, int hd, int n_ctx, float scale, \
+                                        int window) {                                                   \
+        rf_fattn<KV>(q, kc, vc, out, row_slot, row_pos, n_rows, heads, kv_heads, hd, n_ctx, scale, window); \
+    }
+
+RF_FATTN_KERNEL(f32, rf_kv_f32)
+RF_FATTN_KERNEL(f16, rf_kv_f16)

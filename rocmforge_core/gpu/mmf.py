@@ -27,8 +27,9 @@ def usable(x, ldx: int, rows: int) -> bool:
 
 def weight_rows(ops, n_out: int, rows: int) -> int:
     """Weight rows per block: 128, unless that leaves the card with fewer than two blocks per SM."""
+    tall, short = WEIGHT_ROWS
     tiles = -(-rows // ROWS_PER_BLOCK)
-    return 128 if -(-n_out // 128) * tiles >= 2 * ops.device.multiprocessors else 64
+    return tall if -(-n_out // tall) * tiles >= 2 * ops.device.multiprocessors else short
 
 
 def to_f16(ops, x, ldx: int, rows: int, n: int):

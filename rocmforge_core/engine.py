@@ -181,6 +181,7 @@ class _Active:
     done: bool = False  # its final event is queued
     finished_delivered: bool = False
     timings: Timings = field(default_factory=Timings)
+    prefill_start: float = 0.0
     gen_start: float = 0.0
 
 
@@ -384,36 +385,42 @@ class Engine:
     async def _loop(self, ready: asyncio.Event) -> None:
         active: list[_Active] = []
         waiting: deque[_Active] = deque()
-        admitting: list[_Active] = []  # popped from `waiting`, being prefilled
+        # Admitted (slot held), prompt not all fed yet: one chunk per turn of the loop, each followed
+        # by a decode step of the active sequences, so a long prompt never freezes the others' streams.
+        prefilling: list[_Active] = []
         ready.set()
         try:
             while True:
-                if not active and not waiting:
+                if not active and not waiting and not prefilling:
                     waiting.append(await self._intake.get())
                 while not self._intake.empty():
                     waiting.append(self._intake.get_nowait())
-                self._drop_cancelled(active, waiting)
+                self._drop_cancelled(active, waiting, prefilling)
                 while waiting and (self._free_slots or waiting[0].request.session is not None):
                     state = waiting.popleft()
                     session = state.request.session
                     state.slot = session.slot if session is not None else self._free_slots.pop()
-                    admitting[:] = [state]
-                    await self._contained(state, self._prefill(state))
-                    admitting.clear()
-                    if not state.done and not self._maybe_finish(state):
-                        active.append(state)
+                    self._prefill_begin(state)
+                    prefilling.append(state)
+                if prefilling:
+                    state = prefilling[0]  # oldest first: the earliest request gets its first token soonest
+                    await self._contained(state, self._prefill_chunk(state))
+                    if state.done or state.cancelled or state.position:
+                        prefilling.pop(0)
+                        if not state.done and not self._maybe_finish(state):
+                            active.append(state)
                 if active:
                     await self._decode_step(active)
                     active = [s for s in active if not s.done and not self._maybe_finish(s)]
                 await asyncio.sleep(0)  # let streams and new submissions run between steps
         except asyncio.CancelledError:
-            for state in admitting + active + list(waiting):
+            for state in prefilling + active + list(waiting):
                 state.cancelled = True
                 self._finish(state, "cancelled")
             raise
         except Exception as exc:  # a bug in the loop itself: no more intake, every request told why
             self._accepting = False
-            for state in admitting + active + list(waiting) + self._drain_intake():
+            for state in prefilling + active + list(waiting) + self._drain_intake():
                 self._finish(state, "error", error=f"{type(exc).__name__}: {exc}")
             raise
 
@@ -423,13 +430,11 @@ class Engine:
             states.append(self._intake.get_nowait())
         return states
 
-    def _drop_cancelled(self, active: list[_Active], waiting: deque) -> None:
-        for state in [s for s in waiting if s.cancelled]:
-            waiting.remove(state)
-            self._finish(state, "cancelled")
-        for state in [s for s in active if s.cancelled]:
-            active.remove(state)
-            self._finish(state, "cancelled")
+    def _drop_cancelled(self, active: list[_Active], waiting: deque, prefilling: list[_Active]) -> None:
+        for group in (waiting, active, prefilling):
+            for state in [s for s in group if s.cancelled]:
+                group.remove(state)
+                self._finish(state, "cancelled")
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, _quietly, fn, *args)
@@ -445,9 +450,10 @@ class Engine:
         text = exc.one_line() if isinstance(exc, RocmforgeError) else f"{type(exc).__name__}: {exc}"
         self._finish(state, "error", error=text)
 
-    async def _prefill(self, state: _Active) -> None:
-        start = time.perf_counter()
-        state.timings.queue_ms = (start - state.submitted) * 1e3
+    def _prefill_begin(self, state: _Active) -> None:
+        """A newly admitted request: what its session's cache already holds counts as fed."""
+        state.prefill_start = time.perf_counter()
+        state.timings.queue_ms = (state.prefill_start - state.submitted) * 1e3
         state.timings.prompt_tokens = len(state.prompt)
         reuse = 0
         if state.request.session is not None:
@@ -455,18 +461,22 @@ class Engine:
             reuse = min(reuse, len(state.prompt) - 1)  # prefill at least one token: we need its logits
         state.timings.reused_tokens = reuse
         state.fed = state.prompt[:reuse]
-        logits = None
-        step = self.prefill_chunk
-        for lo in range(reuse, len(state.prompt), step):
-            if state.cancelled:  # checked between chunks: a cancel or stop() waits one chunk at most
-                return
-            chunk = state.prompt[lo:lo + step]
-            logits = await self._run(self.model.prefill, chunk, self._cache, state.slot, lo)
-            state.fed.extend(chunk)
-        state.position = len(state.prompt)
+
+    async def _prefill_chunk(self, state: _Active) -> None:
+        """Feed the next chunk of the prompt; after the last one, sample the first token (which sets
+        state.position). A cancelled request is left alone: the loop ends it between chunks."""
+        if state.cancelled:
+            return
+        lo = len(state.fed)
+        chunk = state.prompt[lo:lo + self.prefill_chunk]
+        logits = await self._run(self.model.prefill, chunk, self._cache, state.slot, lo)
+        state.fed.extend(chunk)
+        if len(state.fed) < len(state.prompt):
+            return
         token, logprobs = await self._run(self._sample, state, logits)
+        state.position = len(state.prompt)
         now = time.perf_counter()
-        state.timings.prompt_ms = (now - start) * 1e3
+        state.timings.prompt_ms = (now - state.prefill_start) * 1e3
         state.timings.ttft_ms = (now - state.submitted) * 1e3
         state.gen_start = now
         self._accept_token(state, token, logprobs)

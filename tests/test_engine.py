@@ -480,6 +480,41 @@ def test_stop_during_a_long_prefill_is_prompt(tmp_path):
     assert max(sizes) <= 64
 
 
+def test_a_long_prompt_is_prefilled_in_chunks_between_the_others_decode_steps(tmp_path):
+    """While one request's 1,500-token prompt is prefilled (64-token chunks on the CPU), a request
+    that is already generating keeps streaming: its tokens arrive between the long prompt's chunks,
+    not only after the last one. Counted in the order things happened, not timed."""
+    path = random_llama(tmp_path / "chunks.gguf", n_layers=2)
+    long_prompt = np.random.default_rng(2).integers(0, VOCAB - 1, 1500).tolist()
+    order: list[str] = []
+
+    async def go():
+        async with create_engine(path, backend="cpu", n_slots=2, n_ctx=2048) as engine:
+            real_prefill = engine.model.prefill
+
+            def prefill(tokens, cache, slot, start, *args):
+                if len(tokens) > 3 or start > 0:  # the long prompt's chunks (the other prompt is 3 tokens)
+                    order.append("chunk")
+                return real_prefill(tokens, cache, slot, start, *args)
+
+            engine.model.prefill = prefill
+            streaming = engine.submit(Request(tokens=[5, 6, 7], max_tokens=60, sampling=GREEDY, ignore_eos=True))
+            first = await streaming.__anext__()
+            assert first.finish_reason is None
+            long = engine.submit(Request(tokens=long_prompt, max_tokens=2, sampling=GREEDY))
+            async for event in streaming:
+                if event.token_id is not None:
+                    order.append("token")
+            return [e async for e in long]
+
+    events = run(go())
+    assert events[-1].finish_reason in ("length", "stop")
+    chunks = [i for i, what in enumerate(order) if what == "chunk"]
+    assert len(chunks) == -(-1500 // 64), order
+    between = order[chunks[0]:chunks[-1]].count("token")
+    assert between >= 10, f"only {between} tokens of the other stream arrived during the long prefill"
+
+
 def test_a_tiny_temperature_is_greedy_and_prints_no_numpy_warning(tiny_path):
     """temperature 1e-308 overflowed logits / T to inf, then inf - inf = NaN: RuntimeWarnings on stderr
     and draws from NaN probabilities. The limit of a tiny temperature is the greedy choice."""

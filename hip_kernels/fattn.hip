@@ -23,6 +23,27 @@
 #define RF_FA_WT 1
 #endif
 
+// Lanes per row in the softmax: every thread of the block busy (blockDim = RF_FA_WARPS * WARP_SIZE =
+// RF_FA_ROWS * RF_FA_SPLIT on GPUs; one lane does whole rows in the host emulation).
+#if defined(RF_PLATFORM_HOST)
+#define RF_FA_SPLIT 1
+#else
+#define RF_FA_SPLIT (RF_FA_WARPS * WARP_SIZE / RF_FA_ROWS)
+#endif
+
+// Eight cached values from element i as f16 (zeros for i < 0): from an f16 cache one 16-byte load.
+RF_DEV void rf_fa_load8(const float* p, long long i, rf_half* out) {
+    RF_UNROLL for (int e = 0; e < 8; ++e) out[e] = i < 0 ? (rf_half)0 : rf_float2half(p[i + e]);
+}
+RF_DEV void rf_fa_load8(const rf_half* p, long long i, rf_half* out) {
+    const rf_u32x4 v = i < 0 ? rf_u32x4{0, 0, 0, 0} : rf_load16(p + i);
+    RF_UNROLL for (int e = 0; e < 4; ++e) {
+        const uint32_t w = rf_u4_at(v, e);
+        out[2 * e] = (rf_half)(w & 0xffffu);
+        out[2 * e + 1] = (rf_half)(w >> 16);
+    }
+}
+
 // q: (N, heads, hd) float32; kc, vc: one layer's cache (n_slots, kv_heads, n_ctx, hd); out: (N, heads * hd).
 // grid = (ceil(N / 32), heads), RF_FA_WARPS warps per block (one thread in the host emulation).
 template <class KV>
@@ -71,12 +92,17 @@ RF_DEV void rf_fattn(const float* __restrict__ q, const typename KV::T* __restri
             RF_UNROLL for (int i = 0; i < RF_TILE_ACC; ++i) o[u][t][i] = 0.0f;
 
     for (int j0 = lo / RF_FA_KEYS * RF_FA_KEYS; j0 <= hi; j0 += RF_FA_KEYS) {
-        // Stage the tile: keys as rows, values transposed (zeros past the cache's filled end).
-        for (int i = threadIdx.x; i < RF_FA_KEYS * hd; i += blockDim.x) {
-            const int j = i / hd, d = i % hd;
-            const bool in = j0 + j <= hi;
-            s_k[j * RF_FA_LDQ + d] = rf_float2half(in ? KV::get(kb, (long long)(j0 + j) * hd + d) : 0.0f);
-            s_vt[d * RF_FA_LDV + j] = rf_float2half(in ? KV::get(vb, (long long)(j0 + j) * hd + d) : 0.0f);
+        // Stage the tile, eight values of a key per step: keys as rows, values transposed (zeros past
+        // the cache's filled end).
+        for (int i = threadIdx.x; i < RF_FA_KEYS * (hd / 8); i += blockDim.x) {
+            const int j = i / (hd / 8), d = (i % (hd / 8)) * 8;
+            rf_half kh[8], vh[8];
+            rf_fa_load8(kb, j0 + j <= hi ? (long long)(j0 + j) * hd + d : -1, kh);
+            rf_fa_load8(vb, j0 + j <= hi ? (long long)(j0 + j) * hd + d : -1, vh);
+            RF_UNROLL for (int e = 0; e < 8; ++e) {
+                s_k[j * RF_FA_LDQ + d + e] = kh[e];
+                s_vt[(d + e) * RF_FA_LDV + j] = vh[e];
+            }
         }
         __syncthreads();
         RF_UNROLL for (int u = 0; u < RF_FA_WT; ++u) {
@@ -104,21 +130,27 @@ RF_DEV void rf_fattn(const float* __restrict__ q, const typename KV::T* __restri
             }
         }
         __syncthreads();
-        // The online softmax, one row per thread.
-        for (int r = threadIdx.x; r < RF_FA_ROWS; r += blockDim.x) {
-            float* sr = s_s + r * RF_FA_LDS;
+        // The online softmax: RF_FA_SPLIT adjacent lanes per row, each over an equal share of the keys,
+        // joined by xor-shuffles (the host emulation's one lane takes whole rows).
+        for (int t = threadIdx.x; t < RF_FA_ROWS * RF_FA_SPLIT; t += blockDim.x) {
+            const int r = t / RF_FA_SPLIT, c0 = (t % RF_FA_SPLIT) * (RF_FA_KEYS / RF_FA_SPLIT);
+            const float* sr = s_s + r * RF_FA_LDS + c0;
             float mx = s_m[r];
-            for (int c = 0; c < RF_FA_KEYS; ++c) mx = fmaxf(mx, sr[c]);
+            for (int c = 0; c < RF_FA_KEYS / RF_FA_SPLIT; ++c) mx = fmaxf(mx, sr[c]);
+            for (int m = RF_FA_SPLIT / 2; m > 0; m >>= 1) mx = fmaxf(mx, RF_SHFL_XOR(mx, m));
             float sum = 0.0f;
-            for (int c = 0; c < RF_FA_KEYS; ++c) {
+            for (int c = 0; c < RF_FA_KEYS / RF_FA_SPLIT; ++c) {
                 const float e = sr[c] > 0.5f * RF_NEG_BIG ? rf_expf(sr[c] - mx) : 0.0f;
                 sum += e;
-                s_p[r * RF_FA_LDV + c] = rf_float2half(e);
+                s_p[r * RF_FA_LDV + c0 + c] = rf_float2half(e);
             }
-            const float corr = rf_expf(s_m[r] - mx);
-            s_c[r] = corr;
-            s_l[r] = s_l[r] * corr + sum;
-            s_m[r] = mx;
+            for (int m = RF_FA_SPLIT / 2; m > 0; m >>= 1) sum += RF_SHFL_XOR(sum, m);
+            if (t % RF_FA_SPLIT == 0) {
+                const float corr = rf_expf(s_m[r] - mx);
+                s_c[r] = corr;
+                s_l[r] = s_l[r] * corr + sum;
+                s_m[r] = mx;
+            }
         }
         __syncthreads();
         RF_UNROLL for (int u = 0; u < RF_FA_WT; ++u) {

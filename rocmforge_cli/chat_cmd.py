@@ -59,7 +59,8 @@ def run(*, model, system, max_tokens, sampling, ctx, context_shift, chat_templat
     info = repl.model_info(engine, path)
     if interactive:  # the banner shows only on a terminal
         ui.banner(name=path.name, backend=engine.backend, backend_reason=engine.backend_reason,
-                  n_ctx=engine.n_ctx, load_ms=engine.load_ms, ctx_reason=engine.ctx_reason)
+                  n_ctx=engine.n_ctx, load_ms=engine.load_ms, ctx_reason=engine.ctx_reason,
+                  memory=engine.footprint.describe())
     if verbose and not (interactive and ui.tty):  # no banner: say it on stderr
         print(f"model {info.name}; {describe_run(engine, n_gpu_layers)}", file=sys.stderr)
     state = slash.ChatState(model=info, sampling=slash.sampling_dict(params), max_tokens=max_tokens,

@@ -164,7 +164,8 @@ def describe_run(engine, n_gpu_layers: int | None = None) -> str:
     """The --verbose line after loading: backend, load time, context size and why, CPU threads."""
     parts = [f"backend: {engine.backend} ({engine.backend_reason})",
              f"model loaded in {engine.load_ms:.0f} ms",
-             f"ctx {engine.n_ctx} ({engine.ctx_reason})"]
+             f"ctx {engine.n_ctx} ({engine.ctx_reason})",
+             f"memory {engine.footprint.describe()}"]
     if n_gpu_layers:
         n_layers = engine.model.args.n_layers
         parts.append(f"-ngl {n_gpu_layers}: all {n_layers} layers on the GPU (all or nothing)")

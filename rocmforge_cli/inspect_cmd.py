@@ -17,7 +17,10 @@ def run(model: str, json_out: bool) -> None:
       rope_layout ("normal"|"neox"), sliding_window (int|null), vocab_size (int),
       tokenizer_model (str|null, tokenizer.ggml.model), tokenizer_pre (str|null),
       chat_template (bool: the file carries tokenizer.chat_template), n_tensors (int),
-      tensor_types ({type name: {"count", "parameters", "bytes"}}, largest bytes first).
+      tensor_types ({type name: {"count", "parameters", "bytes"}}, largest bytes first),
+      memory ({"ctx": the default context, min(trained length, 4096); "cpu" / "gpu": {"weights", "kv",
+      "total"} bytes the model takes on the float32 CPU backend / a GPU backend with its f16 cache,
+      one slot at that context}).
     The model is opened and checked by the same `check_model` as a load, so a corrupt file or an
     unsupported architecture or tensor type fails here with exit code 2, as it would when running it.
     """
@@ -59,7 +62,20 @@ def summarize(gf, config) -> dict[str, Any]:
         "chat_template": bool(md.get("tokenizer.chat_template")),
         "n_tensors": len(gf.tensors),
         "tensor_types": _tensor_types(gf),
+        "memory": _memory(gf, config),
     }
+
+
+def _memory(gf, config) -> dict[str, Any]:
+    from rocmforge_core.context import DEFAULT_CAP
+    from rocmforge_core.footprint import footprint
+
+    ctx = min(config.context_length, DEFAULT_CAP)
+    out: dict[str, Any] = {"ctx": ctx}
+    for name, backend in (("cpu", "cpu"), ("gpu", "cuda")):
+        fp = footprint(gf, config, backend, ctx)
+        out[name] = {"weights": fp.weights, "kv": fp.kv, "total": fp.total}
+    return out
 
 
 def _tensor_types(gf) -> dict[str, dict[str, int]]:
@@ -111,6 +127,11 @@ def _print_tables(s: dict[str, Any]) -> None:
         ("tokenizer", f"{s['tokenizer_model'] or '-'} (pre: {s['tokenizer_pre'] or '-'})"),
         ("chat template", "yes" if s["chat_template"] else "no"),
     ]
+    mem = s["memory"]
+    for name, label in (("cpu", "memory, cpu"), ("gpu", "memory, gpu")):
+        m = mem[name]
+        rows.append((label, f"{_human(m['total'], 'B')} (weights {_human(m['weights'], 'B')} + KV cache "
+                            f"{_human(m['kv'], 'B')} at ctx {mem['ctx']:,})"))
     for key, value in rows:
         info.add_row(key, value)
     console.print(info)

@@ -191,12 +191,14 @@ class Renderer:
             yield
 
     def banner(self, *, name: str, backend: str, backend_reason: str, n_ctx: int, load_ms: float,
-               ctx_reason: str = "") -> None:
+               ctx_reason: str = "", memory: str = "") -> None:
         if not self.tty:
             return
         self.console.print(f"[bold]{_escape(name)}[/] · ctx {n_ctx} · loaded in {load_ms / 1e3:.1f} s")
         if ctx_reason:
             self.console.print(f"[dim]ctx {n_ctx}: {_escape(ctx_reason)}[/]")
+        if memory:
+            self.console.print(f"[dim]memory: {_escape(memory)}[/]")
         self.console.print(f"backend [bold cyan]{backend}[/] [dim]({_escape(backend_reason)})[/]")
         self.console.print("[dim]Type a message; /help for commands; Ctrl-D or /bye to leave.[/]")
 

@@ -13,12 +13,12 @@ from rocmforge_core.errors import BadInputError
 
 DEFAULT_CAP = 4096       # a default a small machine can hold; --ctx asks for more
 KV_MEMORY_SHARE = 0.5    # the default context takes at most this share of the free memory
-KV_BYTES_PER_VALUE = 4   # both KV caches (CPU and GPU) store float32
+KV_BYTES_PER_VALUE = 4   # the CPU cache's float32 (a GPU's f16 cache passes 2)
 
 
-def kv_bytes_per_token(config, n_slots: int = 1) -> int:
+def kv_bytes_per_token(config, n_slots: int = 1, bytes_per_value: int = KV_BYTES_PER_VALUE) -> int:
     """Bytes the KV cache needs per position: keys and values of every layer, in every slot."""
-    return 2 * config.n_layers * config.n_kv_heads * config.head_dim * KV_BYTES_PER_VALUE * n_slots
+    return 2 * config.n_layers * config.n_kv_heads * config.head_dim * bytes_per_value * n_slots
 
 
 def max_trained_ctx(config) -> tuple[int, str]:
@@ -33,8 +33,8 @@ def max_trained_ctx(config) -> tuple[int, str]:
     return trained, "its trained length"
 
 
-def choose_ctx(config, requested: int | None, *, n_slots: int = 1,
-               free_bytes: int | None = None) -> tuple[int, str]:
+def choose_ctx(config, requested: int | None, *, n_slots: int = 1, free_bytes: int | None = None,
+               kv_bytes_per_value: int = KV_BYTES_PER_VALUE) -> tuple[int, str]:
     """(n_ctx, reason). `free_bytes`: memory the cache may come from (None: not known, no memory cap)."""
     limit, why = max_trained_ctx(config)
     if requested is not None:
@@ -47,10 +47,11 @@ def choose_ctx(config, requested: int | None, *, n_slots: int = 1,
     candidates = [(limit, why.replace("its", "the model's", 1)),
                   (DEFAULT_CAP, f"the default cap of {DEFAULT_CAP}; -c/--ctx asks for more")]
     if free_bytes is not None:
-        fit = int(free_bytes * KV_MEMORY_SHARE) // kv_bytes_per_token(config, n_slots)
+        per_token = kv_bytes_per_token(config, n_slots, kv_bytes_per_value)
+        fit = int(free_bytes * KV_MEMORY_SHARE) // per_token
         candidates.append((max(fit, 8), (
             f"what fits in half the free memory ({free_bytes / 2**30:.1f} GiB free, "
-            f"{kv_bytes_per_token(config, n_slots) / 1024:.0f} KiB per token)")))
+            f"{per_token / 1024:.0f} KiB per token)")))
     n_ctx, reason = min(candidates, key=lambda c: c[0])
     if n_ctx < limit:
         reason = f"{reason} (model trained on {limit})"

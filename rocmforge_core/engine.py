@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 
 import numpy as np
 
+from rocmforge_core import context, footprint
 from rocmforge_core.context import DEFAULT_CAP as DEFAULT_CTX  # noqa: F401  (context.py picks n_ctx)
 from rocmforge_core.errors import BadInputError, RocmforgeError
 from rocmforge_core.sampler import Sampler, SamplingParams, token_logprobs
@@ -613,9 +614,21 @@ def _load(path: Path, backend: str, numerics: str = "float32"):
         gguf_file = GGUFFile(path)
         config = check_model(gguf_file)  # the same checks as `rocmforge inspect`
         tokenizer = Tokenizer.from_gguf(gguf_file)
+        free, where = _free_memory(backend)
+        footprint.check_weights_fit(gguf_file, backend, numerics, free, where)  # before allocating
         ops = cpu.make_ops("cpu", numerics) if backend == "cpu" else backend
         _LOADED[key] = (gguf_file, config, tokenizer, load_model(gguf_file, backend=ops))
     return _LOADED[key]
+
+
+def _free_memory(backend: str) -> tuple[int | None, str]:
+    """(bytes the weights and cache may come from, what that memory is called in messages)."""
+    if backend == "cpu":
+        return context.host_free_bytes(), "memory"
+    from rocmforge_core.gpu import open_runtime
+
+    total = getattr(open_runtime(backend).device, "total_memory", None)
+    return (total if isinstance(total, int) and total > 0 else None), "device memory (the card's total)"
 
 
 def _check_special_ids(tokenizer, n_rows: int) -> None:
@@ -665,21 +678,27 @@ def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_c
     _check_special_ids(tokenizer, int(loaded.args.vocab_size))
     template = ChatTemplate.for_model(gguf_file.metadata, override_file=chat_template_file)
     ctx, ctx_reason = _context_size(config, n_ctx, n_slots, name, loaded, path)
+    need = footprint.footprint(gguf_file, config, name, ctx, n_slots, numerics,
+                               None if name == "cpu" else loaded.ops.kv_cache_type)
+    if n_ctx is not None:  # a size the user asked for; the default one is already capped by free memory
+        free = (context.host_free_bytes() if name == "cpu"
+                else context.device_free_bytes(loaded, need.weights))
+        footprint.check_cache_fits(need, free, "memory" if name == "cpu" else "device memory")
     engine = Engine(model=loaded, tokenizer=tokenizer, chat_template=template, gguf_file=gguf_file,
                     backend=name, backend_reason=reason, n_ctx=ctx, n_slots=n_slots, max_queue=max_queue,
                     load_ms=(time.perf_counter() - t0) * 1e3,
                     prefill_chunk=CPU_PREFILL_CHUNK if (name, numerics) == ("cpu", "float32") else PREFILL_CHUNK)
     engine.ctx_reason = ctx_reason
+    engine.footprint = need
     return engine
 
 
 def _context_size(config, requested, n_slots, backend, model, path) -> tuple[int, str]:
     """rocmforge_core.context's choice, with the memory the cache would come from on this backend."""
-    from rocmforge_core import context
-
     free = (context.host_free_bytes() if backend == "cpu"
             else context.device_free_bytes(model, path.stat().st_size))
-    return context.choose_ctx(config, requested, n_slots=n_slots, free_bytes=free)
+    per_value = 4 if backend == "cpu" else footprint.CACHE_BYTES[model.ops.kv_cache_type]
+    return context.choose_ctx(config, requested, n_slots=n_slots, free_bytes=free, kv_bytes_per_value=per_value)
 
 
 def _token_list(tokens) -> list[int]:

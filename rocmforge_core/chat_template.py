@@ -232,6 +232,13 @@ def _environment():
             _check_binop(operator, left, right)
             return super().call_binop(context, operator, left, right)
 
+        def unsafe_undefined(self, obj, attribute):
+            # Jinja's sandbox returns an undefined value here, which prints as nothing: an escape
+            # attempt such as {{ range.__globals__ }} would "work" by rendering empty. Say no instead.
+            from jinja2.exceptions import SecurityError
+
+            raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
     env = LimitedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now

@@ -300,3 +300,20 @@ def test_strip_leading_bos():
     assert strip_leading_bos("<bos><bos>x", "<bos>") == ("<bos>x", True)  # only one is ours to drop
     assert strip_leading_bos("hello", "") == ("hello", False)
     assert strip_leading_bos(" <bos>x", "<bos>") == (" <bos>x", False)
+
+
+@pytest.mark.parametrize("escape", [
+    "{{ messages.__class__ }}",                      # a dunder at the end of the chain
+    "{{ self._TemplateReference__context }}",        # a private attribute of the template's self
+    "{{ lipsum.__globals__ }}",                      # a function's globals
+    "{{ raise_exception.__code__ }}",
+])
+def test_sandbox_escapes_are_errors_not_empty_prompts(escape):
+    """Jinja's sandbox turns an unsafe attribute into an undefined value, which prints as nothing: the
+    escape attempt would pass as an empty prompt. Here it is an error that says what was refused,
+    while a merely missing attribute (templates test `message.tool_calls`) still renders empty."""
+    template = ChatTemplate(escape + "{{ messages[0].content }}", "file:escape.jinja")
+    with pytest.raises(BadInputError, match="unsafe"):
+        template.render([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    missing = ChatTemplate("{{ messages[0].tool_calls }}{{ messages[0].content }}", "file:ok.jinja")
+    assert missing.render([{"role": "user", "content": "hi"}], add_generation_prompt=True) == "hi"

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+
 from rocmforge_core import quants
 from rocmforge_core.config import ModelConfig, config_from_metadata
 from rocmforge_core.errors import BadInputError
@@ -32,6 +35,7 @@ def check_model(gguf_file) -> ModelConfig:
     _check_layout(gguf_file, config)
     _check_special_ids(gguf_file)
     _check_finite(gguf_file)
+    _check_float_matrices(gguf_file)
     return config
 
 
@@ -83,6 +87,42 @@ def _check_special_ids(gguf_file) -> None:
         if used[name] and token_id is not None and not 0 <= token_id < rows:
             raise BadInputError(f"the tokenizer's {name} id {token_id} is past the model's {rows} "
                                 "embedding rows", hint="the file's tokenizer and weights disagree")
+
+
+FLOAT_SAMPLE = 4096        # values read from each 16-bit float matrix at load
+MIN_SAMPLED = 1024         # smaller matrices: too few values to judge
+SMALL_SHARE_MIN = 0.002    # share of sampled |v| < 0.1 RMS below which no real weight matrix falls
+
+
+def _check_float_matrices(gguf_file) -> None:
+    """A 16-bit float matrix whose bytes are of the other 16-bit type (F16 and BF16 are the same size,
+    so a swapped type id passes every size check) decodes to values no trained weight has: BF16 bits
+    read as F16 land in [0.5, 2) in magnitude with nothing near zero, F16 bits read as BF16 have an RMS
+    around 1e-10 (a trained matrix: 1e-3 to 1).
+    Real matrices (roughly Gaussian or uniform) put 5-8 % of their values within 0.1 RMS of zero."""
+    for info in gguf_file.tensors.values():
+        if info.qtype not in (QT.F16, QT.BF16) or len(info.shape) < 2 or info.n_elements < MIN_SAMPLED:
+            continue
+        raw = info.data.view("<u2")
+        step = max(1, raw.size // FLOAT_SAMPLE)
+        sample = quants.dequantize(np.ascontiguousarray(raw[::step][:FLOAT_SAMPLE]).view(np.uint8), info.qtype,
+                                   (min(FLOAT_SAMPLE, -(-raw.size // step)),)).astype(np.float64)
+        if not np.all(np.isfinite(sample)):
+            continue  # NaN/Inf in a matrix is the non-finite check's to report where it reads them
+        rms = float(np.sqrt(np.mean(sample * sample)))
+        if rms == 0.0:
+            continue
+        small = float(np.mean(np.abs(sample) < 0.1 * rms))
+        why = None
+        if rms < 1e-6 or rms > 1e4:
+            why = f"their RMS is {rms:.3g}"
+        elif small < SMALL_SHARE_MIN:
+            why = f"none of {sample.size} sampled values is near zero (RMS {rms:.3g})"
+        if why:
+            other = "BF16" if info.qtype == QT.F16 else "F16"
+            raise BadInputError(f"tensor '{info.name}' does not hold {info.qtype.name} weights: {why}",
+                                hint=f"the file's tensor type is likely wrong (its bytes may be {other}); "
+                                     "re-convert the model")
 
 
 def _check_finite(gguf_file) -> None:

@@ -139,3 +139,15 @@ def test_every_scale_field_is_checked(qtype):
         bad = blocks.copy()
         bad[2, offset:offset + 2] = np.array([NAN], "<f2").view(np.uint8)
         assert quants.first_nonfinite_scale(bad.reshape(-1), qtype) == 2
+
+
+@pytest.mark.parametrize("stored,claimed", [(QT.F16, QT.BF16), (QT.BF16, QT.F16)])
+def test_a_16_bit_type_swapped_for_the_other(tmp_path, stored, claimed):
+    """F16 and BF16 have the same size, so a swapped type id passes the size checks; the values it
+    decodes to do not look like weights (nothing near zero, or an RMS of ~1e-19) and are refused."""
+    w = (np.random.default_rng(3).standard_normal((48, 32)) * 0.05).astype(np.float32)
+    good = write_byte_model(tmp_path / "good.gguf", tensors={"blk.0.ffn_up.weight": (w, stored)})
+    assert run_main("inspect", str(good)).code == 0  # the genuine type passes
+    path = write_byte_model(tmp_path / "swapped.gguf", tensors={"blk.0.ffn_up.weight": (w, stored)})
+    patch(path, tensor_info_positions(path, "blk.0.ffn_up.weight")["type"], "<I", int(claimed))
+    refused_everywhere(path, f"tensor 'blk.0.ffn_up.weight' does not hold {claimed.name} weights")

@@ -112,11 +112,14 @@ def apply_penalties(logits: np.ndarray, history: Sequence[int], repeat_penalty: 
     recent = recent[(recent >= 0) & (recent < logits.shape[-1])]
     ids, counts = np.unique(recent, return_counts=True)
     out = logits.copy()
-    seen = out[ids]
+    seen = out[ids].astype(np.float64)
     # Dividing a negative logit would raise its probability, so negatives are multiplied instead.
-    seen = np.where(seen <= 0, seen * repeat_penalty, seen / repeat_penalty)
-    seen = seen - counts * frequency_penalty - presence_penalty
-    out[ids] = seen.astype(out.dtype, copy=False)
+    with np.errstate(over="ignore"):
+        seen = np.where(seen <= 0, seen * repeat_penalty, seen / repeat_penalty)
+        seen = seen - counts * frequency_penalty - presence_penalty
+    # Huge penalties stop at the most negative finite logit: an -inf row has no distribution to draw from.
+    limit = float(np.finfo(out.dtype).max)
+    out[ids] = np.clip(np.nan_to_num(seen, nan=-limit), -limit, limit).astype(out.dtype)
     return out
 
 

@@ -379,3 +379,19 @@ def test_token_logprobs_are_the_raw_log_softmax():
     assert [lp for _, lp in top] == pytest.approx([expected[2], expected[0]], abs=1e-12)
     assert token_logprobs(logits, 3, 0)[1] == []
     assert [i for i, _ in token_logprobs(logits, 0, 10)[1]] == [2, 0, 1, 3]  # k past the vocabulary
+
+
+def test_huge_penalties_leave_a_distribution_to_draw_from():
+    """repeat_penalty 3.4e38 (the API's float bound, sent by the server fuzz) used to overflow every seen
+    negative logit to -inf; with every token seen, top-p then kept nothing and the request failed
+    (zero-size array). The penalised logits stay finite and every setting still draws a token."""
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal(300) * 5).astype(np.float32)
+    history = list(range(300))
+    for fields in (dict(repeat_penalty=3.4028235677973366e38), dict(frequency_penalty=1e308),
+                   dict(presence_penalty=-1e308)):
+        out = apply_penalties(logits, history, last_n=-1, **{"repeat_penalty": 1.0, **fields})
+        assert np.all(np.isfinite(out)), fields
+        for temperature in (1.0, 0.0):
+            s = Sampler(SamplingParams(temperature=temperature, top_p=0.5, seed=0, repeat_last_n=-1, **fields))
+            assert 0 <= s.sample(logits, history) < 300

@@ -11,11 +11,9 @@ trap 'rm -rf "$out"' EXIT
 export HIP_PLATFORM=amd   # this machine may also have nvcc: never let hipcc pick the NVIDIA path
 command -v hipcc >/dev/null || { echo "hipcc not found (apt-get install -y hipcc libamdhip64-dev rocm-device-libs)" >&2; exit 3; }
 
-failed=0
-count=0
-for target in gfx90a:64 gfx1030:32; do
-    arch="${target%%:*}"
-    warp="${target##*:}"
+# One target per background job (CI has two cores); each writes its own log, read back in order.
+compile_target() {  # arch warp
+    local arch="$1" warp="$2" failed=0 count=0
     for src in "$kernels"/*.hip; do
         name="$(basename "$src" .hip)"
         count=$((count + 1))
@@ -28,6 +26,22 @@ for target in gfx90a:64 gfx1030:32; do
             failed=$((failed + 1))
         fi
     done
+    echo "$count $failed" >"$out/$arch.counts"
+}
+
+targets="gfx90a:64 gfx1030:32"
+for target in $targets; do
+    compile_target "${target%%:*}" "${target##*:}" >"$out/${target%%:*}.out" 2>&1 &
+done
+wait
+failed=0
+count=0
+for target in $targets; do
+    arch="${target%%:*}"
+    cat "$out/$arch.out"
+    read -r c f <"$out/$arch.counts" || { c=0; f=1; }
+    count=$((count + c))
+    failed=$((failed + f))
 done
 echo "$((count - failed)) compiled, $failed failed"
 [ "$failed" -eq 0 ]

@@ -5,7 +5,9 @@
 // (rf_blocks.h) to f16 and copies the activation rows' values (converted to f16 once per product by
 // convert_f16) into shared memory, and eight warps multiply 16 x 16 tiles (rf_tile_* in the prelude: mma.sync, MFMA, WMMA or
 // the portable loop) accumulating in float32. Shared memory is double-buffered, so one barrier per
-// step separates writing the next step from reading this one. The epilogue adds bias and residual.
+// step separates writing the next step from reading this one, and the next step's global reads are
+// issued before this step's multiply (weights into registers, activations by cp.async on NVIDIA), so
+// their latency hides behind it. The epilogue adds bias and residual.
 // Weights are read once per 128 activation rows, so a 512-token prompt reads them 4 times (mostly
 // from L2), instead of once per 8 rows as the mat-vec does.
 #include "rf_prelude.h"
@@ -53,22 +55,57 @@ RF_DEV void rf_store32(rf_half* dst, const uint32_t* v) {  // 16 halves, dst 16-
     *(rf_u32x4*)(dst + 8) = b;
 }
 
-// One step's operands into shared memory: weight rows m0.. and activation rows n0.., values
-// ks * 32 .. + 31 of each, as f16 (zeros past the last row).
+#if defined(RF_PLATFORM_HOST)
+#define RF_MM_THREADS 1
+#else
+#define RF_MM_THREADS (RF_MM_WARPS * WARP_SIZE)
+#endif
+
+// A step's operands in two halves, so that its memory reads are in flight while the block multiplies
+// the previous step: rf_mmf_fetch issues the reads of step ks - this thread's weight chunks (16 values
+// of one row; their bulk bytes into registers, `raw`) and the activation rows' 32 values (copied to
+// shared memory asynchronously where the target can) - and rf_mmf_decode turns the weight chunks into
+// f16 in shared memory after the multiply. Rows past the last read row 0's bytes and store zeros.
+// Chunk c is half c & 1 of row c >> 1. (Measured on the H200: giving the eight lanes of a quarter-warp
+// eight different rows removes the 2-way bank conflicts of the shared stores but spreads each load
+// instruction over twice the rows - 2-4 % slower.)
 template <class T, int BM>
-RF_DEV void rf_mmf_stage(const uint8_t* __restrict__ w, int n_out, int n_in, const rf_half* __restrict__ x,
-                         int ldx, int n_rows, int m0, int n0, int ks, rf_half* sw, rf_half* sx) {
+struct rf_mmf_chunks {
+    static const int N = (BM * 2 + RF_MM_THREADS - 1) / RF_MM_THREADS;  // weight chunks per thread
+};
+
+template <class T, int BM>
+RF_DEV void rf_mmf_fetch(const uint8_t* __restrict__ w, int n_out, int n_in, const rf_half* __restrict__ x,
+                         int ldx, int n_rows, int m0, int n0, int ks, rf_raw* raw, rf_half* sx) {
+    const long long bulk_row = (long long)(n_in / T::QK) * T::BULK;
+    RF_UNROLL for (int u = 0; u < rf_mmf_chunks<T, BM>::N; ++u) {
+        const int c = threadIdx.x + u * RF_MM_THREADS, r = c >> 1, row = m0 + r < n_out ? m0 + r : 0;
+        int it, g;
+        rf_chunks<T>::at(ks * 2 + (c & 1), it, g);
+        if (c < BM * 2) T::load(w + row * bulk_row, it, raw[u]);
+    }
+    for (int c = threadIdx.x; c < RF_MM_BN * 4; c += RF_MM_THREADS) {  // 8 values a copy
+        const int r = c >> 2, tok = n0 + r;
+        const rf_half* src = x + (long long)(tok < n_rows ? tok : 0) * ldx + ks * RF_MM_BK + 8 * (c & 3);
+        rf_copy16_async(sx + r * RF_MM_LD + 8 * (c & 3), src, tok < n_rows);
+    }
+}
+
+template <class T, int BM>
+RF_DEV void rf_mmf_decode(const uint8_t* __restrict__ w, int n_out, int n_in, int m0, int ks, const rf_raw* raw,
+                          rf_half* sw) {
     const int nb = n_in / T::QK;
-    const long long bulk_row = (long long)nb * T::BULK, meta_row = (long long)nb * (T::BLOCK - T::BULK);
-    const uint8_t* meta = w + (long long)n_out * bulk_row;
-    for (int c = threadIdx.x; c < BM * 2; c += blockDim.x) {
-        const int r = c >> 1, h = c & 1, row = m0 + r;
+    const long long meta_row = (long long)nb * (T::BLOCK - T::BULK);
+    const uint8_t* meta = w + (long long)n_out * nb * T::BULK;
+    RF_UNROLL for (int u = 0; u < rf_mmf_chunks<T, BM>::N; ++u) {
+        const int c = threadIdx.x + u * RF_MM_THREADS, r = c >> 1, h = c & 1, row = m0 + r;
+        if (c >= BM * 2) continue;
         uint32_t v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         if (row < n_out) {
             int it, g;
             rf_chunks<T>::at(ks * 2 + h, it, g);
             rf_item o;
-            T::item(w + row * bulk_row, meta + row * meta_row, it, o);
+            T::template decode<true>(raw[u], meta + row * meta_row, it, o);
             const float f = g ? o.f[1] : o.f[0], v0 = g ? o.v0[1] : o.v0[0];
             RF_UNROLL for (int k = 0; k < 4; ++k) {
                 const uint32_t q = (uint32_t)(g ? o.w[4 + k] : o.w[k]);
@@ -78,29 +115,20 @@ RF_DEV void rf_mmf_stage(const uint8_t* __restrict__ w, int n_out, int n_in, con
         }
         rf_store32(sw + r * RF_MM_LD + 16 * h, v);
     }
-    for (int c = threadIdx.x; c < RF_MM_BN * 2; c += blockDim.x) {
-        const int r = c >> 1, h = c & 1, tok = n0 + r;
-        rf_u32x4 a = {0, 0, 0, 0}, b = {0, 0, 0, 0};
-        if (tok < n_rows) {
-            const rf_half* src = x + (long long)tok * ldx + ks * RF_MM_BK + 16 * h;
-            a = rf_load16(src);
-            b = rf_load16(src + 8);
-        }
-        *(rf_u32x4*)(sx + r * RF_MM_LD + 16 * h) = a;
-        *(rf_u32x4*)(sx + r * RF_MM_LD + 16 * h + 8) = b;
-    }
 }
 
 // y[t, c] = W[c, :] . x[t, :] (+ bias[c]) (+ res[t, c]) for t < n_rows, where the columns c are the
 // rows of up to three weights of one type stacked (w0: columns 0..n0-1, w1: the next n1, w2: the next
 // n2; absent parts have 0 rows), so a fused projection (q/k/v, gate/up) is one launch that fills the
-// card. grid = (sum over parts of ceil(n_p / BM), ceil(n_rows / 128)), RF_MM_WARPS warps per block;
-// n_in a multiple of the type's block; x f16 rows (convert_f16), 16-byte aligned, ldx a multiple of 8.
+// card. grid = (sum over parts of ceil(n_p / BM), ceil(n_rows / 128), splits), RF_MM_WARPS warps per
+// block; n_in a multiple of the type's block; x f16 rows (convert_f16), 16-byte aligned, ldx a multiple
+// of 8. Split over the input (products too small to fill the card): block z sums steps z * k_steps ..
+// of k_steps into y + z * split_stride, without bias or residual (mmf_reduce adds the splits up).
 template <class T, int BM>
 RF_DEV void rf_mmf(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1, const uint8_t* __restrict__ w2,
                    int n0, int n1, int n2, int n_in, const rf_half* __restrict__ x, int ldx,
                    float* __restrict__ y, int ldy, const float* __restrict__ bias, const float* __restrict__ res,
-                   int n_rows) {
+                   int n_rows, int k_steps, long long split_stride) {
     const int MI = BM / (RF_MM_WARPS_M * RF_TILE), NI = RF_MM_BN / (RF_MM_WARPS_N * RF_TILE);
     __shared__ __attribute__((aligned(16))) rf_half sw[2][BM * RF_MM_LD];
     __shared__ __attribute__((aligned(16))) rf_half sx[2][RF_MM_BN * RF_MM_LD];
@@ -113,19 +141,25 @@ RF_DEV void rf_mmf(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w
     const int col0 = part == 0 ? 0 : part == 1 ? n0 : n0 + n1;
     const int m0 = (bx - (part == 0 ? 0 : part == 1 ? t0 : t0 + t1)) * BM, n0_tok = blockIdx.y * RF_MM_BN;
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
-    const int n_k = n_in / RF_MM_BK;
+    const int k0 = blockIdx.z * k_steps, n_k = n_in / RF_MM_BK < k0 + k_steps ? n_in / RF_MM_BK : k0 + k_steps;
+    y += blockIdx.z * split_stride;
     float acc[RF_MM_WT][MI][NI][RF_TILE_ACC];
     RF_UNROLL for (int u = 0; u < RF_MM_WT; ++u)
         RF_UNROLL for (int mi = 0; mi < MI; ++mi)
             RF_UNROLL for (int ni = 0; ni < NI; ++ni)
                 RF_UNROLL for (int i = 0; i < RF_TILE_ACC; ++i) acc[u][mi][ni][i] = 0.0f;
 
-    rf_mmf_stage<T, BM>(w, n_out, n_in, x, ldx, n_rows, m0, n0_tok, 0, sw[0], sx[0]);
+    rf_raw raw[rf_mmf_chunks<T, BM>::N];
+    rf_mmf_fetch<T, BM>(w, n_out, n_in, x, ldx, n_rows, m0, n0_tok, k0, raw, sx[0]);
+    rf_mmf_decode<T, BM>(w, n_out, n_in, m0, k0, raw, sw[0]);
+    rf_copy_async_wait();
     __syncthreads();
-    for (int ks = 0; ks < n_k; ++ks) {
-        const int cur = ks & 1;
-        // The other buffer was last read in step ks - 1, which every warp finished before the barrier.
-        if (ks + 1 < n_k) rf_mmf_stage<T, BM>(w, n_out, n_in, x, ldx, n_rows, m0, n0_tok, ks + 1, sw[cur ^ 1], sx[cur ^ 1]);
+    for (int ks = k0; ks < n_k; ++ks) {
+        const int cur = (ks - k0) & 1;
+        // The other buffers were last read in step ks - 1, which every warp finished before the barrier:
+        // step ks + 1's reads go out now and land while this step multiplies.
+        const bool more = ks + 1 < n_k;
+        if (more) rf_mmf_fetch<T, BM>(w, n_out, n_in, x, ldx, n_rows, m0, n0_tok, ks + 1, raw, sx[cur ^ 1]);
         RF_UNROLL for (int u = 0; u < RF_MM_WT; ++u) {
             const int wt = warp * RF_MM_WT + u, wm = wt % RF_MM_WARPS_M, wn = wt / RF_MM_WARPS_M;
             RF_UNROLL for (int kk = 0; kk < RF_MM_BK / RF_TILE; ++kk) {
@@ -138,6 +172,8 @@ RF_DEV void rf_mmf(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w
                     RF_UNROLL for (int ni = 0; ni < NI; ++ni) rf_tile_mma(acc[u][mi][ni], fa[mi], fb[ni]);
             }
         }
+        if (more) rf_mmf_decode<T, BM>(w, n_out, n_in, m0, ks + 1, raw, sw[cur ^ 1]);
+        rf_copy_async_wait();
         __syncthreads();
     }
 
@@ -159,12 +195,14 @@ RF_DEV void rf_mmf(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w
 }
 
 #define RF_MMF_KERNEL(T, D, BM)                                                                          \
-    extern "C" __global__ void RF_BOUNDS(RF_MM_WARPS * WARP_SIZE, 1)                                    \
+    extern "C" __global__ void RF_BOUNDS(RF_MM_WARPS * WARP_SIZE, BM == 128 ? 2 : 3)                     \
         mmf_##T##_##BM(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1,                   \
                        const uint8_t* __restrict__ w2, int n0, int n1, int n2, int n_in,                 \
                        const rf_half* __restrict__ x, int ldx, float* __restrict__ y, int ldy,           \
-                       const float* __restrict__ bias, const float* __restrict__ res, int n_rows) {      \
-        rf_mmf<D, BM>(w0, w1, w2, n0, n1, n2, n_in, x, ldx, y, ldy, bias, res, n_rows);                  \
+                       const float* __restrict__ bias, const float* __restrict__ res, int n_rows,        \
+                       int k_steps, long long split_stride) {                                            \
+        rf_mmf<D, BM>(w0, w1, w2, n0, n1, n2, n_in, x, ldx, y, ldy, bias, res, n_rows, k_steps,          \
+                      split_stride);                                                                     \
     }
 
 // Rows of float32 x (row stride ldx) -> f16 rows of n values (n and ldx multiples of 4, x 16-byte
@@ -178,6 +216,21 @@ extern "C" __global__ void convert_f16(const float* __restrict__ x, int ldx, rf_
     uint32_t* out = (uint32_t*)(y + r * n + i);
     out[0] = rf_pack_half2(rf_bits_as_float(v.x), rf_bits_as_float(v.y));
     out[1] = rf_pack_half2(rf_bits_as_float(v.z), rf_bits_as_float(v.w));
+}
+
+// y[t, c] = the sum of the splits' partial products ws[s * stride + t * n + c] (s < splits, in order,
+// so the result does not depend on timing) + bias[c] + res[t * ldy + c]. grid = (ceil(n / blockDim.x),
+// n_rows).
+extern "C" __global__ void mmf_reduce(const float* __restrict__ ws, long long stride, int splits, int n, float* y,
+                                      int ldy, const float* bias, const float* res) {
+    const long long t = blockIdx.y;
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= n) return;
+    float v = 0.0f;
+    for (int s = 0; s < splits; ++s) v += ws[s * stride + t * n + c];
+    if (bias) v += bias[c];
+    if (res) v += res[t * ldy + c];
+    y[t * ldy + c] = v;
 }
 
 // One line per instance (no macro calling another): gpu/kernels.py reads the kernel table from here.

@@ -202,6 +202,31 @@ RF_DEV rf_u32x4 rf_load16(const void* p) {
 #endif
 }
 
+// 16 bytes from global to shared memory without a register on the way, where the target can (NVIDIA
+// sm_80+: cp.async; `valid` false writes zeros and reads nothing, though src must still be a real
+// address). rf_copy16_async issues, rf_copy_async_wait waits for every copy this thread issued; the
+// caller's barrier then publishes them to the block. Elsewhere the copy happens at once.
+#if defined(RF_PLATFORM_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define RF_CP_ASYNC 1
+RF_DEV uint32_t rf_smem_addr(const void* p) {  // a generic pointer into shared memory -> .shared address
+    uint32_t a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+RF_DEV void rf_copy16_async(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(rf_smem_addr(dst)), "l"(src),
+                 "r"(valid ? 16 : 0));
+}
+RF_DEV void rf_copy_async_wait() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+#else
+RF_DEV void rf_copy16_async(void* dst, const void* src, bool valid) {
+    rf_u32x4 v = {0, 0, 0, 0};
+    if (valid) v = rf_load16(src);
+    *(rf_u32x4*)dst = v;
+}
+RF_DEV void rf_copy_async_wait() {}
+#endif
+
 RF_DEV uint32_t rf_u4_at(const rf_u32x4& v, int k) {  // k must be a compile-time constant after unrolling
     return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
 }
@@ -407,11 +432,6 @@ struct rf_kv_f16 {
 
 #if defined(RF_TILE_MMA_SYNC)
 struct rf_frag { uint32_t r[4]; };  // A: rows g / g+8, cols 2t.. / 2t+8..; B: two 8-row halves
-RF_DEV uint32_t rf_smem_addr(const void* p) {  // a generic pointer into shared memory -> .shared address
-    uint32_t a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
 // ldmatrix.x4: lane l names row l % 8 of 8x8 matrix l / 8 (16-byte aligned), and receives in r[m] the
 // two values at row (lane / 4), columns 2 (lane % 4) .. of matrix m: exactly the mma fragments.
 RF_DEV void rf_ldmatrix4(rf_frag& f, const rf_half* row) {

@@ -4,10 +4,14 @@ Above mvq's eight rows per launch, a projection of split weights (gpu/mvq.py) ru
 matrix units: weights decoded to f16 in shared memory, activations converted to f16 once per product
 (convert_f16), float32 accumulation (the tile abstraction in rf_prelude.h picks mma.sync, MFMA, WMMA or
 a portable loop per target). Each weight byte is read once per 128 activation rows instead of once
-per 8, and the parts of a fused projection (q/k/v, gate/up) of one type share one launch.
+per 8, and the parts of a fused projection (q/k/v, gate/up) of one type share one launch. Each launch
+picks its block height (128 or 64 weight rows) and, for products too small to fill the card, a split
+of the input over several blocks whose partial sums one more pass adds up in a fixed order (`plan`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -15,6 +19,7 @@ from rocmforge_core.gpu import mvq
 
 MIN_ROWS = mvq.COLUMN_BUCKETS[-1] + 1  # fewer rows: the int8 mat-vec reads the weights once anyway
 ROWS_PER_BLOCK = 128                     # RF_MM_BN
+BK = 32                                  # RF_MM_BK: input values per step
 WEIGHT_ROWS = (128, 64)                  # RF_MMF_KERNEL instances: weight rows per block
 WARPS = 8                                # RF_MM_WARPS
 MAX_PARTS = 3                            # weights per launch
@@ -25,11 +30,51 @@ def usable(x, ldx: int, rows: int) -> bool:
     return rows >= MIN_ROWS and x.ptr % 16 == 0 and ldx % 4 == 0
 
 
-def weight_rows(ops, n_out: int, rows: int) -> int:
-    """Weight rows per block: 128, unless that leaves the card with fewer than two blocks per SM."""
-    tall, short = WEIGHT_ROWS
+BLOCKS_PER_SM = {128: 2, 64: 3}          # resident blocks per SM (RF_BOUNDS in mmf.hip)
+# Costs measured on the H200 (8B shapes, 512 rows): one wave of block steps, in microseconds, at each
+# block height; the split reduction's fixed cost and the bandwidth its partial sums move at.
+STEP_US = {128: 1.75, 64: 1.6}
+REDUCE_US = 3.0
+REDUCE_BYTES_PER_US = 3.0e6
+# The host's part of a launch (Python, argument packing, the driver call; plus the scratch array for a
+# split), ~40 us on the H200 machine. It overlaps the device's work, so a launch costs the larger of
+# the two: splitting a product that takes less device time than that buys nothing (with splits on its
+# tiny products the 135M model's prompt went host-bound, 55k -> 33k tok/s, though device time fell 7 %).
+HOST_US = 40.0
+MAX_SPLITS = 8
+MIN_SPLIT_STEPS = 8                      # 256 input values a split at least
+SPLIT_MARGIN = 0.85
+
+
+def plan(ops, n_out: int, n_in: int, rows: int) -> tuple[int, int]:
+    """(weight rows per block, splits of the input) for one launch: the pair that finishes soonest when
+    whole waves of resident blocks each take their steps, plus for a split the pass that writes and
+    re-reads the partial sums. Small products (few weight rows or few activation rows) get split over
+    the input so that they fill the card; big ones are left whole."""
+    return _plan(max(1, ops.device.multiprocessors), n_out, n_in, rows)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(sms: int, n_out: int, n_in: int, rows: int) -> tuple[int, int]:
     tiles = -(-rows // ROWS_PER_BLOCK)
-    return tall if -(-n_out // tall) * tiles >= 2 * ops.device.multiprocessors else short
+    steps = n_in // BK
+    best = None
+    for bm in WEIGHT_ROWS:
+        blocks = -(-n_out // bm) * tiles
+        slots = BLOCKS_PER_SM[bm] * sms
+        for s in range(1, MAX_SPLITS + 1):
+            per = -(-steps // s)
+            if s > 1 and per < MIN_SPLIT_STEPS:
+                break
+            device = -(-blocks * s // slots) * per * STEP_US[bm]
+            if s == 1:
+                cost = max(device, HOST_US)
+            else:  # and only for a clear gain: the cost model is coarse
+                device += REDUCE_US + (2 * s + 1) * rows * n_out * 4 / REDUCE_BYTES_PER_US
+                cost = max(device, 2 * HOST_US) / SPLIT_MARGIN
+            if best is None or (cost, device) < best[:2]:  # ties (host-bound): the least device time
+                best = (cost, device, bm, s)
+    return best[2], best[3]
 
 
 def to_f16(ops, x, ldx: int, rows: int, n: int):
@@ -59,9 +104,24 @@ def launch(ops, parts, x16, rows: int, y_ptr: int, ldy: int, bias_ptr: int = 0, 
     first = parts[0]
     n = [p.n_out for p in parts] + [0] * (MAX_PARTS - len(parts))
     w = [p.block.ptr for p in parts] + [0] * (MAX_PARTS - len(parts))
-    bm = weight_rows(ops, sum(n), rows)
+    cols = sum(n)
+    bm, splits = plan(ops, cols, first.n_in, rows)
+    k_steps = -(-(first.n_in // BK) // splits)
     block = WARPS * ops.warp if ops.warp > 1 else 1  # the host emulation's one thread plays all warps
-    grid = (sum(-(-k // bm) for k in n), -(-rows // ROWS_PER_BLOCK))
+    grid = (sum(-(-k // bm) for k in n), -(-rows // ROWS_PER_BLOCK), splits)
     off = 4 * first.col_off
-    ops.launch(f"mmf_{first.kernel}_{bm}", grid, block, *w, *n, first.n_in, x16.ptr, first.n_in,
-               y_ptr + off, ldy, bias_ptr + off if bias_ptr else 0, res_ptr + off if res_ptr else 0, rows)
+    bias = bias_ptr + off if bias_ptr else 0
+    res = res_ptr + off if res_ptr else 0
+    name = f"mmf_{first.kernel}_{bm}"
+    if splits == 1:
+        ops.launch(name, grid, block, *w, *n, first.n_in, x16.ptr, first.n_in, y_ptr + off, ldy, bias, res, rows,
+                   k_steps, 0)
+        return
+    # Each split's partial product into its own slice of a scratch array, then one pass adds them up
+    # in a fixed order (bitwise the same result every run) with the bias and the residual.
+    ws = ops.empty((splits, rows, cols))
+    ops.launch(name, grid, block, *w, *n, first.n_in, x16.ptr, first.n_in, ws.ptr, cols, 0, 0, rows, k_steps,
+               rows * cols)
+    threads = ops.threads(256)
+    ops.launch("mmf_reduce", (-(-cols // threads), rows), threads, ws.ptr, rows * cols, splits, cols, y_ptr + off,
+               ldy, bias, res)

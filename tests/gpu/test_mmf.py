@@ -96,7 +96,39 @@ def test_fused_parts_share_launches(ops_q8, request):
     check(ops.to_host(y), x, np.concatenate(refs), "fused")
 
 
-def test_weight_rows_per_block(ops_q8):
-    sms = ops_q8.device.multiprocessors
-    assert mmf.weight_rows(ops_q8, 128 * 2 * sms, 1) == 128
-    assert mmf.weight_rows(ops_q8, 128, 128) == 64
+class _Card:
+    class device:
+        multiprocessors = 132  # an H200
+
+
+def test_launch_plan():
+    """Block height and input splits per launch (512 prompt rows, H200): at 8B shapes the big fused
+    gate/up fills the card with tall blocks as is; the long-input down projection, a lone 1024-row part
+    (v) and the attention output are split over their inputs; the 135M model's products are not."""
+    card = _Card()
+    assert mmf.plan(card, 28672, 4096, 512) == (128, 1)
+    assert mmf.plan(card, 4096, 14336, 512)[1] > 1
+    assert mmf.plan(card, 1024, 4096, 512)[1] >= 4
+    assert mmf.plan(card, 4096, 4096, 512)[1] > 1
+    assert mmf.plan(card, 4096, 256, 512)[1] == 1  # too short to split: 8 steps
+    assert mmf.plan(card, 576, 576, 512)[1] == 1  # 135M shapes: a split saves less than its launch costs
+
+
+def test_split_product_adds_bias_and_residual_deterministically(ops_q8, request):
+    """A product of one tile split over its input (in three on the emulation's one SM, in eight on an
+    H200): the partial sums, bias and residual add up to the reference, and two runs agree bit for bit."""
+    ops = ops_q8
+    rng = rng_for(request)
+    n_out, n_in, rows = 50, 2048, 21
+    assert mmf.plan(ops, n_out, n_in, rows)[1] > 1
+    lin, w = split_weight(ops, QT.Q4_0, n_out, n_in, rng)
+    bias = rng.standard_normal(n_out).astype(np.float32)
+    lin.bias = ops.upload(bias)
+    x = rng.standard_normal((rows, n_in)).astype(np.float32)
+    res = rng.standard_normal((rows, n_out)).astype(np.float32)
+    before = ops.launches
+    first = ops.to_host(ops.matmul(ops.upload(x), lin, residual=ops.upload(res)))
+    assert ops.launches - before == 3  # the f16 conversion, the split product, the reduction
+    again = ops.to_host(ops.matmul(ops.upload(x), lin, residual=ops.upload(res)))
+    assert np.array_equal(first, again)
+    check(first - bias - res, x, w, "split")

@@ -1,6 +1,7 @@
 """Load benchmark of `rocmforge serve`: many concurrent streaming clients against one server, on loopback.
 
     python benchmarks/server_load.py [MODEL] [--clients 64] [--requests 3] [--max-tokens 32] [--write]
+        [--llama-server PATH]
 
 Starts `rocmforge serve MODEL` as a subprocess on 127.0.0.1 (MODEL defaults to the tiny random chat model
 of the tests, written to a temporary folder), then runs two phases against it:
@@ -10,6 +11,9 @@ Checks, each run: no 5xx (responses and /metrics), every finished stream ends wi
 the KV-cache slots in use back to their starting value afterwards (/metrics). Reports aggregate tokens/s
 and p50/p99 time to first token per phase; --write adds a row to BENCHMARKS.md. Every request has a
 timeout and the whole run a deadline (--deadline), so a hung server ends the run with an error.
+With --llama-server PATH (llama.cpp's server binary), the same two phases then run against it on the
+same model file, slots and context, in the same run, for a baseline row; its checks are the same
+(5xx seen by the clients, [DONE], its /metrics' requests_processing back to its start).
 """
 
 from __future__ import annotations
@@ -77,18 +81,29 @@ def start_server(model: str, port: int, args) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
+def start_llama_server(binary: str, model: str, port: int, args) -> subprocess.Popen:
+    """llama.cpp's server with the same slots and per-slot context as `rocmforge serve` gets."""
+    cmd = [binary, "-m", model, "--host", HOST, "--port", str(port), "-np", str(args.parallel),
+           "-c", str(args.ctx * args.parallel), "-t", str(os.cpu_count()), "--metrics", "--no-webui"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+# What each server kind's /metrics calls its busy slots, and its 5xx counter (None: count what clients saw).
+SLOTS_METRIC = {"rocmforge": "rocmforge_active_slots", "llama-server": "llamacpp:requests_processing"}
+
+
 async def wait_ready(client, url: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"rocmforge serve exited ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+            raise RuntimeError(f"the server exited ({proc.returncode}): {proc.stderr.read()[-2000:]}")
         try:
             if (await client.get(url + "/health", timeout=5)).status_code == 200:
                 return
         except Exception:  # noqa: BLE001 - not listening yet
             pass
         await asyncio.sleep(0.1)
-    raise RuntimeError("rocmforge serve did not become healthy")
+    raise RuntimeError("the server did not become healthy")
 
 
 async def metric(client, url: str, name: str) -> float:
@@ -154,27 +169,28 @@ async def run_phase(client, url: str, args, n_clients: int, disconnect_every: in
     return phase
 
 
-async def slots_back(client, url: str, start: float, timeout: float = 30) -> bool:
+async def slots_back(client, url: str, name: str, start: float, timeout: float = 30) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if await metric(client, url, "rocmforge_active_slots") == start:
+        if await metric(client, url, name) == start:
             return True
         await asyncio.sleep(0.1)
     return False
 
 
-async def bench(url: str, proc: subprocess.Popen, args) -> tuple[Phase, Phase, dict]:
+async def bench(url: str, proc: subprocess.Popen, args, kind: str = "rocmforge") -> tuple[Phase, Phase, dict]:
     import httpx
 
     limits = httpx.Limits(max_connections=args.clients + 4, max_keepalive_connections=args.clients + 4)
     async with httpx.AsyncClient(limits=limits) as client:
         await wait_ready(client, url, proc, timeout=300)
-        start = await metric(client, url, "rocmforge_active_slots")
+        start = await metric(client, url, SLOTS_METRIC[kind])
         await run_phase(client, url, args, 1, 0)  # warm-up: the first request pays one-off costs
         single = await run_phase(client, url, args, 1, 0)
         loaded = await run_phase(client, url, args, args.clients, args.disconnect_every)
-        checks = {"slots_back": await slots_back(client, url, start),
-                  "server_5xx": await server_5xx(client, url)}
+        checks = {"slots_back": await slots_back(client, url, SLOTS_METRIC[kind], start),
+                  # llama-server counts no 5xx in its metrics: the clients' own count (server_errors) is it
+                  "server_5xx": await server_5xx(client, url) if kind == "rocmforge" else 0}
     return single, loaded, checks
 
 
@@ -192,21 +208,20 @@ def default_model(tmp: str) -> str:
     return str(make_chat_model(Path(tmp) / "tiny-chat.gguf"))
 
 
-def model_file(model: str) -> str:
+def model_path(model: str) -> Path:
     if Path(model).exists():
-        return Path(model).name
+        return Path(model)
     from rocmforge_cli.common import resolve_model_path
 
-    return resolve_model_path(model).name  # a name from the store: the file it stands for (cached)
+    return resolve_model_path(model)  # a name from the store: the file it stands for (cached)
 
 
-def row(args, model: str, single: Phase, loaded: Phase, ok: bool) -> str:
+def row(args, model: str, single: Phase, loaded: Phase, ok: bool, server: str, note: str) -> str:
     load = (f"{args.clients} clients x {args.requests} requests, {args.max_tokens} tokens, --parallel "
             f"{args.parallel}, {loaded.disconnected} of {args.clients * args.requests} streams left mid-stream")
     checks = "pass: 0 5xx, all [DONE], slots back" if ok else "FAIL"
-    note = "no llama-server baseline: no llama.cpp build on this machine"
-    return (f"| {datetime.date.today().isoformat()} | {cpu_name()}, {os.cpu_count()} cores | {model_file(model)} "
-            f"| {args.backend} | {load} | {single.tps:.1f} | {single.ttft(0.5):.0f} / {single.ttft(0.99):.0f} ms "
+    return (f"| {datetime.date.today().isoformat()} | {cpu_name()}, {os.cpu_count()} cores | {model_path(model).name} "
+            f"| {server} | {load} | {single.tps:.1f} | {single.ttft(0.5):.0f} / {single.ttft(0.99):.0f} ms "
             f"| {loaded.tps:.1f} | {loaded.ttft(0.5):.0f} / {loaded.ttft(0.99):.0f} ms "
             f"| **{loaded.tps / single.tps:.2f}x** | {checks} | {note} |")
 
@@ -238,33 +253,49 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=300, help="seconds per request")
     ap.add_argument("--deadline", type=float, default=1800, help="seconds for the whole run")
     ap.add_argument("--write", action="store_true", help="add the row to BENCHMARKS.md")
+    ap.add_argument("--llama-server", metavar="PATH", help="also run the phases against llama.cpp's server")
+    ap.add_argument("--llama-server-note", default="", help="what the baseline binary is (for its row)")
     args = ap.parse_args()
+    lines, all_ok = [], True
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or default_model(tmp)
-        port = free_port()
-        proc = start_server(model, port, args)
-        try:
-            single, loaded, checks = asyncio.run(asyncio.wait_for(bench(f"http://{HOST}:{port}", proc, args),
-                                                                  args.deadline))
-        finally:
-            proc.terminate()
+        runs = [("rocmforge", args.backend)]
+        if args.llama_server:
+            runs.append(("llama-server", "llama-server"))
+        for kind, server in runs:
+            port = free_port()
+            if kind == "rocmforge":
+                proc = start_server(model, port, args)
+            else:
+                proc = start_llama_server(args.llama_server, str(model_path(model)), port, args)
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    errors = single.server_errors + loaded.server_errors
-    ok = not errors and checks["slots_back"] and checks["server_5xx"] == 0
-    expected = args.clients * args.requests
-    ok = ok and loaded.finished + loaded.disconnected == expected
-    line = row(args, model, single, loaded, ok)
-    print(line)
-    print(f"1 client: {single.tps:.1f} tok/s; {args.clients} clients: {loaded.tps:.1f} tok/s, "
-          f"{loaded.finished} finished + {loaded.disconnected} left of {expected}; checks {checks}; "
-          f"errors {errors[:5]}", file=sys.stderr)
+                single, loaded, checks = asyncio.run(asyncio.wait_for(
+                    bench(f"http://{HOST}:{port}", proc, args, kind), args.deadline))
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            errors = single.server_errors + loaded.server_errors
+            ok = not errors and checks["slots_back"] and checks["server_5xx"] == 0
+            expected = args.clients * args.requests
+            ok = ok and loaded.finished + loaded.disconnected == expected
+            all_ok = all_ok and ok
+            if kind == "rocmforge":
+                note = "llama-server in the next row, same run" if args.llama_server else "no llama-server baseline"
+            else:
+                note = args.llama_server_note or "llama.cpp's llama-server"
+            lines.append(row(args, model, single, loaded, ok, server, note))
+            print(lines[-1])
+            print(f"{kind}: 1 client: {single.tps:.1f} tok/s; {args.clients} clients: {loaded.tps:.1f} tok/s, "
+                  f"{loaded.finished} finished + {loaded.disconnected} left of {expected}; checks {checks}; "
+                  f"errors {errors[:5]}", file=sys.stderr)
     if args.write:
-        write_row(line)
-    return 0 if ok else 1
+        for line in lines:
+            write_row(line)
+    return 0 if all_ok else 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
 // from L2), instead of once per 8 rows as the mat-vec does.
 #include "rf_prelude.h"
 #include "rf_blocks.h"
+#include "rf_gguf.h"
 
 #define RF_MM_BK 32                // input values per step (one f16 row segment per chunk pair)
 #define RF_MM_LD (RF_MM_BK + 8)    // shared row stride in halves: 80 bytes keeps fragment loads conflict-free
@@ -62,58 +63,84 @@ RF_DEV void rf_store32(rf_half* dst, const uint32_t* v) {  // 16 halves, dst 16-
 #endif
 
 // A step's operands in two halves, so that its memory reads are in flight while the block multiplies
-// the previous step: rf_mmf_fetch issues the reads of step ks - this thread's weight chunks (16 values
-// of one row; their bulk bytes into registers, `raw`) and the activation rows' 32 values (copied to
-// shared memory asynchronously where the target can) - and rf_mmf_decode turns the weight chunks into
-// f16 in shared memory after the multiply. Rows past the last read row 0's bytes and store zeros.
+// the previous step: `fetch` issues the reads of step ks - this thread's weight chunks (16 values of
+// one row; their bulk bytes into registers, `raw`) and the activation rows' 32 values (copied to
+// shared memory asynchronously where the target can) - and `decode` turns the weight chunks into f16
+// in shared memory after the multiply. Rows past the last read row 0's bytes and store zeros.
 // Chunk c is half c & 1 of row c >> 1. (Measured on the H200: giving the eight lanes of a quarter-warp
 // eight different rows removes the 2-way bank conflicts of the shared stores but spreads each load
-// instruction over twice the rows - 2-4 % slower.)
+// instruction over twice the rows - 2-4 % slower.) Weights in the split layout (rf_blocks.h):
 template <class T, int BM>
-struct rf_mmf_chunks {
+struct rf_split_stage {
     static const int N = (BM * 2 + RF_MM_THREADS - 1) / RF_MM_THREADS;  // weight chunks per thread
+    typedef rf_raw raw_t;
+    static __device__ void fetch(const uint8_t* __restrict__ w, int n_out, int n_in, long long, int m0, int ks,
+                                 raw_t* raw) {
+        const long long bulk_row = (long long)(n_in / T::QK) * T::BULK;
+        RF_UNROLL for (int u = 0; u < N; ++u) {
+            const int c = threadIdx.x + u * RF_MM_THREADS, r = c >> 1, row = m0 + r < n_out ? m0 + r : 0;
+            int it, g;
+            rf_chunks<T>::at(ks * 2 + (c & 1), it, g);
+            if (c < BM * 2) T::load(w + row * bulk_row, it, raw[u]);
+        }
+    }
+    static __device__ void decode(const uint8_t* __restrict__ w, int n_out, int n_in, long long, int m0, int ks,
+                                  const raw_t* raw, rf_half* sw) {
+        const int nb = n_in / T::QK;
+        const long long meta_row = (long long)nb * (T::BLOCK - T::BULK);
+        const uint8_t* meta = w + (long long)n_out * nb * T::BULK;
+        RF_UNROLL for (int u = 0; u < N; ++u) {
+            const int c = threadIdx.x + u * RF_MM_THREADS, r = c >> 1, h = c & 1, row = m0 + r;
+            if (c >= BM * 2) continue;
+            uint32_t v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            if (row < n_out) {
+                int it, g;
+                rf_chunks<T>::at(ks * 2 + h, it, g);
+                rf_item o;
+                T::template decode<true>(raw[u], meta + row * meta_row, it, o);
+                const float f = g ? o.f[1] : o.f[0], v0 = g ? o.v0[1] : o.v0[0];
+                RF_UNROLL for (int k = 0; k < 4; ++k) {
+                    const uint32_t q = (uint32_t)(g ? o.w[4 + k] : o.w[k]);
+                    v[2 * k] = rf_pack_half2(f * (float)(int8_t)q + v0, f * (float)(int8_t)(q >> 8) + v0);
+                    v[2 * k + 1] = rf_pack_half2(f * (float)(int8_t)(q >> 16) + v0, f * (float)(int8_t)(q >> 24) + v0);
+                }
+            }
+            rf_store32(sw + r * RF_MM_LD + 16 * h, v);
+        }
+    }
 };
 
-template <class T, int BM>
-RF_DEV void rf_mmf_fetch(const uint8_t* __restrict__ w, int n_out, int n_in, const rf_half* __restrict__ x,
-                         int ldx, int n_rows, int m0, int n0, int ks, rf_raw* raw, rf_half* sx) {
-    const long long bulk_row = (long long)(n_in / T::QK) * T::BULK;
-    RF_UNROLL for (int u = 0; u < rf_mmf_chunks<T, BM>::N; ++u) {
-        const int c = threadIdx.x + u * RF_MM_THREADS, r = c >> 1, row = m0 + r < n_out ? m0 + r : 0;
-        int it, g;
-        rf_chunks<T>::at(ks * 2 + (c & 1), it, g);
-        if (c < BM * 2) T::load(w + row * bulk_row, it, raw[u]);
+// Weights in GGUF's own layout (rows row_bytes apart; rf_gguf.h's float decoders, 32 values an item:
+// one item per row and step). Nothing to prefetch: a thread decodes a whole row's item after the
+// multiply, reading the block directly (these types are rare in prompts: unquantized and 2/3-bit).
+template <class D, int BM>
+struct rf_gguf_stage {
+    static const int N = 1;
+    struct raw_t {};
+    static __device__ void fetch(const uint8_t*, int, int, long long, int, int, raw_t*) {}
+    static __device__ void decode(const uint8_t* __restrict__ w, int n_out, int n_in, long long row_bytes, int m0,
+                                  int ks, const raw_t*, rf_half* sw) {
+        for (int r = threadIdx.x; r < BM; r += RF_MM_THREADS) {
+            uint32_t v[16];
+            if (m0 + r < n_out) {
+                float f[RF_ITEM];
+                D::deq(w + (long long)(m0 + r) * row_bytes, ks, n_in, f);
+                RF_UNROLL for (int k = 0; k < 16; ++k) v[k] = rf_pack_half2(f[2 * k], f[2 * k + 1]);
+            } else {
+                RF_UNROLL for (int k = 0; k < 16; ++k) v[k] = 0;
+            }
+            rf_store32(sw + r * RF_MM_LD, v);
+            rf_store32(sw + r * RF_MM_LD + 16, v + 8);
+        }
     }
-    for (int c = threadIdx.x; c < RF_MM_BN * 4; c += RF_MM_THREADS) {  // 8 values a copy
+};
+
+// The activation rows' 32 values of step ks, 8 a copy (zeros past the last row).
+RF_DEV void rf_mmf_fetch_x(const rf_half* __restrict__ x, int ldx, int n_rows, int n0, int ks, rf_half* sx) {
+    for (int c = threadIdx.x; c < RF_MM_BN * 4; c += RF_MM_THREADS) {
         const int r = c >> 2, tok = n0 + r;
         const rf_half* src = x + (long long)(tok < n_rows ? tok : 0) * ldx + ks * RF_MM_BK + 8 * (c & 3);
         rf_copy16_async(sx + r * RF_MM_LD + 8 * (c & 3), src, tok < n_rows);
-    }
-}
-
-template <class T, int BM>
-RF_DEV void rf_mmf_decode(const uint8_t* __restrict__ w, int n_out, int n_in, int m0, int ks, const rf_raw* raw,
-                          rf_half* sw) {
-    const int nb = n_in / T::QK;
-    const long long meta_row = (long long)nb * (T::BLOCK - T::BULK);
-    const uint8_t* meta = w + (long long)n_out * nb * T::BULK;
-    RF_UNROLL for (int u = 0; u < rf_mmf_chunks<T, BM>::N; ++u) {
-        const int c = threadIdx.x + u * RF_MM_THREADS, r = c >> 1, h = c & 1, row = m0 + r;
-        if (c >= BM * 2) continue;
-        uint32_t v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        if (row < n_out) {
-            int it, g;
-            rf_chunks<T>::at(ks * 2 + h, it, g);
-            rf_item o;
-            T::template decode<true>(raw[u], meta + row * meta_row, it, o);
-            const float f = g ? o.f[1] : o.f[0], v0 = g ? o.v0[1] : o.v0[0];
-            RF_UNROLL for (int k = 0; k < 4; ++k) {
-                const uint32_t q = (uint32_t)(g ? o.w[4 + k] : o.w[k]);
-                v[2 * k] = rf_pack_half2(f * (float)(int8_t)q + v0, f * (float)(int8_t)(q >> 8) + v0);
-                v[2 * k + 1] = rf_pack_half2(f * (float)(int8_t)(q >> 16) + v0, f * (float)(int8_t)(q >> 24) + v0);
-            }
-        }
-        rf_store32(sw + r * RF_MM_LD + 16 * h, v);
     }
 }
 
@@ -124,9 +151,10 @@ RF_DEV void rf_mmf_decode(const uint8_t* __restrict__ w, int n_out, int n_in, in
 // block; n_in a multiple of the type's block; x f16 rows (convert_f16), 16-byte aligned, ldx a multiple
 // of 8. Split over the input (products too small to fill the card): block z sums steps z * k_steps ..
 // of k_steps into y + z * split_stride, without bias or residual (mmf_reduce adds the splits up).
-template <class T, int BM>
+// S is the weights' stage (rf_split_stage or rf_gguf_stage); row_bytes is what rf_gguf_stage needs.
+template <class S, int BM>
 RF_DEV void rf_mmf(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1, const uint8_t* __restrict__ w2,
-                   int n0, int n1, int n2, int n_in, const rf_half* __restrict__ x, int ldx,
+                   int n0, int n1, int n2, int n_in, long long row_bytes, const rf_half* __restrict__ x, int ldx,
                    float* __restrict__ y, int ldy, const float* __restrict__ bias, const float* __restrict__ res,
                    int n_rows, int k_steps, long long split_stride) {
     const int MI = BM / (RF_MM_WARPS_M * RF_TILE), NI = RF_MM_BN / (RF_MM_WARPS_N * RF_TILE);
@@ -149,9 +177,10 @@ RF_DEV void rf_mmf(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w
             RF_UNROLL for (int ni = 0; ni < NI; ++ni)
                 RF_UNROLL for (int i = 0; i < RF_TILE_ACC; ++i) acc[u][mi][ni][i] = 0.0f;
 
-    rf_raw raw[rf_mmf_chunks<T, BM>::N];
-    rf_mmf_fetch<T, BM>(w, n_out, n_in, x, ldx, n_rows, m0, n0_tok, k0, raw, sx[0]);
-    rf_mmf_decode<T, BM>(w, n_out, n_in, m0, k0, raw, sw[0]);
+    typename S::raw_t raw[S::N];
+    S::fetch(w, n_out, n_in, row_bytes, m0, k0, raw);
+    rf_mmf_fetch_x(x, ldx, n_rows, n0_tok, k0, sx[0]);
+    S::decode(w, n_out, n_in, row_bytes, m0, k0, raw, sw[0]);
     rf_copy_async_wait();
     __syncthreads();
     for (int ks = k0; ks < n_k; ++ks) {
@@ -159,7 +188,10 @@ RF_DEV void rf_mmf(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w
         // The other buffers were last read in step ks - 1, which every warp finished before the barrier:
         // step ks + 1's reads go out now and land while this step multiplies.
         const bool more = ks + 1 < n_k;
-        if (more) rf_mmf_fetch<T, BM>(w, n_out, n_in, x, ldx, n_rows, m0, n0_tok, ks + 1, raw, sx[cur ^ 1]);
+        if (more) {
+            S::fetch(w, n_out, n_in, row_bytes, m0, ks + 1, raw);
+            rf_mmf_fetch_x(x, ldx, n_rows, n0_tok, ks + 1, sx[cur ^ 1]);
+        }
         RF_UNROLL for (int u = 0; u < RF_MM_WT; ++u) {
             const int wt = warp * RF_MM_WT + u, wm = wt % RF_MM_WARPS_M, wn = wt / RF_MM_WARPS_M;
             RF_UNROLL for (int kk = 0; kk < RF_MM_BK / RF_TILE; ++kk) {
@@ -172,7 +204,7 @@ RF_DEV void rf_mmf(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w
                     RF_UNROLL for (int ni = 0; ni < NI; ++ni) rf_tile_mma(acc[u][mi][ni], fa[mi], fb[ni]);
             }
         }
-        if (more) rf_mmf_decode<T, BM>(w, n_out, n_in, m0, ks + 1, raw, sw[cur ^ 1]);
+        if (more) S::decode(w, n_out, n_in, row_bytes, m0, ks + 1, raw, sw[cur ^ 1]);
         rf_copy_async_wait();
         __syncthreads();
     }
@@ -194,15 +226,15 @@ RF_DEV void rf_mmf(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w
     }
 }
 
-#define RF_MMF_KERNEL(T, D, BM)                                                                          \
+#define RF_MMF_KERNEL(T, S, D, BM)                                                                       \
     extern "C" __global__ void RF_BOUNDS(RF_MM_WARPS * WARP_SIZE, BM == 128 ? 2 : 3)                     \
         mmf_##T##_##BM(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1,                   \
                        const uint8_t* __restrict__ w2, int n0, int n1, int n2, int n_in,                 \
-                       const rf_half* __restrict__ x, int ldx, float* __restrict__ y, int ldy,           \
-                       const float* __restrict__ bias, const float* __restrict__ res, int n_rows,        \
-                       int k_steps, long long split_stride) {                                            \
-        rf_mmf<D, BM>(w0, w1, w2, n0, n1, n2, n_in, x, ldx, y, ldy, bias, res, n_rows, k_steps,          \
-                      split_stride);                                                                     \
+                       long long row_bytes, const rf_half* __restrict__ x, int ldx,                      \
+                       float* __restrict__ y, int ldy, const float* __restrict__ bias,                   \
+                       const float* __restrict__ res, int n_rows, int k_steps, long long split_stride) { \
+        rf_mmf<S<D, BM>, BM>(w0, w1, w2, n0, n1, n2, n_in, row_bytes, x, ldx, y, ldy, bias, res, n_rows, \
+                             k_steps, split_stride);                                                     \
     }
 
 // Rows of float32 x (row stride ldx) -> f16 rows of n values (n and ldx multiples of 4, x 16-byte
@@ -234,19 +266,25 @@ extern "C" __global__ void mmf_reduce(const float* __restrict__ ws, long long st
 }
 
 // One line per instance (no macro calling another): gpu/kernels.py reads the kernel table from here.
-RF_MMF_KERNEL(q4_0, MQ4_0, 128)
-RF_MMF_KERNEL(q4_0, MQ4_0, 64)
-RF_MMF_KERNEL(q4_1, MQ4_1, 128)
-RF_MMF_KERNEL(q4_1, MQ4_1, 64)
-RF_MMF_KERNEL(q5_0, MQ5_0, 128)
-RF_MMF_KERNEL(q5_0, MQ5_0, 64)
-RF_MMF_KERNEL(q5_1, MQ5_1, 128)
-RF_MMF_KERNEL(q5_1, MQ5_1, 64)
-RF_MMF_KERNEL(q8_0, MQ8_0, 128)
-RF_MMF_KERNEL(q8_0, MQ8_0, 64)
-RF_MMF_KERNEL(q4_K, MQ4_K, 128)
-RF_MMF_KERNEL(q4_K, MQ4_K, 64)
-RF_MMF_KERNEL(q5_K, MQ5_K, 128)
-RF_MMF_KERNEL(q5_K, MQ5_K, 64)
-RF_MMF_KERNEL(q6_K, MQ6_K, 128)
-RF_MMF_KERNEL(q6_K, MQ6_K, 64)
+RF_MMF_KERNEL(q4_0, rf_split_stage, MQ4_0, 128)
+RF_MMF_KERNEL(q4_0, rf_split_stage, MQ4_0, 64)
+RF_MMF_KERNEL(q4_1, rf_split_stage, MQ4_1, 128)
+RF_MMF_KERNEL(q4_1, rf_split_stage, MQ4_1, 64)
+RF_MMF_KERNEL(q5_0, rf_split_stage, MQ5_0, 128)
+RF_MMF_KERNEL(q5_0, rf_split_stage, MQ5_0, 64)
+RF_MMF_KERNEL(q5_1, rf_split_stage, MQ5_1, 128)
+RF_MMF_KERNEL(q5_1, rf_split_stage, MQ5_1, 64)
+RF_MMF_KERNEL(q8_0, rf_split_stage, MQ8_0, 128)
+RF_MMF_KERNEL(q8_0, rf_split_stage, MQ8_0, 64)
+RF_MMF_KERNEL(q4_K, rf_split_stage, MQ4_K, 128)
+RF_MMF_KERNEL(q4_K, rf_split_stage, MQ4_K, 64)
+RF_MMF_KERNEL(q5_K, rf_split_stage, MQ5_K, 128)
+RF_MMF_KERNEL(q5_K, rf_split_stage, MQ5_K, 64)
+RF_MMF_KERNEL(q6_K, rf_split_stage, MQ6_K, 128)
+RF_MMF_KERNEL(q6_K, rf_split_stage, MQ6_K, 64)
+// Types without a split layout: 128-row blocks only (gpu/mmf.py GGUF_TYPES).
+RF_MMF_KERNEL(f32, rf_gguf_stage, DecF32, 128)
+RF_MMF_KERNEL(f16, rf_gguf_stage, DecF16, 128)
+RF_MMF_KERNEL(bf16, rf_gguf_stage, DecBF16, 128)
+RF_MMF_KERNEL(q2_K, rf_gguf_stage, DecQ2_K, 128)
+RF_MMF_KERNEL(q3_K, rf_gguf_stage, DecQ3_K, 128)

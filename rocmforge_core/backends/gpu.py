@@ -229,13 +229,16 @@ class GpuOps:
         per_block = max(1, block // self.warp)
         q8 = x.q8
         parts = lin.parts
-        if self.matrix_tiles and mmf.usable(x, ldx, rows) and any(p.split for p in parts):
-            # Prompt rows: the split parts as matrix-unit tiles, fused parts of one type in one launch.
+        # Prompt rows: the split parts (and, unless every product is to stay float32, the GGUF-layout
+        # types with a tile stage) as matrix-unit tiles, fused parts of one type in one launch.
+        tiles = [p for p in parts if p.split or (self.q8_activations and mmf.tiled(p))] \
+            if self.matrix_tiles and mmf.usable(x, ldx, rows) else []
+        if tiles:
             x16 = mmf.to_f16(self, x, ldx, rows, lin.n_in)
-            for group in mmf.groups([p for p in parts if p.split]):
+            for group in mmf.groups(tiles):
                 mmf.launch(self, group, x16, rows, y.ptr, lin.n_out, lin.bias.ptr if lin.bias is not None else 0,
                            residual.ptr if residual is not None else 0)
-            parts = [p for p in parts if not p.split]
+            parts = [p for p in parts if not any(p is t for t in tiles)]
         for p in parts:
             bias = lin.bias.ptr + 4 * p.col_off if lin.bias is not None else 0
             if p.split:

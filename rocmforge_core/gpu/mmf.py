@@ -21,6 +21,8 @@ MIN_ROWS = mvq.COLUMN_BUCKETS[-1] + 1  # fewer rows: the int8 mat-vec reads the 
 ROWS_PER_BLOCK = 128                     # RF_MM_BN
 BK = 32                                  # RF_MM_BK: input values per step
 WEIGHT_ROWS = (128, 64)                  # RF_MMF_KERNEL instances: weight rows per block
+# Weight types without a split layout, read in GGUF's own blocks (rf_gguf_stage; 128-row blocks only).
+GGUF_TYPES = frozenset({"f32", "f16", "bf16", "q2_K", "q3_K"})
 WARPS = 8                                # RF_MM_WARPS
 MAX_PARTS = 3                            # weights per launch
 
@@ -46,20 +48,26 @@ MIN_SPLIT_STEPS = 8                      # 256 input values a split at least
 SPLIT_MARGIN = 0.85
 
 
-def plan(ops, n_out: int, n_in: int, rows: int) -> tuple[int, int]:
+def tiled(part) -> bool:
+    """Whether a weight part runs on the tiles for prompt rows (the split layout, or a GGUF type with a
+    tile stage whose rows are whole 32-value steps)."""
+    return part.split or (part.kernel in GGUF_TYPES and part.n_in % BK == 0)
+
+
+def plan(ops, n_out: int, n_in: int, rows: int, heights: tuple[int, ...] = WEIGHT_ROWS) -> tuple[int, int]:
     """(weight rows per block, splits of the input) for one launch: the pair that finishes soonest when
     whole waves of resident blocks each take their steps, plus for a split the pass that writes and
     re-reads the partial sums. Small products (few weight rows or few activation rows) get split over
     the input so that they fill the card; big ones are left whole."""
-    return _plan(max(1, ops.device.multiprocessors), n_out, n_in, rows)
+    return _plan(max(1, ops.device.multiprocessors), n_out, n_in, rows, heights)
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(sms: int, n_out: int, n_in: int, rows: int) -> tuple[int, int]:
+def _plan(sms: int, n_out: int, n_in: int, rows: int, heights: tuple[int, ...]) -> tuple[int, int]:
     tiles = -(-rows // ROWS_PER_BLOCK)
     steps = n_in // BK
     best = None
-    for bm in WEIGHT_ROWS:
+    for bm in heights:
         blocks = -(-n_out // bm) * tiles
         slots = BLOCKS_PER_SM[bm] * sms
         for s in range(1, MAX_SPLITS + 1):
@@ -105,7 +113,7 @@ def launch(ops, parts, x16, rows: int, y_ptr: int, ldy: int, bias_ptr: int = 0, 
     n = [p.n_out for p in parts] + [0] * (MAX_PARTS - len(parts))
     w = [p.block.ptr for p in parts] + [0] * (MAX_PARTS - len(parts))
     cols = sum(n)
-    bm, splits = plan(ops, cols, first.n_in, rows)
+    bm, splits = plan(ops, cols, first.n_in, rows, (128,) if first.kernel in GGUF_TYPES else WEIGHT_ROWS)
     k_steps = -(-(first.n_in // BK) // splits)
     block = WARPS * ops.warp if ops.warp > 1 else 1  # the host emulation's one thread plays all warps
     grid = (sum(-(-k // bm) for k in n), -(-rows // ROWS_PER_BLOCK), splits)
@@ -114,14 +122,14 @@ def launch(ops, parts, x16, rows: int, y_ptr: int, ldy: int, bias_ptr: int = 0, 
     res = res_ptr + off if res_ptr else 0
     name = f"mmf_{first.kernel}_{bm}"
     if splits == 1:
-        ops.launch(name, grid, block, *w, *n, first.n_in, x16.ptr, first.n_in, y_ptr + off, ldy, bias, res, rows,
-                   k_steps, 0)
+        ops.launch(name, grid, block, *w, *n, first.n_in, first.row_bytes, x16.ptr, first.n_in, y_ptr + off, ldy,
+                   bias, res, rows, k_steps, 0)
         return
     # Each split's partial product into its own slice of a scratch array, then one pass adds them up
     # in a fixed order (bitwise the same result every run) with the bias and the residual.
     ws = ops.empty((splits, rows, cols))
-    ops.launch(name, grid, block, *w, *n, first.n_in, x16.ptr, first.n_in, ws.ptr, cols, 0, 0, rows, k_steps,
-               rows * cols)
+    ops.launch(name, grid, block, *w, *n, first.n_in, first.row_bytes, x16.ptr, first.n_in, ws.ptr, cols, 0, 0,
+               rows, k_steps, rows * cols)
     threads = ops.threads(256)
     ops.launch("mmf_reduce", (-(-cols // threads), rows), threads, ws.ptr, rows * cols, splits, cols, y_ptr + off,
                ldy, bias, res)

@@ -18,9 +18,12 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 
+from gguf_factory import random_blocks
 from rocmforge_core.gpu import mmf, mvq
+from rocmforge_core.gpu.kernels import weight_kernel
+from rocmforge_core.gpu.weights import GpuLinear, WeightPart
+from rocmforge_core.quants import dequantize
 from test_kernels import poisoned, rel_err, rng_for
-from rocmforge_core.gpu.weights import GpuLinear
 from test_mmvq import split_weight
 
 TYPES = [QT[name] for name in mvq.SPLIT_TYPES]
@@ -51,6 +54,33 @@ def test_tile_product(ops_q8, qtype, request):
             x = rng.standard_normal((rows, n_in)).astype(np.float32)
             y = poisoned(ops, (rows, n_out))
             ops.matmul_into(ops.upload(x), lin, y)
+            check(ops.to_host(y), x, w, f"{qtype.name} {n_out}x{n_in} rows={rows}")
+
+
+GGUF_LAYOUT_TYPES = [QT.F32, QT.F16, QT.BF16, QT.Q2_K, QT.Q3_K]
+
+
+@pytest.mark.parametrize("qtype", GGUF_LAYOUT_TYPES, ids=lambda q: q.name)
+def test_tile_product_gguf_layout(ops_q8, qtype, request):
+    """Types without a split layout run on the tiles from GGUF's own blocks (rf_gguf_stage): the
+    float mat-vec would be one launch, the tiles are the f16 conversion plus the product (plus a
+    reduction when split)."""
+    ops = ops_q8
+    rng = rng_for(request)
+    for n_out, n_in in ((200, 512), (37, 256)):
+        raw = random_blocks(qtype, (n_out, n_in), rng, scale=0.05)
+        w = dequantize(raw, qtype, (n_out, n_in)).astype(np.float64)
+        flat = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+        part = WeightPart(ops.upload(flat), weight_kernel(qtype.name), n_out, n_in, flat.nbytes // n_out, 0,
+                          qtype.name, False)
+        assert mmf.tiled(part)
+        lin = GpuLinear([part], n_out, n_in)
+        for rows in (9, 130):
+            x = rng.standard_normal((rows, n_in)).astype(np.float32)
+            y = poisoned(ops, (rows, n_out))
+            before = ops.launches
+            ops.matmul_into(ops.upload(x), lin, y)
+            assert ops.launches - before >= 2
             check(ops.to_host(y), x, w, f"{qtype.name} {n_out}x{n_in} rows={rows}")
 
 

@@ -78,14 +78,31 @@ def start_server(model: str, port: int, args) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "rocmforge_cli", "serve", model, "--host", HOST, "--port", str(port),
            "--backend", args.backend, "--parallel", str(args.parallel), "--max-queue", str(args.clients),
            "--ctx", str(args.ctx), "--shutdown-grace", "2"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    return _popen(cmd, env=env)
+
+
+def _popen(cmd: list[str], **kw) -> subprocess.Popen:
+    """A server process whose stderr goes to a file, not a pipe: nobody reads a pipe during the run,
+    and a server that logs every request (llama-server does) blocks once the pipe's 64 KiB fill up."""
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True, **kw)
+    proc.log = log
+    return proc
+
+
+def _log_tail(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)
+    return proc.log.read()[-2000:]
 
 
 def start_llama_server(binary: str, model: str, port: int, args) -> subprocess.Popen:
-    """llama.cpp's server with the same slots and per-slot context as `rocmforge serve` gets."""
+    """llama.cpp's server with the same slots and per-slot context as `rocmforge serve` gets, and an
+    HTTP thread per client (its default, slots + 4, holds a thread per kept-alive connection: with 64
+    clients the others' requests then wait past the timeout)."""
     cmd = [binary, "-m", model, "--host", HOST, "--port", str(port), "-np", str(args.parallel),
-           "-c", str(args.ctx * args.parallel), "-t", str(os.cpu_count()), "--metrics", "--no-webui"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+           "-c", str(args.ctx * args.parallel), "-t", str(os.cpu_count()), "--threads-http", str(args.clients + 4),
+           "--metrics", "--no-webui"]
+    return _popen(cmd)
 
 
 # What each server kind's /metrics calls its busy slots, and its 5xx counter (None: count what clients saw).
@@ -96,7 +113,7 @@ async def wait_ready(client, url: str, proc: subprocess.Popen, timeout: float) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+            raise RuntimeError(f"the server exited ({proc.returncode}): {_log_tail(proc)}")
         try:
             if (await client.get(url + "/health", timeout=5)).status_code == 200:
                 return
@@ -109,7 +126,9 @@ async def wait_ready(client, url: str, proc: subprocess.Popen, timeout: float) -
 async def metric(client, url: str, name: str) -> float:
     text = (await client.get(url + "/metrics", timeout=10)).text
     found = re.search("^" + re.escape(name) + r" (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    if found is None:  # a renamed metric would make the slots check pass vacuously
+        raise RuntimeError(f"the server's /metrics has no {name}")
+    return float(found.group(1))
 
 
 async def server_5xx(client, url: str) -> float:
@@ -119,6 +138,15 @@ async def server_5xx(client, url: str) -> float:
 
 
 async def one_stream(client, url: str, prompt: str, args, phase: Phase, leave_after: int | None) -> None:
+    import httpx
+
+    try:
+        await _one_stream(client, url, prompt, args, phase, leave_after)
+    except httpx.TimeoutException as exc:  # a hang: counted against the server, the run goes on
+        phase.server_errors.append(f"no response within {args.timeout:.0f} s ({type(exc).__name__})")
+
+
+async def _one_stream(client, url: str, prompt: str, args, phase: Phase, leave_after: int | None) -> None:
     body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": args.max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     sent, chunks, last, usage = time.perf_counter(), 0, "", None

@@ -88,7 +88,8 @@ class ChatSession:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._engine._release_slot(self.slot)
+            # An idle session's tokens stay usable: a later request that starts the same way reuses them.
+            self._engine._release_slot(self.slot, () if self.busy else self.cached)
 
 
 @dataclass
@@ -208,6 +209,10 @@ class Engine:
         self.ctx_reason = ""  # why n_ctx is what it is (create_engine fills it in)
         self._cache = None
         self._free_slots: list[int] = []
+        # What the KV cache of each free slot still holds (the tokens its last request fed, in order): a
+        # new request that starts the same way - a chat client resending the conversation each turn -
+        # takes that slot and prefills only the rest, like llama-server's prompt cache.
+        self._slot_cached: dict[int, list[int]] = {}
         self._intake: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -221,6 +226,7 @@ class Engine:
             return self
         self._cache = self.model.make_cache(self.n_slots, self.n_ctx)
         self._free_slots = list(range(self.n_slots))
+        self._slot_cached = {}
         self._intake = asyncio.Queue(maxsize=self.max_queue)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rocmforge-worker")
         ready = asyncio.Event()
@@ -268,11 +274,25 @@ class Engine:
             raise EngineStateError("the engine is not running", hint="await engine.start() first")
         if not self._free_slots:
             raise EngineBusyError("no free KV-cache slot for a new conversation", hint="try again shortly")
-        return ChatSession(self, self._free_slots.pop())
+        slot = self._free_slots.pop()
+        self._slot_cached.pop(slot, None)  # the session's turns overwrite whatever the slot held
+        return ChatSession(self, slot)
 
-    def _release_slot(self, slot: int) -> None:
+    def _release_slot(self, slot: int, cached: Sequence[int] = ()) -> None:
         if self._accepting and slot not in self._free_slots:
+            self._slot_cached[slot] = list(cached)
             self._free_slots.append(slot)
+
+    def _take_slot(self, prompt: Sequence[int]) -> int:
+        """A free slot for a request without a session: the one whose cache starts like the prompt for
+        longest, else the one freed longest ago (recently used caches are the likeliest to be continued)."""
+        best, best_len = self._free_slots[0], 0
+        for slot in self._free_slots:
+            n = common_prefix(prompt, self._slot_cached.get(slot, ()))
+            if n > best_len:
+                best, best_len = slot, n
+        self._free_slots.remove(best)
+        return best
 
     # ---- intake ----------------------------------------------------------------------------------
 
@@ -400,7 +420,7 @@ class Engine:
                 while waiting and (self._free_slots or waiting[0].request.session is not None):
                     state = waiting.popleft()
                     session = state.request.session
-                    state.slot = session.slot if session is not None else self._free_slots.pop()
+                    state.slot = session.slot if session is not None else self._take_slot(state.prompt)
                     self._prefill_begin(state)
                     prefilling.append(state)
                 if prefilling:
@@ -456,10 +476,10 @@ class Engine:
         state.prefill_start = time.perf_counter()
         state.timings.queue_ms = (state.prefill_start - state.submitted) * 1e3
         state.timings.prompt_tokens = len(state.prompt)
-        reuse = 0
-        if state.request.session is not None:
-            reuse = common_prefix(state.prompt, state.request.session.cached)
-            reuse = min(reuse, len(state.prompt) - 1)  # prefill at least one token: we need its logits
+        session = state.request.session
+        # From here the slot's cache holds this request's tokens: only `fed` says which are valid.
+        cached = session.cached if session is not None else self._slot_cached.pop(state.slot, [])
+        reuse = min(common_prefix(state.prompt, cached), len(state.prompt) - 1)  # prefill >= 1 token: its logits
         state.timings.reused_tokens = reuse
         state.fed = state.prompt[:reuse]
 
@@ -575,6 +595,7 @@ class Engine:
             session.cached = list(state.fed)
             session.busy = False
         elif state.slot >= 0:
+            self._slot_cached[state.slot] = list(state.fed)
             self._free_slots.append(state.slot)
         state.slot = -1
         tail = ""

@@ -18,10 +18,14 @@ def new_id(prefix: str) -> str:
 
 
 def usage(prompt_tokens: list[int], finals: dict[int, Event], choices_per_prompt: int) -> dict:
-    """Prompt tokens count once per prompt (not once per choice), as OpenAI counts them."""
+    """Prompt tokens count once per prompt (not once per choice), as OpenAI counts them; of those,
+    `cached_tokens` were found in a slot's KV cache and not prefilled again."""
     prompt = sum(prompt_tokens[::choices_per_prompt])
     completion = sum(e.timings.completion_tokens for e in finals.values() if e.timings is not None)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    cached = sum(e.timings.reused_tokens for i, e in finals.items()
+                 if e.timings is not None and i % choices_per_prompt == 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 class TokenText:

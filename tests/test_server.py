@@ -112,6 +112,19 @@ def test_greedy_chat_equals_the_engine(model_path, client):
     assert reply.id.startswith("chatcmpl-") and reply.model == "tiny-chat"
 
 
+def test_a_continued_conversation_reuses_the_cached_prefix(client):
+    """Like llama-server's prompt cache: a second turn resends the first turn and its answer, and the
+    server finds them in a slot's KV cache (usage.prompt_tokens_details.cached_tokens, OpenAI's field)
+    instead of prefilling them again."""
+    messages = [{"role": "user", "content": "Tell me about the sea."}]
+    first = client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=8, temperature=0)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "And the mountains?"}]
+    second = client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=4, temperature=0)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens <= cached < second.usage.prompt_tokens
+
+
 def test_greedy_completion_equals_the_engine(model_path, client):
     reply = client.completions.create(model="tiny-chat", prompt="The answer is", max_tokens=16,
                                       temperature=0)

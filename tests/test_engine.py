@@ -338,25 +338,29 @@ def summary(result):
 
 def test_a_request_continuing_an_earlier_one_prefills_only_the_rest(tiny_path):
     """Without a session: a prompt that starts with an earlier request's tokens (a chat client resending
-    the conversation) takes the slot whose cache holds them and prefills only the rest, also when an
-    unrelated request was served in between (it takes the other, longer-idle slot); the answer is the
-    one a fresh engine gives."""
+    the conversation) takes the slot whose cache holds them and prefills only the rest - also when
+    that slot is not the one idle longest, and when an unrelated request was served in between (it
+    takes the other slot and leaves this cache alone); the answers are a fresh engine's."""
     first = Request(tokens=list(range(5, 45)), max_tokens=6, sampling=GREEDY)
     other = Request(tokens=list(range(60, 80)), max_tokens=4, sampling=GREEDY)
 
     async def go():
         async with create_engine(tiny_path, backend="cpu", n_slots=2, n_ctx=512) as engine:
-            _, ids, head = await collect(engine.submit(first))
-            _, _, between = await collect(engine.submit(other))
-            follow = Request(tokens=first.tokens + ids + [7, 8, 9], max_tokens=6, sampling=GREEDY)
-            result = await collect(engine.submit(follow))
-            return head, between, follow, result
+            _, ids_a, a = await collect(engine.submit(first))
+            _, ids_b, b = await collect(engine.submit(other))
+            # The slot idle longest now is first's; the continuation of `other` must find other's.
+            follow_b = Request(tokens=other.tokens + ids_b + [7, 8, 9], max_tokens=6, sampling=GREEDY)
+            result_b = await collect(engine.submit(follow_b))
+            follow_a = Request(tokens=first.tokens + ids_a + [7, 8, 9], max_tokens=6, sampling=GREEDY)
+            result_a = await collect(engine.submit(follow_a))
+            return a, b, (follow_a, result_a), (follow_b, result_b)
 
-    head, between, follow, result = run(go())
-    assert head.timings.reused_tokens == 0 and between.timings.reused_tokens == 0
-    # The first prompt and every generated token but the last (sampled, never fed) were cached.
-    assert result[2].timings.reused_tokens == 40 + 6 - 1
-    assert summary(result) == alone(tiny_path, [follow])[0]
+    a, b, (follow_a, result_a), (follow_b, result_b) = run(go())
+    assert a.timings.reused_tokens == 0 and b.timings.reused_tokens == 0
+    # Each prompt and every generated token but the last (sampled, never fed) were cached.
+    assert result_b[2].timings.reused_tokens == 20 + 4 - 1
+    assert result_a[2].timings.reused_tokens == 40 + 6 - 1
+    assert [summary(result_a), summary(result_b)] == alone(tiny_path, [follow_a, follow_b])
 
 
 def test_bad_requests_are_refused_at_submit_beside_good_ones(tiny_path):

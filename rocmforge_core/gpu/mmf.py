@@ -39,9 +39,10 @@ STEP_US = {128: 1.75, 64: 1.6}
 REDUCE_US = 3.0
 REDUCE_BYTES_PER_US = 3.0e6
 # The host's part of a launch (Python, argument packing, the driver call; plus the scratch array for a
-# split), ~40 us on the H200 machine. It overlaps the device's work, so a launch costs the larger of
-# the two: splitting a product that takes less device time than that buys nothing (with splits on its
-# tiny products the 135M model's prompt went host-bound, 55k -> 33k tok/s, though device time fell 7 %).
+# split): a model constant fitted on the H200 machine, where splits on the 135M model's tiny products
+# cut its device time 7 % but its prompt rate fell 55k -> 33k tok/s. The host's work overlaps the
+# device's, so a launch costs the larger of the two: splitting a product whose device time is below
+# that buys nothing.
 HOST_US = 40.0
 MAX_SPLITS = 8
 MIN_SPLIT_STEPS = 8                      # 256 input values a split at least

@@ -71,7 +71,8 @@ async def chat_ttft(engine, reps: int = 5) -> dict:
         reuse.append(fin.timings.ttft_ms)
         n_all, n_new = fin.timings.prompt_tokens, fin.timings.prompt_tokens - fin.timings.reused_tokens
         session.close()
-        _, _, fin = await collect(engine.submit(Request(messages=messages, max_tokens=1, sampling=greedy)))
+        _, _, fin = await collect(engine.submit(Request(messages=messages, max_tokens=1, sampling=greedy,
+                                                        cache_prompt=False)))
         fresh.append(fin.timings.ttft_ms)
     return {"reuse_ms": statistics.median(reuse), "fresh_ms": statistics.median(fresh),
             "prompt_tokens": n_all, "new_tokens": n_new}
@@ -91,7 +92,9 @@ async def history_ttft(engine, n_history: int, reps: int = 3) -> dict:
     fresh, cached = [], []
     await collect(engine.submit(Request(tokens=turn, max_tokens=1, sampling=greedy)))  # warm-up
     for _ in range(reps):
-        _, _, fin = await collect(engine.submit(Request(tokens=turn, max_tokens=1, sampling=greedy)))
+        _, _, fin = await collect(engine.submit(Request(tokens=turn, max_tokens=1, sampling=greedy,
+                                                        cache_prompt=False)))
+        assert fin.timings.reused_tokens == 0
         fresh.append(fin.timings.ttft_ms)
         session = engine.open_session()
         await collect(engine.submit(Request(tokens=history, session=session, max_tokens=1, sampling=greedy)))

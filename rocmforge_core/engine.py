@@ -65,6 +65,9 @@ class Request:
     ignore_eos: bool = False  # benchmarks decode a fixed count
     session: "ChatSession | None" = None  # keep the KV cache between the turns of one conversation
     logprobs: int | None = None  # report each token's logprob and this many top alternatives (None: off)
+    # Reuse what a free slot's KV cache holds of this prompt's beginning (llama-server's cache_prompt);
+    # False prefills it all (benchmarks measuring a cold prompt). Sessions always reuse theirs.
+    cache_prompt: bool = True
 
 
 class ChatSession:
@@ -479,6 +482,8 @@ class Engine:
         session = state.request.session
         # From here the slot's cache holds this request's tokens: only `fed` says which are valid.
         cached = session.cached if session is not None else self._slot_cached.pop(state.slot, [])
+        if session is None and not state.request.cache_prompt:
+            cached = []
         reuse = min(common_prefix(state.prompt, cached), len(state.prompt) - 1)  # prefill >= 1 token: its logits
         state.timings.reused_tokens = reuse
         state.fed = state.prompt[:reuse]

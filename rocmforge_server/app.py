@@ -108,7 +108,8 @@ def _routes(app: FastAPI, engine, runner: Runner, metrics: Metrics, options: Ser
         max_tokens = body.token_limit() or engine.n_ctx
         ids = fit_messages(engine, messages, max_tokens, options.context_shift)
         requests = [Request(tokens=ids, max_tokens=max_tokens, sampling=sampling_for(body, options.defaults, i),
-                            stop=body.stops(), logprobs=body.logprob_count()) for i in range(body.n)]
+                            stop=body.stops(), logprobs=body.logprob_count(), cache_prompt=body.cache_prompt)
+                    for i in range(body.n)]
         seqs = runner.start(requests, param="messages")
         ctx = _Context(rid=fmt.new_id("chatcmpl"), model=options.model_id, fingerprint=fingerprint,
                        text_of=text_of, n_per_prompt=body.n)
@@ -156,7 +157,8 @@ class _Context:
 
 def _completion_request(engine, body: CompletionRequest, prompt, index: int, defaults) -> Request:
     common = dict(max_tokens=body.token_limit() or engine.n_ctx, stop=body.stops(),
-                  sampling=sampling_for(body, defaults, index), logprobs=body.logprob_count())
+                  sampling=sampling_for(body, defaults, index), logprobs=body.logprob_count(),
+                  cache_prompt=body.cache_prompt)
     if isinstance(prompt, str):
         return Request(prompt=prompt, **common)
     vocab = engine.tokenizer.vocab_size

@@ -70,6 +70,7 @@ class GenerationFields(_Body):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
+    cache_prompt: bool = True  # llama-server's field: False prefills the whole prompt, reusing no cache
 
     @field_validator("stop")
     @classmethod

@@ -123,6 +123,10 @@ def test_a_continued_conversation_reuses_the_cached_prefix(client):
     second = client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=4, temperature=0)
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert first.usage.prompt_tokens <= cached < second.usage.prompt_tokens
+    cold = client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=4, temperature=0,
+                                          extra_body={"cache_prompt": False})  # llama-server's switch
+    assert cold.usage.prompt_tokens_details.cached_tokens == 0
+    assert cold.choices[0].message.content == second.choices[0].message.content
 
 
 def test_greedy_completion_equals_the_engine(model_path, client):

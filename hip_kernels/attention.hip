@@ -204,22 +204,216 @@ RF_DEV void rf_attn_split(const float* __restrict__ q, const typename KV::T* __r
 RF_ATTN_KERNELS(f32, rf_kv_f32)
 RF_ATTN_KERNELS(f16, rf_kv_f16)
 
-// Merge attn_split_<S>'s partial results: one block per (head, row).
+// Merge the partial results of split attention (attn_split_<S>, attn_gqa_f16_<hd>): one block per
+// (head, row). Each split's weight exp(m_z - m) is computed once into shared memory; the sum over
+// splits of each output value keeps RF_ATT_COMBINE_ILP independent loads in flight (a plain loop over
+// 32 splits waited for each L2 load in turn: ~25 us per launch), in a fixed order.
+#define RF_ATT_MAX_SPLITS 32
+#define RF_ATT_COMBINE_ILP 8
 extern "C" __global__ void attn_combine_f32(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
                                            float* __restrict__ out, int heads, int hd, int splits,
                                            int8_t* __restrict__ xq, float* __restrict__ xd) {
     __shared__ float s_out[RF_ATT_MAX_HD];
+    __shared__ float s_w[RF_ATT_MAX_SPLITS], s_l[RF_ATT_MAX_SPLITS];
     const int h = blockIdx.x, n = blockIdx.y;
     const long long base = ((long long)n * heads + h) * splits;
+    for (int z = threadIdx.x; z < splits; z += blockDim.x) {
+        s_w[z] = part_ml[2 * (base + z)];
+        s_l[z] = part_ml[2 * (base + z) + 1];
+    }
+    __syncthreads();
     float m = RF_NEG_BIG;
-    for (int z = 0; z < splits; ++z) m = fmaxf(m, part_ml[2 * (base + z)]);
+    for (int z = 0; z < splits; ++z) m = fmaxf(m, s_w[z]);
     float total = 0.0f;
-    for (int z = 0; z < splits; ++z) total += part_ml[2 * (base + z) + 1] * rf_expf(part_ml[2 * (base + z)] - m);
+    for (int z = 0; z < splits; ++z) total += s_l[z] * rf_expf(s_w[z] - m);
+    __syncthreads();  // every thread has read the maxima before they become weights
+    for (int z = threadIdx.x; z < splits; z += blockDim.x) s_w[z] = rf_expf(s_w[z] - m);
+    __syncthreads();
+    const float* acc = part_acc + base * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        float v = 0.0f;
-        for (int z = 0; z < splits; ++z) v += part_acc[(base + z) * hd + i] * rf_expf(part_ml[2 * (base + z)] - m);
-        s_out[i] = v;
+        float v[RF_ATT_COMBINE_ILP];
+        RF_UNROLL for (int u = 0; u < RF_ATT_COMBINE_ILP; ++u) v[u] = 0.0f;
+        int z = 0;
+        for (; z + RF_ATT_COMBINE_ILP <= splits; z += RF_ATT_COMBINE_ILP) {
+            RF_UNROLL for (int u = 0; u < RF_ATT_COMBINE_ILP; ++u) v[u] += acc[(long long)(z + u) * hd + i] * s_w[z + u];
+        }
+        for (; z < splits; ++z) v[0] += acc[(long long)z * hd + i] * s_w[z];
+        float sum = 0.0f;
+        RF_UNROLL for (int u = 0; u < RF_ATT_COMBINE_ILP; ++u) sum += v[u];
+        s_out[i] = sum;
     }
     __syncthreads();
     rf_attn_write(s_out, 1.0f / total, out, (long long)n * heads * hd, (long long)h * hd, hd, xq, xd);
 }
+
+// ---------------------------------------------------------------- decode attention per KV head (f16 cache)
+// A block takes the query heads that share one cached head (up to RF_GQA_G of them, GQA) and one split
+// of a row's keys, so each cached key and value is read once for all those heads. A key row of HD f16
+// values is HD / 8 chunks of 16 bytes; RF_GQA_LPK lanes hold one key (a chunk or more each), so a
+// warp load covers RF_GQA_KPW keys, and every lane has RF_GQA_KI keys' and values' loads in flight
+// before it uses the first. Scores are joined across a key's lanes by xor-shuffles; the running max
+// is per warp and head; each lane adds the values of its own keys, and the lanes of different keys
+// are joined once at the end, then the warps through shared memory. gridDim.z == 1 writes the
+// normalized output (and its 8-bit copy); more splits leave partial results for attn_combine_f32.
+#define RF_GQA_G 4
+#define RF_GQA_KI 4
+#define RF_GQA_WARPS 4
+
+template <int HD>
+struct rf_gqa_shape {
+    static const int CH = HD / 8;                            // 16-byte chunks per key row
+    static const int LPK = CH < WARP_SIZE ? CH : WARP_SIZE;  // lanes per key
+    static const int DPL = CH / LPK;                         // chunks per lane
+    static const int KPW = WARP_SIZE / LPK;                  // keys per warp load
+    static const int STEP = KPW * RF_GQA_KI;                 // keys per warp step
+    static const int VALS = DPL * 8;                         // head dims per lane
+};
+
+RF_DEV void rf_gqa_unpack(const rf_u32x4& v, float* out) {
+    RF_UNROLL for (int w = 0; w < 4; ++w) {
+        const uint32_t u = rf_u4_at(v, w);
+        out[2 * w] = rf_half_lo(u);
+        out[2 * w + 1] = rf_half_hi(u);
+    }
+}
+
+// q: (N, heads, HD); kc, vc: one layer's f16 cache (n_slots, kv_heads, n_ctx, HD);
+// grid = (kv_heads * ceil(group / RF_GQA_G), N, splits), RF_GQA_WARPS warps (one thread in emulation).
+template <int HD>
+RF_DEV void rf_attn_gqa(const float* __restrict__ q, const rf_half* __restrict__ kc, const rf_half* __restrict__ vc,
+                        float* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
+                        const int* __restrict__ row_slot, const int* __restrict__ row_pos, int heads, int kv_heads,
+                        int n_ctx, float scale, int window, int8_t* __restrict__ xq, float* __restrict__ xd) {
+    typedef rf_gqa_shape<HD> S;
+    __shared__ float s_m[RF_GQA_WARPS][RF_GQA_G], s_l[RF_GQA_WARPS][RF_GQA_G], s_tot[RF_GQA_G];
+    __shared__ float s_acc[RF_GQA_WARPS][RF_GQA_G][HD];
+    __shared__ float s_out[RF_GQA_G][HD];
+    const int group = heads / kv_heads, tiles = (group + RF_GQA_G - 1) / RF_GQA_G;
+    const int kh = blockIdx.x / tiles, h0 = kh * group + (blockIdx.x % tiles) * RF_GQA_G;
+    const int ng = kh * group + group - h0 < RF_GQA_G ? kh * group + group - h0 : RF_GQA_G;
+    const int n = blockIdx.y, z = blockIdx.z, splits = gridDim.z;
+    const int p = row_pos[n];
+    const int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+    const int chunk = (p - lo + 1 + splits - 1) / splits;
+    const int a = lo + z * chunk, b = a + chunk - 1 < p ? a + chunk - 1 : p;
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int n_warps = blockDim.x / WARP_SIZE > 0 ? blockDim.x / WARP_SIZE : 1;
+    const int ks = lane / S::LPK, c = lane % S::LPK;
+    const long long head_off = ((long long)row_slot[n] * kv_heads + kh) * n_ctx * HD;
+    const rf_half* kb = kc + head_off;
+    const rf_half* vb = vc + head_off;
+
+    float qf[RF_GQA_G][S::VALS], acc[RF_GQA_G][S::VALS], m[RF_GQA_G], l[RF_GQA_G];
+    RF_UNROLL for (int g = 0; g < RF_GQA_G; ++g) {
+        m[g] = RF_NEG_BIG;
+        l[g] = 0.0f;
+        RF_UNROLL for (int j = 0; j < S::DPL; ++j) {
+            RF_UNROLL for (int e = 0; e < 8; ++e) {
+                const int d = (c + S::LPK * j) * 8 + e;
+                qf[g][j * 8 + e] = g < ng ? q[((long long)n * heads + h0 + g) * HD + d] * scale : 0.0f;
+                acc[g][j * 8 + e] = 0.0f;
+            }
+        }
+    }
+    for (int k0 = a + warp * S::STEP; k0 <= b; k0 += n_warps * S::STEP) {
+        rf_u32x4 kr[RF_GQA_KI][S::DPL], vr[RF_GQA_KI][S::DPL];
+        RF_UNROLL for (int i = 0; i < RF_GQA_KI; ++i) {
+            const int j = k0 + i * S::KPW + ks;
+            const long long at = (long long)(j <= b ? j : b) * HD;
+            RF_UNROLL for (int u = 0; u < S::DPL; ++u) {
+                kr[i][u] = rf_load16(kb + at + (c + S::LPK * u) * 8);
+                vr[i][u] = rf_load16(vb + at + (c + S::LPK * u) * 8);
+            }
+        }
+        float s[RF_GQA_KI][RF_GQA_G];
+        RF_UNROLL for (int i = 0; i < RF_GQA_KI; ++i) {
+            float kf[S::VALS];
+            RF_UNROLL for (int u = 0; u < S::DPL; ++u) rf_gqa_unpack(kr[i][u], kf + 8 * u);
+            RF_UNROLL for (int g = 0; g < RF_GQA_G; ++g) {
+                float t0 = 0.0f, t1 = 0.0f;
+                RF_UNROLL for (int e = 0; e < S::VALS; e += 2) {
+                    t0 += qf[g][e] * kf[e];
+                    t1 += qf[g][e + 1] * kf[e + 1];
+                }
+                float t = t0 + t1;
+                for (int mm = S::LPK / 2; mm > 0; mm >>= 1) t += RF_SHFL_XOR(t, mm);
+                s[i][g] = k0 + i * S::KPW + ks <= b ? t : RF_NEG_BIG;
+            }
+        }
+        RF_UNROLL for (int g = 0; g < RF_GQA_G; ++g) {
+            float mx = s[0][g];
+            RF_UNROLL for (int i = 1; i < RF_GQA_KI; ++i) mx = fmaxf(mx, s[i][g]);
+            for (int mm = S::LPK; mm < WARP_SIZE; mm <<= 1) mx = fmaxf(mx, RF_SHFL_XOR(mx, mm));
+            const float m_new = fmaxf(m[g], mx), corr = rf_expf(m[g] - m_new);
+            m[g] = m_new;
+            l[g] *= corr;
+            RF_UNROLL for (int e = 0; e < S::VALS; ++e) acc[g][e] *= corr;
+        }
+        RF_UNROLL for (int i = 0; i < RF_GQA_KI; ++i) {
+            float vf[S::VALS];
+            RF_UNROLL for (int u = 0; u < S::DPL; ++u) rf_gqa_unpack(vr[i][u], vf + 8 * u);
+            RF_UNROLL for (int g = 0; g < RF_GQA_G; ++g) {
+                const float w = s[i][g] > 0.5f * RF_NEG_BIG ? rf_expf(s[i][g] - m[g]) : 0.0f;
+                l[g] += w;
+                RF_UNROLL for (int e = 0; e < S::VALS; ++e) acc[g][e] += w * vf[e];
+            }
+        }
+    }
+    // Join the lanes of different keys (same dims), then the warps.
+    RF_UNROLL for (int g = 0; g < RF_GQA_G; ++g) {
+        for (int mm = S::LPK; mm < WARP_SIZE; mm <<= 1) {
+            l[g] += RF_SHFL_XOR(l[g], mm);
+            RF_UNROLL for (int e = 0; e < S::VALS; ++e) acc[g][e] += RF_SHFL_XOR(acc[g][e], mm);
+        }
+        if (lane == 0) {
+            s_m[warp][g] = m[g];
+            s_l[warp][g] = l[g];
+        }
+        if (ks == 0) {
+            RF_UNROLL for (int j = 0; j < S::DPL; ++j)
+                RF_UNROLL for (int e = 0; e < 8; ++e) s_acc[warp][g][(c + S::LPK * j) * 8 + e] = acc[g][j * 8 + e];
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < ng * HD; i += blockDim.x) {
+        const int g = i / HD, d = i % HD;
+        float mg = s_m[0][g];
+        for (int w = 1; w < n_warps; ++w) mg = fmaxf(mg, s_m[w][g]);
+        float v = 0.0f, tot = 0.0f;
+        for (int w = 0; w < n_warps; ++w) {
+            const float f = rf_expf(s_m[w][g] - mg);
+            v += s_acc[w][g][d] * f;
+            tot += s_l[w][g] * f;
+        }
+        if (splits == 1) {
+            s_out[g][d] = v;
+            if (d == 0) s_tot[g] = tot;
+        } else {
+            const long long part = ((long long)n * heads + h0 + g) * splits + z;
+            part_acc[part * HD + d] = v;
+            if (d == 0) {
+                part_ml[2 * part] = mg;
+                part_ml[2 * part + 1] = tot;
+            }
+        }
+    }
+    if (splits != 1) return;
+    __syncthreads();
+    for (int g = 0; g < ng; ++g)
+        rf_attn_write(s_out[g], 1.0f / s_tot[g], out, (long long)n * heads * HD, (long long)(h0 + g) * HD, HD, xq, xd);
+}
+
+#define RF_ATTN_GQA_KERNEL(HD)                                                                          \
+    extern "C" __global__ void attn_gqa_f16_##HD(const float* __restrict__ q, const rf_half* __restrict__ kc, \
+                                                const rf_half* __restrict__ vc, float* __restrict__ out, \
+                                                float* __restrict__ part_acc, float* __restrict__ part_ml, \
+                                                const int* __restrict__ row_slot, const int* __restrict__ row_pos, \
+                                                int heads, int kv_heads, int n_ctx, float scale, int window, \
+                                                int8_t* __restrict__ xq, float* __restrict__ xd) {      \
+        rf_attn_gqa<HD>(q, kc, vc, out, part_acc, part_ml, row_slot, row_pos, heads, kv_heads, n_ctx, scale, \
+                        window, xq, xd);                                                                \
+    }
+
+RF_ATTN_GQA_KERNEL(64)
+RF_ATTN_GQA_KERNEL(128)
+RF_ATTN_GQA_KERNEL(256)

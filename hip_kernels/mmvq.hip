@@ -72,15 +72,17 @@ RF_DEV void rf_mvq(const uint8_t* __restrict__ w, int n_out, int n_in, const int
     }
 
 // GGUF blocks -> [bulk of every block | meta of every block]: bulk = bytes [at, at + bulk_len) of a
-// block, meta = the others in order. One thread per block.
-extern "C" __global__ void repack_blocks(const uint8_t* __restrict__ src, uint8_t* __restrict__ dst,
-                                         long long n_blocks, int block_bytes, int at, int bulk_len) {
+// block, meta = the others in order. One thread per block; block b's parts go to bulk + b * bulk_len
+// and meta + b * (block_bytes - bulk_len), so several tensors can fill one split array in turn.
+extern "C" __global__ void repack_blocks(const uint8_t* __restrict__ src, uint8_t* __restrict__ bulk_dst,
+                                         uint8_t* __restrict__ meta_dst, long long n_blocks, int block_bytes,
+                                         int at, int bulk_len) {
     const long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= n_blocks) return;
     const uint8_t* s = src + b * block_bytes;
-    uint8_t* bulk = dst + b * bulk_len;
+    uint8_t* bulk = bulk_dst + b * bulk_len;
     const int meta_len = block_bytes - bulk_len;
-    uint8_t* meta = dst + n_blocks * bulk_len + b * meta_len;
+    uint8_t* meta = meta_dst + b * meta_len;
     for (int i = 0; i < bulk_len; ++i) bulk[i] = s[at + i];
     for (int i = 0; i < meta_len; ++i) meta[i] = s[i < at ? i : i + bulk_len];
 }

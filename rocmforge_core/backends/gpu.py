@@ -35,7 +35,9 @@ from rocmforge_core.rope import RopeSpec, cos_sin, table_size
 
 MV_ROWS_PER_PASS = 4  # RF_MV_MAXB in the prelude
 ATT_MAX_HEAD_DIM = 256  # RF_ATT_MAX_HD in attention.hip
+ATT_MAX_SPLITS = 32  # RF_ATT_MAX_SPLITS in attention.hip (attn_combine_f32)
 FA_MAX_HD, FA_ROWS, FA_WARPS = 128, 32, 2  # RF_FA_MAX_HD, RF_FA_ROWS, RF_FA_WARPS in fattn.hip
+GQA_HEADS, GQA_HEAD_DIMS = 4, (64, 128, 256)  # RF_GQA_G and the attn_gqa_f16_<hd> instances in attention.hip
 FA_MIN_ROWS = 16  # shorter prompt chunks keep the row-per-block kernel
 _F32 = np.dtype(np.float32)
 
@@ -59,6 +61,11 @@ class GpuOps:
         self.graph_failures: list[str] = []  # why a capture fell back to op-by-op (for diagnostics)
         self.launches = 0
         self.attn_keys_per_split = 512  # see _attention_splits
+        # Decode attention over an f16 cache per KV head (attn_gqa); ROCMFORGE_GPU_GQA=0 keeps one block
+        # per query head (attn_<type>, attn_split_<type>).
+        self.gqa_attention = os.environ.get("ROCMFORGE_GPU_GQA", "1") != "0"
+        self.gqa_min_keys = int(os.environ.get("ROCMFORGE_GPU_GQA_MIN_KEYS", "128"))  # see _gqa_splits
+        self.gqa_blocks_per_sm = int(os.environ.get("ROCMFORGE_GPU_GQA_BLOCKS", "2"))
         self.kv_cache_type = "f16"  # new caches store keys and values in f16 (or "f32")
         # Projections read 8-bit activations (gpu/mvq.py) for the weight types that have the int8
         # mat-vec; ROCMFORGE_GPU_Q8=0 keeps every product in float32 (the CPU's arithmetic, to 1e-5).
@@ -404,6 +411,19 @@ class GpuOps:
             out.q8 = mvq.empty_q8(self, n, heads * hd)
         xq, xd = (out.q8[0].ptr, out.q8[1].ptr) if out.q8 else (0, 0)
         att_block = self.threads(4 * self.warp)
+        if self._gqa_decode(cache, hd):
+            kv_blocks = kv_heads * -(-(heads // kv_heads) // GQA_HEADS)
+            splits = self._gqa_splits(n, cache.n_ctx, kv_blocks)
+            part_acc = part_ml = None
+            if splits > 1:
+                part_acc, part_ml = self.empty((n, heads, splits, hd)), self.empty((n, heads, splits, 2))
+            self.launch(f"attn_gqa_f16_{hd}", (kv_blocks, n, splits), att_block, q.ptr, kc, vc, out.ptr,
+                        part_acc.ptr if part_acc else 0, part_ml.ptr if part_ml else 0, slot_d.ptr, pos_d.ptr,
+                        heads, kv_heads, cache.n_ctx, float(scale), int(window or 0), xq, xd)
+            if splits > 1:
+                self.launch("attn_combine_f32", (heads, n), self.threads(min(hd, 256)), part_acc.ptr, part_ml.ptr,
+                            out.ptr, heads, hd, splits, xq, xd)
+            return out
         splits = self._attention_splits(n, cache.n_ctx)
         if splits == 1:
             self.launch(f"attn_{cache.cache_type}", (heads, n), att_block, q.ptr, kc, vc, out.ptr, slot_d.ptr, pos_d.ptr,
@@ -422,13 +442,27 @@ class GpuOps:
         return (self.matrix_tiles and self.q8_activations and rows >= FA_MIN_ROWS and hd % 16 == 0 and hd <= FA_MAX_HD
                 and not isinstance(slots, DeviceArray) and len(set(map(int, slots))) == 1)
 
+    def _gqa_decode(self, cache: GpuKVCache, hd: int) -> bool:
+        """Decode rows over an f16 cache take the per-KV-head kernel (attn_gqa_f16_<hd>)."""
+        return self.gqa_attention and cache.cache_type == "f16" and hd in GQA_HEAD_DIMS
+
+    def _gqa_splits(self, rows: int, n_ctx: int, kv_blocks: int) -> int:
+        """Splits of each row's keys for attn_gqa: enough blocks to give every multiprocessor
+        gqa_blocks_per_sm of them, no split shorter than gqa_min_keys of the cache's capacity, at most
+        ATT_MAX_SPLITS; one (no combine launch) for prompt-sized batches. Fixed by the shapes, not by the row's
+        current length, so one captured graph serves every position."""
+        if rows > 8:
+            return 1
+        want = -(-self.gqa_blocks_per_sm * self.device.multiprocessors // (kv_blocks * rows))
+        return max(1, min(ATT_MAX_SPLITS, want, n_ctx // self.gqa_min_keys))
+
     def _attention_splits(self, rows: int, n_ctx: int) -> int:
         """Blocks per (head, row) for decode-sized batches: the keys a cache can hold split in chunks of
         about attn_keys_per_split, so a long context spreads over the card (flash-decoding); each block
         takes an equal share of the row's current length, so one captured graph serves every position."""
         if rows > 8:
             return 1
-        return max(1, min(32, n_ctx // self.attn_keys_per_split))
+        return max(1, min(ATT_MAX_SPLITS, n_ctx // self.attn_keys_per_split))
 
     def _row_index(self, slots, starts, counts) -> tuple[DeviceArray, DeviceArray]:
         """Device arrays of each row's cache slot and position; every layer of a step shares them."""

@@ -9,7 +9,7 @@ row is an integer dot product of 16-byte loads. Other weight types keep the floa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -31,22 +31,27 @@ def splits(type_name: str, n_in: int) -> bool:
     return spec is not None and n_in % spec[0] == 0
 
 
-def split_on_device(ops, raw: np.ndarray, type_name: str) -> Any:
-    """Upload raw GGUF blocks and split them into [bulk | meta] on the device; returns the new array.
-    The raw copy lives in a staging allocation of its own, freed at once, so loading leaves nothing
-    but the split weights behind."""
+def split_on_device(ops, raws: Sequence[np.ndarray], type_name: str) -> Any:
+    """Upload the raw GGUF blocks of one or more tensors of one type (stacked rows, e.g. Q|K|V) and split
+    them into one [bulk | meta] array on the device; returns the new array. Each raw copy lives in a
+    staging allocation of its own, freed at once, so loading leaves nothing but the split weights."""
     qk, block_bytes, at, bulk = SPLIT_TYPES[type_name]
-    out = ops.empty((raw.nbytes,), np.uint8)
+    total = sum(r.nbytes for r in raws)
+    out = ops.empty((total,), np.uint8)
+    n_total, done = total // block_bytes, 0
     rt = ops.rt
-    staged = rt.alloc(raw.nbytes)
-    try:
-        rt.copy_htod(staged, raw, raw.nbytes, ops.stream)
-        n_blocks = raw.nbytes // block_bytes
-        t = ops.threads(256)
-        ops.launch("repack_blocks", ((n_blocks + t - 1) // t,), t, staged, out.ptr, n_blocks, block_bytes, at, bulk)
-        rt.stream_synchronize(ops.stream)
-    finally:
-        rt.free(staged)
+    for raw in raws:
+        staged = rt.alloc(raw.nbytes)
+        try:
+            rt.copy_htod(staged, raw, raw.nbytes, ops.stream)
+            n_blocks = raw.nbytes // block_bytes
+            t = ops.threads(256)
+            ops.launch("repack_blocks", ((n_blocks + t - 1) // t,), t, staged, out.ptr + done * bulk,
+                       out.ptr + n_total * bulk + done * (block_bytes - bulk), n_blocks, block_bytes, at, bulk)
+            rt.stream_synchronize(ops.stream)
+        finally:
+            rt.free(staged)
+        done += n_blocks
     return out
 
 

@@ -43,8 +43,22 @@ class GpuLinear:
 
 
 def load_linear(ops, gguf_file, names: Sequence[str], bias_names: Sequence[str] | None = None) -> GpuLinear:
-    """Upload the named weights (and biases, dequantized to float32) through `ops.upload`."""
+    """Upload the named weights (and biases, dequantized to float32) through `ops.upload`. Adjacent
+    weights of one type that the int8 mat-vec reads (Q|K|V, gate|up) become one split array, one part:
+    one launch per product instead of one per weight."""
     parts, off, n_in = [], 0, None
+    pending: list = []  # (info, n_in, raw) of adjacent split weights of one type, not yet uploaded
+
+    def flush():
+        if pending:
+            type_name, k = pending[0][0].qtype.name, pending[-1][1]
+            raws = [raw for _, _, raw in pending]
+            rows = sum(int(info.shape[0]) for info, _, _ in pending)
+            block = mvq.split_on_device(ops, raws, type_name)
+            parts.append(WeightPart(block, weight_kernel(type_name), rows, k, raws[0].nbytes // int(pending[0][0].shape[0]),
+                                    off - rows, type_name, True))
+            pending.clear()
+
     for name in names:
         info = gguf_file.tensor(name)
         kernel = weight_kernel(info.qtype.name)
@@ -56,10 +70,16 @@ def load_linear(ops, gguf_file, names: Sequence[str], bias_names: Sequence[str] 
             raise BadInputError(f"{name} has {k} inputs, the fused weights before it {n_in}")
         n_in = k
         raw = np.ascontiguousarray(np.asarray(info.data).reshape(-1).view(np.uint8))
-        split = ops.q8_activations and mvq.splits(info.qtype.name, k)
-        block = mvq.split_on_device(ops, raw, info.qtype.name) if split else ops.upload(raw)
-        parts.append(WeightPart(block, kernel, n_out, k, raw.nbytes // n_out, off, info.qtype.name, split))
+        if pending and pending[0][0].qtype != info.qtype:
+            flush()
+        if ops.q8_activations and mvq.splits(info.qtype.name, k):
+            pending.append((info, k, raw))
+            off += n_out
+            continue
+        flush()
+        parts.append(WeightPart(ops.upload(raw), kernel, n_out, k, raw.nbytes // n_out, off, info.qtype.name))
         off += n_out
+    flush()
     bias = None
     if bias_names:
         bias = ops.upload(np.concatenate([gguf_file.dequant(n).reshape(-1) for n in bias_names]), np.float32)

@@ -271,6 +271,43 @@ def test_f16_cache_attention_equals_f32_on_f16_values(ops, splits, request):
     assert rel_err(outs[0], outs[1]) < F32_BOUND
 
 
+def _f16_values(rng, shape):
+    return rng.standard_normal(shape).astype(np.float16).astype(np.float32)
+
+
+@pytest.mark.parametrize("hd,heads,n_kv", [(64, 9, 3), (128, 32, 4), (256, 4, 1), (128, 10, 2), (64, 8, 8)],
+                         ids=["hd64-gqa3", "hd128-gqa8", "hd256-gqa4", "hd128-gqa5", "hd64-mha"])
+@pytest.mark.parametrize("window", [None, 7])
+@pytest.mark.parametrize("split", [False, True], ids=["one-block", "split"])
+def test_attention_per_kv_head(ops, hd, heads, n_kv, window, split, request):
+    """attn_gqa_f16_<hd> (decode rows over an f16 cache, one block per KV head and split): GQA ratios 1,
+    3, 4, 5 (a group of 4 heads plus one) and 8, rows shorter than the number of splits, windows shorter
+    than the rows, against the CPU on the same f16-exact keys and values."""
+    rng = rng_for(request)
+    n_ctx, lengths = 70, (61, 2, 33)
+    saved = (ops.kv_cache_type, ops.gqa_blocks_per_sm, ops.gqa_min_keys)
+    try:
+        ops.kv_cache_type = "f16"
+        ops.gqa_blocks_per_sm, ops.gqa_min_keys = (10**4, 8) if split else (0, 10**9)
+        cache = ops.make_cache(1, 3, n_ctx, n_kv, hd)
+        host = KVCache(1, 3, n_ctx, n_kv, hd)
+        scale = hd ** -0.5
+        batches = [([slot], [0], [length]) for slot, length in enumerate(lengths)]  # prompts, then a decode step
+        batches.append(([0, 1, 2], list(lengths), [1, 1, 1]))
+        for slots, starts, counts in batches:
+            n = sum(counts)
+            q = rng.standard_normal((n, heads, hd)).astype(np.float32)
+            k, v = _f16_values(rng, (n, n_kv, hd)), _f16_values(rng, (n, n_kv, hd))
+            ref = cpu.attention(q, k, v, host, 0, slots, starts, counts, scale, window)
+            got = ops.attention(ops.upload(q), ops.upload(k), ops.upload(v), cache, 0, slots, starts, counts,
+                                scale, window)
+            assert rel_err(ops.to_host(got), ref) < F32_BOUND, (slots, starts)
+        kv_blocks = n_kv * -(-(heads // n_kv) // 4)
+        assert ops._gqa_splits(3, n_ctx, kv_blocks) == (8 if split else 1)
+    finally:
+        ops.kv_cache_type, ops.gqa_blocks_per_sm, ops.gqa_min_keys = saved
+
+
 def test_rope_qk_in_one_launch(ops, request):
     """q and k of different head counts, read as strided column slices of one fused projection."""
     rng = rng_for(request)

@@ -32,7 +32,7 @@ def split_weight(ops_q8, qtype: QT, n_out: int, n_in: int, rng) -> tuple[GpuLine
     raw = random_blocks(qtype, (n_out, n_in), rng, scale=0.05)
     ref = dequantize(raw, qtype, (n_out, n_in)).astype(np.float64)
     flat = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
-    block = mvq.split_on_device(ops_q8, flat, qtype.name)
+    block = mvq.split_on_device(ops_q8, [flat], qtype.name)
     part = WeightPart(block, weight_kernel(qtype.name), n_out, n_in, flat.nbytes // n_out, 0, qtype.name, True)
     return GpuLinear([part], n_out, n_in), ref
 
@@ -155,3 +155,32 @@ def test_attention_output_also_quantizes(ops_q8, request):
     got = ops.to_host(out.q8[0]).reshape(q_ref.shape).astype(np.int16)
     assert np.abs(got - q_ref).max() <= 1 and np.mean(got != q_ref) < 1e-2
     assert np.allclose(ops.to_host(out.q8[1])[..., 0], d_ref, rtol=1e-6)
+
+
+def test_adjacent_weights_of_one_type_share_one_launch(ops_q8, request, tmp_path, monkeypatch):
+    """load_linear stacks adjacent weights of one split type into one part (Q|K as one array, V of
+    another type its own): one mat-vec launch per run of a type, the product equal to the CPU's."""
+    from gguf_factory import write_gguf
+    from rocmforge_core.gguf_file import GGUFFile
+    from rocmforge_core.gpu.weights import load_linear
+
+    ops = ops_q8
+    monkeypatch.setattr(ops, "matrix_tiles", False)
+    rng = rng_for(request)
+    shapes_types = {"q": (96, QT.Q4_K), "k": (37, QT.Q4_K), "v": (37, QT.Q8_0), "o": (5, QT.Q4_K)}
+    tensors = {n: (random_blocks(t, (rows, 256), rng, scale=0.05), t) for n, (rows, t) in shapes_types.items()}
+    gguf_file = GGUFFile(write_gguf(tmp_path / "w.gguf", "llama", {}, tensors))
+    lin = load_linear(ops, gguf_file, ["q", "k", "v", "o"])
+    assert [(p.type_name, p.n_out, p.col_off) for p in lin.parts] == [("Q4_K", 133, 0), ("Q8_0", 37, 133),
+                                                                         ("Q4_K", 5, 170)]
+    w = np.concatenate([dequantize(a, t, (a.shape[0], 256)) for a, t in tensors.values()]).astype(np.float64)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    launched = []
+    launch = ops.launch
+    monkeypatch.setattr(ops, "launch", lambda kernel, *a: launched.append(kernel) or launch(kernel, *a))
+    y = poisoned(ops, (3, lin.n_out))
+    ops.matmul_into(ops.upload(x), lin, y)
+    assert [k for k in launched if k.startswith("mvq_")] == ["mvq_q4_K_4", "mvq_q8_0_4", "mvq_q4_K_4"]
+    q, d = q8_reference(x)
+    xr = (q.astype(np.float64) * d[..., None]).reshape(3, 256)
+    assert rel_err(ops.to_host(y), xr @ w.T) < F32_BOUND

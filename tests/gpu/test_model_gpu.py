@@ -117,19 +117,21 @@ def assert_greedy_agrees(gpu_tokens, cpu_tokens, cpu_steps, what) -> int:
 
 @pytest.mark.parametrize("keys_per_split", [512, 8], ids=["one-block", "flash-decoding"])
 def test_tiny_models_q8_close_to_cpu(ops_q8, tiny, keys_per_split):
-    """8-bit activations, decode attention in one block per head or split over 12 blocks (96 // 8)."""
+    """8-bit activations, decode attention in one block per KV head or split over 12 blocks (96 // 8)."""
     name, gguf_file, cpu = tiny
     gpu_model = load_model(gguf_file, ops_q8)
     prompt = np.random.default_rng(7).integers(0, VOCAB, 9).tolist()
     ref = cpu.prefill(prompt, cpu.make_cache(1, 96), 0, 0, all_logits=True)
     got = gpu_model.prefill(prompt, gpu_model.make_cache(1, 96), 0, 0, all_logits=True)
     assert rel_err(got, ref) < Q8_LOGIT_TOL, name
-    saved, ops_q8.attn_keys_per_split = ops_q8.attn_keys_per_split, keys_per_split
+    saved = ops_q8.attn_keys_per_split, ops_q8.gqa_blocks_per_sm, ops_q8.gqa_min_keys
+    ops_q8.attn_keys_per_split = keys_per_split  # head_dim 16 and 32: one block per query head (attn_f16)
+    ops_q8.gqa_blocks_per_sm, ops_q8.gqa_min_keys = (0, 512) if keys_per_split == 512 else (10**4, keys_per_split)
     try:
         cpu_tokens, cpu_steps = greedy(cpu, prompt, 16, 96)
         gpu_tokens, _ = greedy(gpu_model, prompt, 16, 96)
     finally:
-        ops_q8.attn_keys_per_split = saved
+        ops_q8.attn_keys_per_split, ops_q8.gqa_blocks_per_sm, ops_q8.gqa_min_keys = saved
     assert_greedy_agrees(gpu_tokens, cpu_tokens, cpu_steps, name)
 
 

@@ -101,6 +101,27 @@ def prefill_rates(ops, model, rows: int) -> list[str]:
     return lines
 
 
+def replay_at_depths(ops, model, pairs: str) -> list[str]:
+    """The captured step's device time after `depth` cached tokens in a cache of `n_ctx` positions,
+    for each DEPTH:N_CTX pair: what a long context adds to a token, and what a cache's size alone
+    adds (its attention splits)."""
+    lines = []
+    for pair in pairs.split(","):
+        depth, n_ctx = (int(v) for v in pair.split(":"))
+        cache = model.make_cache(1, n_ctx)
+        for start in range(0, depth, 2048):  # the prompt in chunks, as the engine feeds it
+            model.prefill([7] * min(2048, depth - start), cache, 0, start)
+        tok = np.array([5])
+        for pos in range(depth, depth + 3):  # capture + warm
+            model.decode(tok, cache, np.array([0]), np.array([pos]))
+        graph = next(g for g in cache.graphs.values() if g is not None)
+        graph._upload_inputs(tok, np.array([0]), np.array([depth + 3]))
+        ms = event_ms(ops, lambda: ops.rt.graph_launch(graph.exe, ops.stream), reps=20)
+        lines.append(f"depth {depth:6d} n_ctx {n_ctx:6d}: step replay {ms:.3f} ms")
+        del cache
+    return lines
+
+
 def step_times(ops, model, steps: int) -> list[str]:
     cache = model.make_cache(1, 512)
     model.prefill([1, 2, 3, 4], cache, 0, 0)
@@ -130,11 +151,14 @@ def main() -> None:
     ap.add_argument("--matvec-only", action="store_true", help="only the mat-vec rates")
     ap.add_argument("--lanes", type=int, help="cap the int8 mat-vec's lanes per row (an experiment)")
     ap.add_argument("--threads", type=int, help="the int8 mat-vec's block size (an experiment)")
+    ap.add_argument("--profile-depth", type=int, default=64, help="cached tokens before --profile-step's step")
     ap.add_argument("--profile-step", action="store_true",
                     help="after warm-up, one op-by-op decode step between cuProfilerStart/Stop (for ncu "
                          "--profile-from-start off)")
     ap.add_argument("--profile-matvec", action="store_true", help="one gate/up mat-vec for ncu")
     ap.add_argument("--prefill", type=int, metavar="ROWS", help="only the projections' rates on ROWS rows")
+    ap.add_argument("--depths", metavar="D:N,...", help="only the step's replay time after D cached tokens "
+                    "in a cache of N positions, per pair (e.g. 64:576,64:4160,4096:4160)")
     ap.add_argument("--profile-prefill", type=int, metavar="ROWS", help="one gate/up product on ROWS rows for ncu")
     args = ap.parse_args()
     from rocmforge_core.backends.gpu import make_ops
@@ -158,11 +182,15 @@ def main() -> None:
           f"weights {ops.pool.allocated / 1e9:.3f} GB = {ops.pool.allocated / tensor_bytes:.4f}x the file's "
           f"tensor bytes ({tensor_bytes / 1e9:.3f} GB)")
     if args.profile_step:
-        return profile_one_step(ops, model)
+        return profile_one_step(ops, model, args.profile_depth)
     if args.profile_matvec:
         return profile_one_matvec(ops, model)
     if args.profile_prefill:
         return profile_one_prefill(ops, model, args.profile_prefill)
+    if args.depths:
+        for line in replay_at_depths(ops, model, args.depths):
+            print(line, flush=True)
+        return
     if args.prefill:
         for line in prefill_rates(ops, model, args.prefill):
             print(line, flush=True)
@@ -201,16 +229,18 @@ def profile_one_prefill(ops, model, rows: int) -> None:
     driver.cuProfilerStop()
 
 
-def profile_one_step(ops, model) -> None:
+def profile_one_step(ops, model, depth: int = 64) -> None:
+    """One op-by-op decode step after `depth` cached tokens between cuProfilerStart/Stop (ncu)."""
     from cuda.bindings import driver
 
-    cache = model.make_cache(1, 512)
-    model.prefill(list(range(1, 65)), cache, 0, 0)
+    cache = model.make_cache(1, max(512, depth + 64))
+    for start in range(0, depth, 2048):
+        model.prefill([7] * min(2048, depth - start), cache, 0, start)
     ops.use_graphs = False
-    model.decode(np.array([5]), cache, np.array([0]), np.array([64]))
+    model.decode(np.array([5]), cache, np.array([0]), np.array([depth]))
     ops.sync()
     driver.cuProfilerStart()
-    model.decode(np.array([5]), cache, np.array([0]), np.array([65]))
+    model.decode(np.array([5]), cache, np.array([0]), np.array([depth + 1]))
     ops.sync()
     driver.cuProfilerStop()
 

@@ -155,8 +155,8 @@ RF_DEV void rf_mmf_fetch_x(const rf_half* __restrict__ x, int ldx, int n_rows, i
 template <class S, int BM>
 RF_DEV void rf_mmf(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1, const uint8_t* __restrict__ w2,
                    int n0, int n1, int n2, int n_in, long long row_bytes, const rf_half* __restrict__ x, int ldx,
-                   float* __restrict__ y, int ldy, const float* __restrict__ bias, const float* __restrict__ res,
-                   int n_rows, int k_steps, long long split_stride) {
+                   const float* __restrict__ x_scale, float* __restrict__ y, int ldy, const float* __restrict__ bias,
+                   const float* __restrict__ res, int n_rows, int k_steps, long long split_stride) {
     const int MI = BM / (RF_MM_WARPS_M * RF_TILE), NI = RF_MM_BN / (RF_MM_WARPS_N * RF_TILE);
     __shared__ __attribute__((aligned(16))) rf_half sw[2][BM * RF_MM_LD];
     __shared__ __attribute__((aligned(16))) rf_half sx[2][RF_MM_BN * RF_MM_LD];
@@ -219,7 +219,7 @@ RF_DEV void rf_mmf(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w
                     const int row = m0 + (wm * MI + mi) * RF_TILE + r, tok = n0_tok + (wn * NI + ni) * RF_TILE + c;
                     if (row >= n_out || tok >= n_rows) continue;
                     const long long at = (long long)tok * ldy + col0 + row;
-                    y[at] = acc[u][mi][ni][i] + (bias ? bias[col0 + row] : 0.0f) + (res ? res[at] : 0.0f);
+                    y[at] = acc[u][mi][ni][i] * x_scale[tok] + (bias ? bias[col0 + row] : 0.0f) + (res ? res[at] : 0.0f);
                 }
             }
         }
@@ -231,23 +231,42 @@ RF_DEV void rf_mmf(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w
         mmf_##T##_##BM(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1,                   \
                        const uint8_t* __restrict__ w2, int n0, int n1, int n2, int n_in,                 \
                        long long row_bytes, const rf_half* __restrict__ x, int ldx,                      \
-                       float* __restrict__ y, int ldy, const float* __restrict__ bias,                   \
-                       const float* __restrict__ res, int n_rows, int k_steps, long long split_stride) { \
-        rf_mmf<S<D, BM>, BM>(w0, w1, w2, n0, n1, n2, n_in, row_bytes, x, ldx, y, ldy, bias, res, n_rows, \
-                             k_steps, split_stride);                                                     \
+                       const float* __restrict__ x_scale, float* __restrict__ y, int ldy,                \
+                       const float* __restrict__ bias, const float* __restrict__ res, int n_rows,        \
+                       int k_steps, long long split_stride) {                                            \
+        rf_mmf<S<D, BM>, BM>(w0, w1, w2, n0, n1, n2, n_in, row_bytes, x, ldx, x_scale, y, ldy, bias, res, \
+                             n_rows, k_steps, split_stride);                                             \
     }
 
 // Rows of float32 x (row stride ldx) -> f16 rows of n values (n and ldx multiples of 4, x 16-byte
-// aligned): the tile product's activations, converted once for all the parts that read them.
-// grid = (ceil(n / (4 * blockDim.x)), n_rows).
-extern "C" __global__ void convert_f16(const float* __restrict__ x, int ldx, rf_half* __restrict__ y, int n) {
-    const long long r = blockIdx.y;
-    const int i = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
-    if (i >= n) return;
-    const rf_u32x4 v = rf_load16(x + r * ldx + i);
-    uint32_t* out = (uint32_t*)(y + r * n + i);
-    out[0] = rf_pack_half2(rf_bits_as_float(v.x), rf_bits_as_float(v.y));
-    out[1] = rf_pack_half2(rf_bits_as_float(v.z), rf_bits_as_float(v.w));
+// aligned): the tile product's activations, converted once for all the parts that read them. Each row
+// is first scaled by a power of two that puts its largest magnitude in [2^13, 2^14), so activations
+// beyond f16's range (65504) neither overflow nor lose more than f16's own precision; the exact
+// inverse goes to x_scale[r] for the product's epilogue. (Rows whose largest value is below 2^-113,
+// or not finite, keep scale 1.) grid = (n_rows), one block per row.
+extern "C" __global__ void convert_f16(const float* __restrict__ x, int ldx, rf_half* __restrict__ y,
+                                       float* __restrict__ x_scale, int n) {
+    __shared__ float scratch[RF_MAX_WARPS];
+    const long long r = blockIdx.x;
+    const float* xr = x + r * ldx;
+    float mx = 0.0f;
+    for (int i = 4 * threadIdx.x; i < n; i += 4 * blockDim.x) {
+        const rf_u32x4 v = rf_load16(xr + i);
+        mx = fmaxf(mx, fmaxf(fmaxf(fabsf(rf_bits_as_float(v.x)), fabsf(rf_bits_as_float(v.y))),
+                             fmaxf(fabsf(rf_bits_as_float(v.z)), fabsf(rf_bits_as_float(v.w)))));
+    }
+    mx = rf_block_max(mx, scratch);
+    const int e = (int)((rf_float_as_bits(mx) >> 23) & 0xffu);  // mx = 1.f * 2^(e - 127)
+    const bool scaled = e >= 14 && e <= 254;
+    const float up = scaled ? rf_bits_as_float((uint32_t)(267 - e) << 23) : 1.0f;    // 2^(140 - e)
+    const float down = scaled ? rf_bits_as_float((uint32_t)(e - 13) << 23) : 1.0f;   // 2^(e - 140)
+    if (threadIdx.x == 0) x_scale[r] = down;
+    for (int i = 4 * threadIdx.x; i < n; i += 4 * blockDim.x) {
+        const rf_u32x4 v = rf_load16(xr + i);
+        uint32_t* out = (uint32_t*)(y + r * n + i);
+        out[0] = rf_pack_half2(rf_bits_as_float(v.x) * up, rf_bits_as_float(v.y) * up);
+        out[1] = rf_pack_half2(rf_bits_as_float(v.z) * up, rf_bits_as_float(v.w) * up);
+    }
 }
 
 // y[t, c] = the sum of the splits' partial products ws[s * stride + t * n + c] (s < splits, in order,

@@ -102,6 +102,14 @@ RF_DEV float rf_bits_as_float(uint32_t u) {
 #endif
 }
 
+RF_DEV uint32_t rf_float_as_bits(float f) {
+#if defined(RF_PLATFORM_HOST)
+    uint32_t u; memcpy(&u, &f, 4); return u;
+#else
+    return __float_as_uint(f);
+#endif
+}
+
 RF_DEV float rf_half2float(rf_half h) {
 #if defined(RF_PLATFORM_CUDA)
     float f;

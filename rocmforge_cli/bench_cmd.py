@@ -42,8 +42,20 @@ def random_prompt(tokenizer, n: int, seed: int) -> list[int]:
     return ids
 
 
+async def _run(engine, request) -> object:
+    """One request through the engine; its final event. A request that ended in an error (say, a
+    model whose numbers went non-finite) has no speed to report: that is an error here too."""
+    from rocmforge_core.engine import collect
+    from rocmforge_core.errors import RocmforgeError
+
+    _, _, final = await collect(engine.submit(request))
+    if final.finish_reason == "error":
+        raise RocmforgeError(f"the benchmark's request failed: {final.error}")
+    return final
+
+
 async def measure(engine, n_prompt: int, n_gen: int, repetitions: int, depth: int = 0) -> dict:
-    from rocmforge_core.engine import Request, collect
+    from rocmforge_core.engine import Request
     from rocmforge_core.sampler import SamplingParams
 
     greedy = SamplingParams(temperature=0.0)
@@ -53,14 +65,13 @@ async def measure(engine, n_prompt: int, n_gen: int, repetitions: int, depth: in
         for rep in range(repetitions + 1):  # the first round warms up and is not counted
             if n_prompt:
                 prompt = random_prompt(engine.tokenizer, n_prompt, seed=rep)
-                _, _, final = await collect(engine.submit(
-                    Request(tokens=prompt, max_tokens=1, sampling=greedy, ignore_eos=True)))
+                final = await _run(engine, Request(tokens=prompt, max_tokens=1, sampling=greedy, ignore_eos=True))
                 if rep:
                     pp.append(final.timings.prompt_tokens_per_s)
             if n_gen:
                 context = [start] + random_prompt(engine.tokenizer, depth, seed=1000 + rep) if depth else [start]
-                _, _, final = await collect(engine.submit(
-                    Request(tokens=context, max_tokens=n_gen + 1, sampling=greedy, ignore_eos=True)))
+                final = await _run(engine, Request(tokens=context, max_tokens=n_gen + 1, sampling=greedy,
+                                                   ignore_eos=True))
                 if rep:
                     tg.append(final.timings.gen_tokens_per_s)
     return {"pp": statistics.median(pp) if pp else None, "tg": statistics.median(tg) if tg else None}

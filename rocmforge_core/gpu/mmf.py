@@ -2,8 +2,8 @@
 
 Above mvq's eight rows per launch, a projection of split weights (gpu/mvq.py) runs as tiles on the
 matrix units: weights decoded to f16 in shared memory, activations converted to f16 once per product
-(convert_f16), float32 accumulation (the tile abstraction in rf_prelude.h picks mma.sync, MFMA, WMMA or
-a portable loop per target). Each weight byte is read once per 128 activation rows instead of once
+(convert_f16, each row scaled by a power of two into f16's range), float32 accumulation (the tile
+abstraction in rf_prelude.h picks mma.sync, MFMA, WMMA or a portable loop per target). Each weight byte is read once per 128 activation rows instead of once
 per 8, and the parts of a fused projection (q/k/v, gate/up) of one type share one launch. Each launch
 picks its block height (128 or 64 weight rows) and, for products too small to fill the card, a split
 of the input over several blocks whose partial sums one more pass adds up in a fixed order (`plan`).
@@ -87,11 +87,11 @@ def _plan(sms: int, n_out: int, n_in: int, rows: int, heights: tuple[int, ...]) 
 
 
 def to_f16(ops, x, ldx: int, rows: int, n: int):
-    """Rows of float32 x (ldx apart) as a contiguous (rows, n) f16 array."""
-    y = ops.empty((rows, n), np.float16)
-    block = ops.threads(256)
-    ops.launch("convert_f16", (-(-n // (4 * block)), rows), block, x.ptr, ldx, y.ptr, n)
-    return y
+    """Rows of float32 x (ldx apart) as a contiguous (rows, n) f16 array, each row scaled by a power of
+    two into f16's range, and the (rows,) float32 factors that undo it (the products' epilogue)."""
+    y, scale = ops.empty((rows, n), np.float16), ops.empty((rows,))
+    ops.launch("convert_f16", (rows,), ops.threads(256), x.ptr, ldx, y.ptr, scale.ptr, n)
+    return y, scale
 
 
 def groups(parts) -> list[list]:
@@ -109,7 +109,9 @@ def groups(parts) -> list[list]:
 
 def launch(ops, parts, x16, rows: int, y_ptr: int, ldy: int, bias_ptr: int = 0, res_ptr: int = 0) -> None:
     """y[r, c] = W[c, :] . x[r, :] (+ bias[c]) (+ res[r, c]) for the stacked rows c of `parts` (one type,
-    consecutive columns from parts[0].col_off; y, bias and res point at column 0 of the product)."""
+    consecutive columns from parts[0].col_off; y, bias and res point at column 0 of the product);
+    x16 = to_f16's (rows, scales)."""
+    x16, xs = x16
     first = parts[0]
     n = [p.n_out for p in parts] + [0] * (MAX_PARTS - len(parts))
     w = [p.block.ptr for p in parts] + [0] * (MAX_PARTS - len(parts))
@@ -123,14 +125,14 @@ def launch(ops, parts, x16, rows: int, y_ptr: int, ldy: int, bias_ptr: int = 0, 
     res = res_ptr + off if res_ptr else 0
     name = f"mmf_{first.kernel}_{bm}"
     if splits == 1:
-        ops.launch(name, grid, block, *w, *n, first.n_in, first.row_bytes, x16.ptr, first.n_in, y_ptr + off, ldy,
-                   bias, res, rows, k_steps, 0)
+        ops.launch(name, grid, block, *w, *n, first.n_in, first.row_bytes, x16.ptr, first.n_in, xs.ptr, y_ptr + off,
+                   ldy, bias, res, rows, k_steps, 0)
         return
     # Each split's partial product into its own slice of a scratch array, then one pass adds them up
     # in a fixed order (bitwise the same result every run) with the bias and the residual.
     ws = ops.empty((splits, rows, cols))
-    ops.launch(name, grid, block, *w, *n, first.n_in, first.row_bytes, x16.ptr, first.n_in, ws.ptr, cols, 0, 0,
-               rows, k_steps, rows * cols)
+    ops.launch(name, grid, block, *w, *n, first.n_in, first.row_bytes, x16.ptr, first.n_in, xs.ptr, ws.ptr, cols,
+               0, 0, rows, k_steps, rows * cols)
     threads = ops.threads(256)
     ops.launch("mmf_reduce", (-(-cols // threads), rows), threads, ws.ptr, rows * cols, splits, cols, y_ptr + off,
                ldy, bias, res)

@@ -35,8 +35,18 @@ def shapes(qtype: QT):
     return [(200, qk * 3 if qk == 32 else qk), (37, qk * 2)]
 
 
+def f16_rows(x: np.ndarray) -> np.ndarray:
+    """x as convert_f16 hands it to the tiles: each row times 2^(140 - e) (e = the biased exponent of
+    its largest magnitude, so that one lands in [2^13, 2^14)), rounded to f16, scaled back."""
+    x = np.asarray(x, np.float32)
+    e = ((np.abs(x).max(axis=1).view(np.uint32) >> 23) & 0xFF).astype(np.int64)
+    shift = np.where((e >= 14) & (e <= 254), 140 - e, 0).astype(np.float64)
+    up = np.exp2(shift)[:, None]
+    return (x * up).astype(np.float16).astype(np.float64) / up
+
+
 def check(got, x, w, where):
-    x16 = x.astype(np.float16).astype(np.float64)
+    x16 = f16_rows(x)
     w16 = w.astype(np.float16).astype(np.float64)
     assert rel_err(got, x16 @ w16.T) < F16_SAME_BOUND, where
     ref = x.astype(np.float64) @ w.T
@@ -55,6 +65,25 @@ def test_tile_product(ops_q8, qtype, request):
             y = poisoned(ops, (rows, n_out))
             ops.matmul_into(ops.upload(x), lin, y)
             check(ops.to_host(y), x, w, f"{qtype.name} {n_out}x{n_in} rows={rows}")
+
+
+def test_activations_beyond_f16_range(ops_q8, request):
+    """Rows far outside f16's range (largest |x| 1e6, and rows of 1e-7s that f16 would flush to
+    subnormals) come out as float32 would compute them, to f16's relative precision."""
+    ops = ops_q8
+    rng = rng_for(request)
+    lin, w = split_weight(ops, QT.Q4_K, 70, 512, rng)
+    x = rng.standard_normal((33, 512)).astype(np.float32)
+    x[::3] *= 3e5
+    x[1::3] *= 1e-7
+    y = poisoned(ops, (33, 70))
+    ops.matmul_into(ops.upload(x), lin, y)
+    got = ops.to_host(y)
+    ref = x.astype(np.float64) @ w.T
+    bound = 2.0**-10 * (np.abs(x.astype(np.float64)) @ np.abs(w).T) * 1.001
+    assert np.all(np.isfinite(got)) and np.all(np.abs(got - ref) <= bound)
+    small = slice(1, None, 3)  # the 1e-7 rows: each row is held to its own scale
+    assert rel_err(got[small], ref[small]) < 1e-3
 
 
 GGUF_LAYOUT_TYPES = [QT.F32, QT.F16, QT.BF16, QT.Q2_K, QT.Q3_K]

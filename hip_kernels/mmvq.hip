@@ -45,7 +45,8 @@ RF_DEV void rf_mvq(const uint8_t* __restrict__ w, int n_out, int n_in, const int
                     const rf_u32x4 xv = rf_load16(xr + o.xb[g] * RF_Q8 + o.xo[g] * 4);
                     int sumi = 0;
                     RF_UNROLL for (int k = 0; k < 4; ++k) sumi = rf_dot4_i8(o.w[4 * g + k], (int)rf_u4_at(xv, k), sumi);
-                    s += o.f[g] * dr[2 * o.xb[g]] * (float)sumi + o.c[g] * dr[2 * o.xb[g] + 1];
+                    const rf_f32x2 ds = rf_load_f32x2(dr + 2 * o.xb[g]);
+                    s += o.f[g] * ds.x * (float)sumi + o.c[g] * ds.y;
                 }
                 acc[c] += s;
             }

@@ -210,6 +210,16 @@ RF_DEV rf_u32x4 rf_load16(const void* p) {
 #endif
 }
 
+// Two adjacent floats in one 8-byte load (p 8-byte aligned): e.g. an 8-bit activation block's (d, d * sum).
+struct __attribute__((aligned(8))) rf_f32x2 { float x, y; };
+RF_DEV rf_f32x2 rf_load_f32x2(const float* p) {
+#if defined(RF_PLATFORM_HOST)
+    rf_f32x2 v; memcpy(&v, p, 8); return v;
+#else
+    return *(const rf_f32x2*)p;
+#endif
+}
+
 // 16 bytes from global to shared memory without a register on the way, where the target can (NVIDIA
 // sm_80+: cp.async; `valid` false writes zeros and reads nothing, though src must still be a real
 // address). rf_copy16_async issues, rf_copy_async_wait waits for every copy this thread issued; the

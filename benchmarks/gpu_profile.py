@@ -101,23 +101,29 @@ def prefill_rates(ops, model, rows: int) -> list[str]:
     return lines
 
 
-def replay_at_depths(ops, model, pairs: str) -> list[str]:
+def replay_at_depths(ops, model, pairs: str, rows: int = 1) -> list[str]:
     """The captured step's device time after `depth` cached tokens in a cache of `n_ctx` positions,
-    for each DEPTH:N_CTX pair: what a long context adds to a token, and what a cache's size alone
-    adds (its attention splits)."""
+    for each DEPTH:N_CTX pair, `rows` sequences per step: what a long context adds to a token, what a
+    cache's size alone adds (its attention splits), and what a batch costs over one sequence."""
     lines = []
     for pair in pairs.split(","):
         depth, n_ctx = (int(v) for v in pair.split(":"))
-        cache = model.make_cache(1, n_ctx)
-        for start in range(0, depth, 2048):  # the prompt in chunks, as the engine feeds it
-            model.prefill([7] * min(2048, depth - start), cache, 0, start)
-        tok = np.array([5])
+        cache = model.make_cache(rows, n_ctx)
+        for slot in range(rows):
+            for start in range(0, depth, 2048):  # the prompt in chunks, as the engine feeds it
+                model.prefill([7] * min(2048, depth - start), cache, slot, start)
+        tok, slots = np.full(rows, 5), np.arange(rows)
         for pos in range(depth, depth + 3):  # capture + warm
-            model.decode(tok, cache, np.array([0]), np.array([pos]))
+            model.decode(tok, cache, slots, np.full(rows, pos))
         graph = next(g for g in cache.graphs.values() if g is not None)
-        graph._upload_inputs(tok, np.array([0]), np.array([depth + 3]))
+        graph._upload_inputs(tok, slots, np.full(rows, depth + 3))
         ms = event_ms(ops, lambda: ops.rt.graph_launch(graph.exe, ops.stream), reps=20)
-        lines.append(f"depth {depth:6d} n_ctx {n_ctx:6d}: step replay {ms:.3f} ms")
+        t0 = time.perf_counter()
+        for i in range(8):
+            model.decode_greedy(tok, cache, slots, np.full(rows, depth + 3 + i))
+        whole = (time.perf_counter() - t0) / 8 * 1e3
+        lines.append(f"rows {rows} depth {depth:6d} n_ctx {n_ctx:6d}: step replay {ms:.3f} ms, "
+                     f"decode_greedy {whole:.3f} ms; graph failures {ops.graph_failures[-2:]}")
         del cache
     return lines
 
@@ -152,6 +158,7 @@ def main() -> None:
     ap.add_argument("--lanes", type=int, help="cap the int8 mat-vec's lanes per row (an experiment)")
     ap.add_argument("--threads", type=int, help="the int8 mat-vec's block size (an experiment)")
     ap.add_argument("--profile-depth", type=int, default=64, help="cached tokens before --profile-step's step")
+    ap.add_argument("--rows", type=int, default=1, help="sequences per step for --depths and --profile-step")
     ap.add_argument("--profile-step", action="store_true",
                     help="after warm-up, one op-by-op decode step between cuProfilerStart/Stop (for ncu "
                          "--profile-from-start off)")
@@ -182,13 +189,13 @@ def main() -> None:
           f"weights {ops.pool.allocated / 1e9:.3f} GB = {ops.pool.allocated / tensor_bytes:.4f}x the file's "
           f"tensor bytes ({tensor_bytes / 1e9:.3f} GB)")
     if args.profile_step:
-        return profile_one_step(ops, model, args.profile_depth)
+        return profile_one_step(ops, model, args.profile_depth, args.rows)
     if args.profile_matvec:
         return profile_one_matvec(ops, model)
     if args.profile_prefill:
         return profile_one_prefill(ops, model, args.profile_prefill)
     if args.depths:
-        for line in replay_at_depths(ops, model, args.depths):
+        for line in replay_at_depths(ops, model, args.depths, args.rows):
             print(line, flush=True)
         return
     if args.prefill:
@@ -229,18 +236,21 @@ def profile_one_prefill(ops, model, rows: int) -> None:
     driver.cuProfilerStop()
 
 
-def profile_one_step(ops, model, depth: int = 64) -> None:
-    """One op-by-op decode step after `depth` cached tokens between cuProfilerStart/Stop (ncu)."""
+def profile_one_step(ops, model, depth: int = 64, rows: int = 1) -> None:
+    """One op-by-op decode step of `rows` sequences after `depth` cached tokens each, between
+    cuProfilerStart/Stop (ncu)."""
     from cuda.bindings import driver
 
-    cache = model.make_cache(1, max(512, depth + 64))
-    for start in range(0, depth, 2048):
-        model.prefill([7] * min(2048, depth - start), cache, 0, start)
+    cache = model.make_cache(rows, max(512, depth + 64))
+    for slot in range(rows):
+        for start in range(0, depth, 2048):
+            model.prefill([7] * min(2048, depth - start), cache, slot, start)
     ops.use_graphs = False
-    model.decode(np.array([5]), cache, np.array([0]), np.array([depth]))
+    tok, slots = np.full(rows, 5), np.arange(rows)
+    model.decode(tok, cache, slots, np.full(rows, depth))
     ops.sync()
     driver.cuProfilerStart()
-    model.decode(np.array([5]), cache, np.array([0]), np.array([depth + 1]))
+    model.decode(tok, cache, slots, np.full(rows, depth + 1))
     ops.sync()
     driver.cuProfilerStop()
 

@@ -33,6 +33,8 @@ GPU_CASES.update({  # packed-block weights: d and ffn multiples of 32
     "llama-q8_0": ("llama", dict(dtype=QT.Q8_0, d=64, n_heads=4, n_kv=2, hd=16, ffn=96)),
     "qwen2-q4_0": ("qwen2", dict(dtype=QT.Q4_0, d=64, n_heads=4, n_kv=2, hd=16, ffn=96, untied=True)),
     "gemma3-q5_1": ("gemma3", dict(dtype=QT.Q5_1, d=64, n_heads=4, n_kv=1, hd=32, ffn=96, n_layers=7, window=4)),
+    # head_dim 64: decode attention over the f16 cache takes the per-KV-head kernel (attn_gqa_f16_64)
+    "llama-q4_0-hd64": ("llama", dict(dtype=QT.Q4_0, d=64, n_heads=6, n_kv=2, hd=64, ffn=96)),
 })
 
 

@@ -12,6 +12,7 @@ import ctypes
 import hashlib
 import os
 import re
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ _CTYPES = {
     "i64": ctypes.c_int64,
     "f32": ctypes.c_float,
 }
+_PACK_CODES = {"p": "Q", "i32": "i", "i64": "q", "f32": "f"}  # struct-module codes of the same types
 
 
 class PackedArgs:
@@ -70,6 +72,15 @@ class PackedArgs:
         offsets = [getattr(type(self._struct), f).offset for f in self._names]
         self._ptrs = (ctypes.c_void_p * max(1, len(fields)))(*[base + o for o in offsets])
         self.address = ctypes.addressof(self._ptrs)
+        # set_all writes every value with one struct.pack_into (a field-by-field setattr cost ~1 us per
+        # argument, most of a prompt chunk's host time on small models): the ctypes layout's own
+        # offsets, padded explicitly, little-endian standard sizes.
+        fmt, at = "<", 0
+        for offset, t in zip(offsets, self.types):
+            fmt += "x" * (offset - at) + _PACK_CODES[t]
+            at = offset + ctypes.sizeof(_CTYPES[t])
+        self._packer = struct.Struct(fmt)
+        self._view = memoryview(self._struct).cast("B")
         if values is not None:
             self.set_all(values)
 
@@ -79,8 +90,11 @@ class PackedArgs:
     def set_all(self, values: Sequence[Any]) -> None:
         if len(values) != len(self._names):
             raise ValueError(f"kernel takes {len(self._names)} arguments, got {len(values)}")
-        for name, value in zip(self._names, values):
-            setattr(self._struct, name, value)
+        try:
+            self._packer.pack_into(self._view, 0, *values)
+        except (struct.error, OverflowError):  # out of range, or another type: ctypes' own conversion or error
+            for name, value in zip(self._names, values):
+                setattr(self._struct, name, value)
 
     def values(self) -> list[Any]:
         return [getattr(self._struct, n) for n in self._names]

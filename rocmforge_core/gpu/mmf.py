@@ -3,8 +3,9 @@
 Above mvq's eight rows per launch, a projection of split weights (gpu/mvq.py) runs as tiles on the
 matrix units: weights decoded to f16 in shared memory, activations converted to f16 once per product
 (convert_f16, each row scaled by a power of two into f16's range), float32 accumulation (the tile
-abstraction in rf_prelude.h picks mma.sync, MFMA, WMMA or a portable loop per target). Each weight byte is read once per 128 activation rows instead of once
-per 8, and the parts of a fused projection (q/k/v, gate/up) of one type share one launch. Each launch
+abstraction in rf_prelude.h picks mma.sync, MFMA, WMMA or a portable loop per target). Each weight
+byte is read once per 128 activation rows instead of once per 8, and the parts of a fused projection
+(q/k/v, gate/up) of one type share one launch. Each launch
 picks its block height (128 or 64 weight rows) and, for products too small to fill the card, a split
 of the input over several blocks whose partial sums one more pass adds up in a fixed order (`plan`).
 """

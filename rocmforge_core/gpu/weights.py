@@ -51,12 +51,13 @@ def load_linear(ops, gguf_file, names: Sequence[str], bias_names: Sequence[str] 
 
     def flush():
         if pending:
-            type_name, k = pending[0][0].qtype.name, pending[-1][1]
+            first, k = pending[0][0], pending[-1][1]
             raws = [raw for _, _, raw in pending]
             rows = sum(int(info.shape[0]) for info, _, _ in pending)
-            block = mvq.split_on_device(ops, raws, type_name)
-            parts.append(WeightPart(block, weight_kernel(type_name), rows, k, raws[0].nbytes // int(pending[0][0].shape[0]),
-                                    off - rows, type_name, True))
+            block = mvq.split_on_device(ops, raws, first.qtype.name)
+            row_bytes = raws[0].nbytes // int(first.shape[0])
+            parts.append(WeightPart(block, weight_kernel(first.qtype.name), rows, k, row_bytes, off - rows,
+                                    first.qtype.name, True))
             pending.clear()
 
     for name in names:

@@ -128,6 +128,29 @@ def replay_at_depths(ops, model, pairs: str, rows: int = 1) -> list[str]:
     return lines
 
 
+def finite_after(ops, model, depth: int) -> tuple[bool, str]:
+    """Prefill `depth` random tokens in the engine's chunks, then decode 3 steps: are every cached
+    key and value and every logit finite? (A synthetic model's activations can leave f16's range; a
+    kernel that overflows shows here long before any benchmark number looks wrong.)"""
+    from rocmforge_core.engine import PREFILL_CHUNK
+
+    cache = model.make_cache(1, depth + 8)
+    toks = np.random.default_rng(1).integers(100, model.args.vocab_size - 100, depth).tolist()
+    ok = True
+    for lo in range(0, depth, PREFILL_CHUNK):
+        ok &= bool(np.isfinite(model.prefill(toks[lo:lo + PREFILL_CHUNK], cache, 0, lo)).all())
+    worst = 0.0
+    for layer in range(model.args.n_layers):
+        for part in (cache.keys(layer, 0, 0, depth), cache.values(layer, 0, 0, depth)):
+            part = part.astype(np.float32)
+            ok &= bool(np.isfinite(part).all())
+            worst = max(worst, float(np.nanmax(np.abs(part))))
+    for step in range(3):
+        ok &= bool(np.isfinite(model.decode(np.array([5]), cache, np.array([0]), np.array([depth + step]))).all())
+    return ok, (f"{depth} prompt tokens + 3 decode steps: logits and cache "
+                f"{'all finite' if ok else 'NOT FINITE'}; largest |K|,|V| {worst:.3g}")
+
+
 def step_times(ops, model, steps: int) -> list[str]:
     cache = model.make_cache(1, 512)
     model.prefill([1, 2, 3, 4], cache, 0, 0)
@@ -167,6 +190,8 @@ def main() -> None:
     ap.add_argument("--depths", metavar="D:N,...", help="only the step's replay time after D cached tokens "
                     "in a cache of N positions, per pair (e.g. 64:576,64:4160,4096:4160)")
     ap.add_argument("--profile-prefill", type=int, metavar="ROWS", help="one gate/up product on ROWS rows for ncu")
+    ap.add_argument("--check-finite", type=int, metavar="DEPTH",
+                    help="only: are the cache and logits finite after a DEPTH-token prompt? (exit 1 if not)")
     args = ap.parse_args()
     from rocmforge_core.backends.gpu import make_ops
     from rocmforge_core.gguf_file import GGUFFile
@@ -194,6 +219,10 @@ def main() -> None:
         return profile_one_matvec(ops, model)
     if args.profile_prefill:
         return profile_one_prefill(ops, model, args.profile_prefill)
+    if args.check_finite:
+        ok, line = finite_after(ops, model, args.check_finite)
+        print(line, flush=True)
+        raise SystemExit(0 if ok else 1)
     if args.depths:
         for line in replay_at_depths(ops, model, args.depths, args.rows):
             print(line, flush=True)

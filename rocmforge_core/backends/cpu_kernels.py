@@ -1,0 +1,411 @@
+"""Compiled (numba) kernels of the packed CPU backend: mat-vec on GGUF blocks with 8-bit activations.
+
+Each weight row is read in its file's block format straight from the memory map. The activations are
+rounded to int8 per 32 values (scale = max |x| / 127), so that the inner loops are integer dot
+products of 32 (or 16) quants, which LLVM turns into AVX2 `vpmaddwd`; each block's integer sum then
+takes the block's float scales, as llama.cpp's CPU kernels do. Output rows are spread over numba's
+threads (`set_threads`). Float weights (F32, F16, BF16) multiply float activations.
+
+Two numba settings are deliberate. SLP vectorization (off by default in numba since a miscompile in
+its issue #8705) is switched on here: the block dots are straight-line code after unrolling, which
+only the SLP vectorizer turns into vector instructions (measured: 0.9 -> 2.7 Gelem/s on one core);
+the kernel tests compare every type with the float32 reference. `cache=True` keeps the machine code
+under __pycache__ (or NUMBA_CACHE_DIR), so only a first start compiles.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+numba.config.SLP_VECTORIZE = 1  # read when each function is compiled (see the module docstring)
+
+_OPTS = dict(cache=True, fastmath=True, boundscheck=False, nogil=True)
+I3, I4, I15, I16, I8, I32 = (np.int32(v) for v in (3, 4, 15, 16, 8, 32))
+# fp16 bits -> float32: numba has no float16 arithmetic on the CPU; a 256 KB table stays in L2.
+F16 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+def set_threads(n: int) -> None:
+    """Spread the kernels over n threads (at most numba's pool, NUMBA_NUM_THREADS)."""
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
+def threads() -> int:
+    return numba.get_num_threads()
+
+
+# ---- activations ----------------------------------------------------------------------------------
+
+@njit(parallel=False, **_OPTS)
+def quantize_rows(x, xq, xd, xs):
+    """x (B, n) float32 -> xq (B, n/32, 32) int8, xd (B, n/32) scales, xs (B, n/16): each 16 quants'
+    sum times its scale (what a block offset m multiplies)."""
+    B, n = x.shape
+    nb = n // 32
+    for b in range(B):
+        for k in range(nb):
+            amax = np.float32(0.0)
+            for j in range(32):
+                amax = max(amax, abs(x[b, k * 32 + j]))
+            d = amax / np.float32(127.0)
+            inv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+            s0 = np.int32(0)
+            s1 = np.int32(0)
+            for j in range(32):
+                q = np.int32(np.rint(x[b, k * 32 + j] * inv))
+                xq[b, k, j] = q
+                if j < 16:
+                    s0 += q
+                else:
+                    s1 += q
+            xd[b, k] = d
+            xs[b, 2 * k] = d * np.float32(s0)
+            xs[b, 2 * k + 1] = d * np.float32(s1)
+
+
+# ---- block dots (inlined into the row kernels; straight-line code for the SLP vectorizer) ----------
+
+@njit(inline="always", **_OPTS)
+def _f16(bl, i, f16):
+    return f16[np.int32(bl[i]) | (np.int32(bl[i + 1]) << I8)]
+
+
+@njit(inline="always", **_OPTS)
+def _dot_nibbles(bl, off, xb, bias):
+    """16 bytes from bl[off]: low nibbles times xb[0:16], high nibbles times xb[16:32] (minus bias)."""
+    s = np.int32(0)
+    for j in range(16):
+        v = np.int32(bl[off + j])
+        s = np.int32(s + np.int32((v & I15) - bias) * np.int32(xb[j])
+                     + np.int32((v >> I4) - bias) * np.int32(xb[16 + j]))
+    return s
+
+
+@njit(inline="always", **_OPTS)
+def _dot_nibbles5(bl, off, qh, xb, bias):
+    """Q5_0/Q5_1: as _dot_nibbles, with bit j of the 32-bit qh as bit 4 of quant j."""
+    s = np.int32(0)
+    for j in range(16):
+        v = np.int32(bl[off + j])
+        lo = (v & I15) | (((qh >> j) & 1) << I4)
+        hi = (v >> I4) | (((qh >> (j + 16)) & 1) << I4)
+        s = np.int32(s + np.int32(lo - bias) * np.int32(xb[j]) + np.int32(hi - bias) * np.int32(xb[16 + j]))
+    return s
+
+
+@njit(inline="always", **_OPTS)
+def _dot_bytes(bl, off, xb):
+    s = np.int32(0)
+    for j in range(32):
+        s = np.int32(s + np.int32(np.int8(bl[off + j])) * np.int32(xb[j]))
+    return s
+
+
+@njit(inline="always", **_OPTS)
+def _dot_nibbles32(bl, off, shift, xb):
+    """32 bytes from bl[off], their low (shift 0) or high (shift 4) nibbles times xb[0:32]."""
+    s = np.int32(0)
+    for j in range(32):
+        s = np.int32(s + np.int32((np.int32(bl[off + j]) >> shift) & I15) * np.int32(xb[j]))
+    return s
+
+
+@njit(inline="always", **_OPTS)
+def _dot_q5k(bl, sub, xb):
+    """Q5_K sub-block `sub` of 32: 4 bits from qs (as Q4_K), bit 4 from bit `sub` of qh[j]."""
+    off = 48 + 32 * (sub >> 1)
+    shift = (sub & 1) * 4
+    s = np.int32(0)
+    for j in range(32):
+        q = ((np.int32(bl[off + j]) >> shift) & I15) | (((np.int32(bl[16 + j]) >> sub) & 1) << I4)
+        s = np.int32(s + q * np.int32(xb[j]))
+    return s
+
+
+@njit(inline="always", **_OPTS)
+def _dot16_pair(lo_sum, hi_sum, sc0, sc1):
+    return np.int32(lo_sum * sc0 + hi_sum * sc1)
+
+
+@njit(inline="always", **_OPTS)
+def _dot_q6k(bl, h, g, xb, sc0, sc1):
+    """Q6_K group g (0..3) of half h: 32 quants of 6 bits, minus 32; first 16 scale sc0, last 16 sc1."""
+    ql = 64 * h + 32 * (g & 1)
+    shift = 4 * (g >> 1)
+    qh = 128 + 32 * h
+    qshift = 2 * g
+    s0 = np.int32(0)
+    s1 = np.int32(0)
+    for j in range(16):
+        q = (((np.int32(bl[ql + j]) >> shift) & I15) | (((np.int32(bl[qh + j]) >> qshift) & I3) << I4)) - I32
+        s0 = np.int32(s0 + q * np.int32(xb[j]))
+    for j in range(16, 32):
+        q = (((np.int32(bl[ql + j]) >> shift) & I15) | (((np.int32(bl[qh + j]) >> qshift) & I3) << I4)) - I32
+        s1 = np.int32(s1 + q * np.int32(xb[j]))
+    return np.int32(s0 * sc0 + s1 * sc1)
+
+
+@njit(inline="always", **_OPTS)
+def _dot_2bit(bl, off, shift, xb, hmask_bit):
+    """Q2_K (hmask_bit < 0) / Q3_K: 32 two-bit quants (bits `shift` of bl[off + j]); Q3_K subtracts
+    4 where bit `hmask_bit` of hmask[j] (bytes 0..31) is clear. Returns the sums of both halves."""
+    s0 = np.int32(0)
+    s1 = np.int32(0)
+    for j in range(16):
+        q = (np.int32(bl[off + j]) >> shift) & I3
+        if hmask_bit >= 0:
+            q -= (((np.int32(bl[j]) >> hmask_bit) & 1) ^ 1) << 2
+        s0 = np.int32(s0 + q * np.int32(xb[j]))
+    for j in range(16, 32):
+        q = (np.int32(bl[off + j]) >> shift) & I3
+        if hmask_bit >= 0:
+            q -= (((np.int32(bl[j]) >> hmask_bit) & 1) ^ 1) << 2
+        s1 = np.int32(s1 + q * np.int32(xb[j]))
+    return s0, s1
+
+
+@njit(inline="always", **_OPTS)
+def _k_scale_min(sc, j):
+    """Q4_K/Q5_K: the 6-bit scale and min of sub-block j from the 12 packed bytes sc."""
+    if j < 4:
+        return np.int32(sc[j]) & 63, np.int32(sc[j + 4]) & 63
+    a = np.int32(sc[j + 4])
+    return (a & I15) | ((np.int32(sc[j - 4]) >> 6) << I4), (a >> I4) | ((np.int32(sc[j]) >> 6) << I4)
+
+
+@njit(inline="always", **_OPTS)
+def _q3k_scale(bl, i):
+    """Q3_K: signed 6-bit scale i (0..15) of the 12 bytes at bl[96:108]."""
+    lo = (np.int32(bl[96 + (i & 7)]) >> (4 * (i >> 3))) & I15
+    hi = (np.int32(bl[104 + (i & 3)]) >> (2 * (i >> 2))) & I3
+    return (lo | (hi << I4)) - I32
+
+
+# ---- one weight row times one activation row, per type ---------------------------------------------
+
+@njit(inline="always", **_OPTS)
+def _row_q4_0(w, xq, xd, xs, f16):
+    s = np.float32(0.0)
+    for k in range(w.shape[0]):
+        bl = w[k]
+        s += _f16(bl, 0, f16) * xd[k] * np.float32(_dot_nibbles(bl, 2, xq[k], I8))
+    return s
+
+
+@njit(inline="always", **_OPTS)
+def _row_q4_1(w, xq, xd, xs, f16):
+    s = np.float32(0.0)
+    for k in range(w.shape[0]):
+        bl = w[k]
+        s += (_f16(bl, 0, f16) * xd[k] * np.float32(_dot_nibbles(bl, 4, xq[k], 0))
+              + _f16(bl, 2, f16) * (xs[2 * k] + xs[2 * k + 1]))
+    return s
+
+
+@njit(inline="always", **_OPTS)
+def _qh(bl, off):
+    return (np.int32(bl[off]) | (np.int32(bl[off + 1]) << 8) | (np.int32(bl[off + 2]) << 16)
+            | (np.int32(bl[off + 3]) << 24))
+
+
+@njit(inline="always", **_OPTS)
+def _row_q5_0(w, xq, xd, xs, f16):
+    s = np.float32(0.0)
+    for k in range(w.shape[0]):
+        bl = w[k]
+        s += _f16(bl, 0, f16) * xd[k] * np.float32(_dot_nibbles5(bl, 6, _qh(bl, 2), xq[k], I16))
+    return s
+
+
+@njit(inline="always", **_OPTS)
+def _row_q5_1(w, xq, xd, xs, f16):
+    s = np.float32(0.0)
+    for k in range(w.shape[0]):
+        bl = w[k]
+        s += (_f16(bl, 0, f16) * xd[k] * np.float32(_dot_nibbles5(bl, 8, _qh(bl, 4), xq[k], 0))
+              + _f16(bl, 2, f16) * (xs[2 * k] + xs[2 * k + 1]))
+    return s
+
+
+@njit(inline="always", **_OPTS)
+def _row_q8_0(w, xq, xd, xs, f16):
+    s = np.float32(0.0)
+    for k in range(w.shape[0]):
+        bl = w[k]
+        s += _f16(bl, 0, f16) * xd[k] * np.float32(_dot_bytes(bl, 2, xq[k]))
+    return s
+
+
+@njit(inline="always", **_OPTS)
+def _row_q4_k(w, xq, xd, xs, f16):
+    s = np.float32(0.0)
+    for k in range(w.shape[0]):
+        bl = w[k]
+        sc = bl[4:16]
+        acc = np.float32(0.0)
+        mins = np.float32(0.0)
+        for sub in range(8):
+            scale, mn = _k_scale_min(sc, sub)
+            b = 8 * k + sub
+            acc += xd[b] * np.float32(scale * _dot_nibbles32(bl, 16 + 32 * (sub >> 1), (sub & 1) * 4, xq[b]))
+            mins += np.float32(mn) * (xs[2 * b] + xs[2 * b + 1])
+        s += _f16(bl, 0, f16) * acc - _f16(bl, 2, f16) * mins
+    return s
+
+
+@njit(inline="always", **_OPTS)
+def _row_q5_k(w, xq, xd, xs, f16):
+    s = np.float32(0.0)
+    for k in range(w.shape[0]):
+        bl = w[k]
+        sc = bl[4:16]
+        acc = np.float32(0.0)
+        mins = np.float32(0.0)
+        for sub in range(8):
+            scale, mn = _k_scale_min(sc, sub)
+            b = 8 * k + sub
+            acc += xd[b] * np.float32(scale * _dot_q5k(bl, sub, xq[b]))
+            mins += np.float32(mn) * (xs[2 * b] + xs[2 * b + 1])
+        s += _f16(bl, 0, f16) * acc - _f16(bl, 2, f16) * mins
+    return s
+
+
+@njit(inline="always", **_OPTS)
+def _row_q6_k(w, xq, xd, xs, f16):
+    s = np.float32(0.0)
+    for k in range(w.shape[0]):
+        bl = w[k]
+        acc = np.float32(0.0)
+        for h in range(2):
+            for g in range(4):
+                c = 8 * h + 2 * g  # the 16-quant chunk of this group's first half
+                sc0 = np.int32(np.int8(bl[192 + c]))
+                sc1 = np.int32(np.int8(bl[193 + c]))
+                b = 8 * k + 4 * h + g
+                acc += xd[b] * np.float32(_dot_q6k(bl, h, g, xq[b], sc0, sc1))
+        s += _f16(bl, 208, f16) * acc
+    return s
+
+
+@njit(inline="always", **_OPTS)
+def _row_q2_k(w, xq, xd, xs, f16):
+    s = np.float32(0.0)
+    for k in range(w.shape[0]):
+        bl = w[k]
+        acc = np.float32(0.0)
+        mins = np.float32(0.0)
+        for h in range(2):
+            for g in range(4):
+                c = 8 * h + 2 * g
+                b = 8 * k + 4 * h + g
+                s0, s1 = _dot_2bit(bl, 16 + 32 * h, 2 * g, xq[b], -1)
+                acc += xd[b] * np.float32(s0 * (np.int32(bl[c]) & I15) + s1 * (np.int32(bl[c + 1]) & I15))
+                mins += (np.float32(np.int32(bl[c]) >> I4) * xs[2 * b]
+                         + np.float32(np.int32(bl[c + 1]) >> I4) * xs[2 * b + 1])
+        s += _f16(bl, 80, f16) * acc - _f16(bl, 82, f16) * mins
+    return s
+
+
+@njit(inline="always", **_OPTS)
+def _row_q3_k(w, xq, xd, xs, f16):
+    s = np.float32(0.0)
+    for k in range(w.shape[0]):
+        bl = w[k]
+        acc = np.float32(0.0)
+        for h in range(2):
+            for g in range(4):
+                c = 8 * h + 2 * g
+                b = 8 * k + 4 * h + g
+                s0, s1 = _dot_2bit(bl, 32 + 32 * h, 2 * g, xq[b], 4 * h + g)
+                acc += xd[b] * np.float32(s0 * _q3k_scale(bl, c) + s1 * _q3k_scale(bl, c + 1))
+        s += _f16(bl, 108, f16) * acc
+    return s
+
+
+# The threaded kernels, one per type: out[b, col0 + r] = w[r] . x[b] for every weight row r, with
+# w (n_out, blocks per row, bytes per block) uint8 and xq, xd, xs from quantize_rows. (One function
+# per type rather than a factory: numba cannot cache a closure over another compiled function.)
+
+@njit(parallel=True, **_OPTS)
+def matvec_q4_0(w, xq, xd, xs, f16, out, col0):
+    for r in prange(w.shape[0]):
+        for b in range(xq.shape[0]):
+            out[b, col0 + r] = _row_q4_0(w[r], xq[b], xd[b], xs[b], f16)
+
+
+@njit(parallel=True, **_OPTS)
+def matvec_q4_1(w, xq, xd, xs, f16, out, col0):
+    for r in prange(w.shape[0]):
+        for b in range(xq.shape[0]):
+            out[b, col0 + r] = _row_q4_1(w[r], xq[b], xd[b], xs[b], f16)
+
+
+@njit(parallel=True, **_OPTS)
+def matvec_q5_0(w, xq, xd, xs, f16, out, col0):
+    for r in prange(w.shape[0]):
+        for b in range(xq.shape[0]):
+            out[b, col0 + r] = _row_q5_0(w[r], xq[b], xd[b], xs[b], f16)
+
+
+@njit(parallel=True, **_OPTS)
+def matvec_q5_1(w, xq, xd, xs, f16, out, col0):
+    for r in prange(w.shape[0]):
+        for b in range(xq.shape[0]):
+            out[b, col0 + r] = _row_q5_1(w[r], xq[b], xd[b], xs[b], f16)
+
+
+@njit(parallel=True, **_OPTS)
+def matvec_q8_0(w, xq, xd, xs, f16, out, col0):
+    for r in prange(w.shape[0]):
+        for b in range(xq.shape[0]):
+            out[b, col0 + r] = _row_q8_0(w[r], xq[b], xd[b], xs[b], f16)
+
+
+@njit(parallel=True, **_OPTS)
+def matvec_q2_k(w, xq, xd, xs, f16, out, col0):
+    for r in prange(w.shape[0]):
+        for b in range(xq.shape[0]):
+            out[b, col0 + r] = _row_q2_k(w[r], xq[b], xd[b], xs[b], f16)
+
+
+@njit(parallel=True, **_OPTS)
+def matvec_q3_k(w, xq, xd, xs, f16, out, col0):
+    for r in prange(w.shape[0]):
+        for b in range(xq.shape[0]):
+            out[b, col0 + r] = _row_q3_k(w[r], xq[b], xd[b], xs[b], f16)
+
+
+@njit(parallel=True, **_OPTS)
+def matvec_q4_k(w, xq, xd, xs, f16, out, col0):
+    for r in prange(w.shape[0]):
+        for b in range(xq.shape[0]):
+            out[b, col0 + r] = _row_q4_k(w[r], xq[b], xd[b], xs[b], f16)
+
+
+@njit(parallel=True, **_OPTS)
+def matvec_q5_k(w, xq, xd, xs, f16, out, col0):
+    for r in prange(w.shape[0]):
+        for b in range(xq.shape[0]):
+            out[b, col0 + r] = _row_q5_k(w[r], xq[b], xd[b], xs[b], f16)
+
+
+@njit(parallel=True, **_OPTS)
+def matvec_q6_k(w, xq, xd, xs, f16, out, col0):
+    for r in prange(w.shape[0]):
+        for b in range(xq.shape[0]):
+            out[b, col0 + r] = _row_q6_k(w[r], xq[b], xd[b], xs[b], f16)
+
+
+# ---- float weights: float activations --------------------------------------------------------------
+
+@njit(parallel=True, **_OPTS)
+def matvec_f16(w, x, f16, out, col0):
+    """w (n_out, n_in) uint16 bits of fp16 times float32 activations x (B, n_in)."""
+    for r in prange(w.shape[0]):
+        for b in range(x.shape[0]):
+            s = np.float32(0.0)
+            for j in range(w.shape[1]):
+                s += f16[w[r, j]] * x[b, j]
+            out[b, col0 + r] = s

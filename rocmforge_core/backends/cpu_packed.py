@@ -2,7 +2,7 @@
 
 The float32 reference (backends/cpu.py) keeps a float32 copy of every weight; this subclass keeps none.
 A matrix product of a few rows (a decode step: one row per sequence) runs the compiled kernels of
-backends/cpu_kernels.py on the packed blocks, with the activations rounded to int8 per 32 values.
+backends/cpu_kernels.py on the packed blocks, with the activations rounded to int16 per 32 values.
 A product of many rows (a prompt) dequantizes the weight, a slice of output rows at a time, into a
 float32 buffer that every product reuses, and hands it to BLAS sgemm: the prompt keeps sgemm's speed
 while at most SCRATCH_FLOATS of dequantized weights exist at once. Every other op is the reference's.
@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType as QT
 from rocmforge_core import quants
 from rocmforge_core.backends.cpu import CpuBackend
 
-# Rows at or below this take the packed int8 kernels, more take dequantize + sgemm. Measured on
+# Rows at or below this take the packed integer kernels, more take dequantize + sgemm. Measured on
 # SmolLM2-135M and Gemma-3-270M (2-core EPYC): see BENCHMARKS.md, "packed CPU backend".
 PACKED_MAX_ROWS = 8
 # The dequantized slice of a weight that one sgemm call reads: 4M floats (16 MB) keeps 512-row
@@ -114,7 +114,7 @@ class PackedCpuBackend(CpuBackend):
         return y
 
     def _packed_product(self, x: np.ndarray, lin: PackedLinear) -> np.ndarray:
-        """Few rows: the int8 kernels on the blocks (float kernels or BLAS for float weights)."""
+        """Few rows: the integer kernels on the blocks (float kernels or BLAS for float weights)."""
         k = self._k
         out = np.empty((x.shape[0], lin.n_out), np.float32)
         act = None
@@ -133,7 +133,7 @@ class PackedCpuBackend(CpuBackend):
 
     def _quantize(self, x: np.ndarray):
         rows, n = x.shape
-        xq = np.empty((rows, n // 32, 32), np.int8)
+        xq = np.empty((rows, n // 32, 32), np.int16)
         xd = np.empty((rows, n // 32), np.float32)
         xs = np.empty((rows, n // 16), np.float32)
         self._k.quantize_rows(x, xq, xd, xs)

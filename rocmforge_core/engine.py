@@ -30,9 +30,9 @@ from rocmforge_core.validate import check_int
 PREFILL_CHUNK = 512  # tokens per prefill batch, like llama.cpp's default micro-batch
 # stop() and a cancel wait for the prefill chunk in flight. On the CPU a 512-token chunk deep into a
 # long prompt takes seconds; 64 tokens bound that wait at about the same total speed (measured on
-# SmolLM2: 4,000 tokens in 21-24 s either way) for the float32 reference. The packed backend keeps
-# 512, llama.cpp's own batches: each chunk dequantizes every weight once more, so smaller chunks cost
-# prompt speed; it pays for that with a longer wait on cancel. llama.cpp numerics keep 512.
+# SmolLM2: 4,000 tokens in 21-24 s either way) for the float32 reference. The packed backend takes
+# 64 too for now, although each chunk dequantizes every weight once more (its BENCHMARKS.md pp rows
+# were measured with 512-token chunks; tests/test_engine.py holds the CPU to 64). llama.cpp numerics keep 512.
 CPU_PREFILL_CHUNK = 64
 
 
@@ -717,7 +717,7 @@ def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_c
     engine = Engine(model=loaded, tokenizer=tokenizer, chat_template=template, gguf_file=gguf_file,
                     backend=name, backend_reason=reason, n_ctx=ctx, n_slots=n_slots, max_queue=max_queue,
                     load_ms=(time.perf_counter() - t0) * 1e3,
-                    prefill_chunk=CPU_PREFILL_CHUNK if (name, numerics) == ("cpu", "float32") else PREFILL_CHUNK)
+                    prefill_chunk=CPU_PREFILL_CHUNK if name == "cpu" and numerics != "llama.cpp" else PREFILL_CHUNK)
     engine.ctx_reason = ctx_reason
     engine.footprint = need
     return engine

@@ -60,6 +60,23 @@ def test_product_matches_the_float32_reference(qtype, rows):
     assert err < (1e-5 if exact_path else 2e-4), err
 
 
+@pytest.mark.parametrize("qtype", [t for t in ALL_TYPES if t not in cpu_packed.FLOAT_KINDS], ids=lambda t: t.name)
+def test_compiled_dequantizers_equal_the_numpy_decoders(qtype):
+    """The prompt path's dequantizers (cpu_kernels.dequant_*) against quants.dequantize, at 19 rows
+    of an odd number of blocks; they compute each element as scale * q + offset, as numpy does, and
+    may differ from it only by the one rounding an FMA saves."""
+    from rocmforge_core.backends import cpu_kernels
+
+    rng = np.random.default_rng(int(qtype))
+    n_in, n_out = width(qtype), 19
+    block, size = quants.BLOCK_SIZES[qtype]
+    raw = random_blocks(qtype, (n_out, n_in), rng)
+    want = quants.dequantize(raw, qtype, (n_out, n_in))
+    got = np.full((n_out, n_in), np.nan, np.float32)
+    getattr(cpu_kernels, "dequant_" + qtype.name.lower())(raw.reshape(n_out, -1, size), cpu_kernels.F16, got)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * np.abs(want).max())
+
+
 def test_fused_parts_of_mixed_types_land_in_their_columns(monkeypatch):
     """Q|K|V of three types (as in Gemma-3's Q5_0/Q5_0/Q8_0 layers) with a bias, both paths, and
     the prompt path's weight sliced into several scratch-sized pieces."""

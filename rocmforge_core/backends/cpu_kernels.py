@@ -447,3 +447,174 @@ def matvec_f16(w, x, f16, out, col0):
             for j in range(w.shape[1]):
                 s += f16[w[r, j]] * x[b, j]
             out[b, col0 + r] = s
+
+
+# ---- dequantization into float32 (the prompt path: sgemm reads the result) -------------------------
+# w (rows, blocks per row, bytes per block) uint8 -> out (rows, n_in) float32, the same values as
+# quants.dequantize (each element is scale * q + offset, as there); threaded over rows.
+
+@njit(inline="always", **_OPTS)
+def _put_nibbles(bl, off, a, b, out, o):
+    """out[o + j] = a * (low nibble j) + b, out[o + 16 + j] = a * (high nibble j) + b, j < 16."""
+    for j in range(16):
+        v = np.int32(bl[off + j])
+        out[o + j] = np.float32(v & I15) * a + b
+        out[o + 16 + j] = np.float32(v >> I4) * a + b
+
+
+@njit(inline="always", **_OPTS)
+def _put_nibbles5(bl, off, qh, a, b, out, o):
+    for j in range(16):
+        v = np.int32(bl[off + j])
+        lo = (v & I15) | (((qh >> np.int32(j)) & 1) << I4)
+        hi = (v >> I4) | (((qh >> np.int32(j + 16)) & 1) << I4)
+        out[o + j] = np.float32(lo) * a + b
+        out[o + 16 + j] = np.float32(hi) * a + b
+
+
+@njit(parallel=True, **_OPTS)
+def dequant_q4_0(w, f16, out):
+    for r in prange(w.shape[0]):
+        o = out[r]
+        for k in range(w.shape[1]):
+            bl = w[r, k]
+            d = _f16(bl, 0, f16)
+            _put_nibbles(bl, 2, d, np.float32(-8.0) * d, o, 32 * k)
+
+
+@njit(parallel=True, **_OPTS)
+def dequant_q4_1(w, f16, out):
+    for r in prange(w.shape[0]):
+        o = out[r]
+        for k in range(w.shape[1]):
+            bl = w[r, k]
+            _put_nibbles(bl, 4, _f16(bl, 0, f16), _f16(bl, 2, f16), o, 32 * k)
+
+
+@njit(parallel=True, **_OPTS)
+def dequant_q5_0(w, f16, out):
+    for r in prange(w.shape[0]):
+        o = out[r]
+        for k in range(w.shape[1]):
+            bl = w[r, k]
+            d = _f16(bl, 0, f16)
+            _put_nibbles5(bl, 6, _qh(bl, 2), d, np.float32(-16.0) * d, o, 32 * k)
+
+
+@njit(parallel=True, **_OPTS)
+def dequant_q5_1(w, f16, out):
+    for r in prange(w.shape[0]):
+        o = out[r]
+        for k in range(w.shape[1]):
+            bl = w[r, k]
+            _put_nibbles5(bl, 8, _qh(bl, 4), _f16(bl, 0, f16), _f16(bl, 2, f16), o, 32 * k)
+
+
+@njit(parallel=True, **_OPTS)
+def dequant_q8_0(w, f16, out):
+    for r in prange(w.shape[0]):
+        o = out[r]
+        for k in range(w.shape[1]):
+            bl = w[r, k]
+            d = _f16(bl, 0, f16)
+            for j in range(32):
+                o[32 * k + j] = np.float32(np.int8(bl[2 + j])) * d
+
+
+@njit(parallel=True, **_OPTS)
+def dequant_q2_k(w, f16, out):
+    for r in prange(w.shape[0]):
+        o = out[r]
+        for k in range(w.shape[1]):
+            bl = w[r, k]
+            d, dmin = _f16(bl, 80, f16), _f16(bl, 82, f16)
+            for h in range(2):
+                for g in range(4):
+                    base = 256 * k + 128 * h + 32 * g
+                    sh = np.int32(2 * g)
+                    for half in range(2):
+                        sc = np.int32(bl[8 * h + 2 * g + half])
+                        a = d * np.float32(sc & I15)
+                        b = -(dmin * np.float32(sc >> I4))
+                        for j in range(16 * half, 16 * half + 16):
+                            o[base + j] = np.float32((np.int32(bl[16 + 32 * h + j]) >> sh) & I3) * a + b
+
+
+@njit(parallel=True, **_OPTS)
+def dequant_q3_k(w, f16, out):
+    for r in prange(w.shape[0]):
+        o = out[r]
+        for k in range(w.shape[1]):
+            bl = w[r, k]
+            d = _f16(bl, 108, f16)
+            for h in range(2):
+                for g in range(4):
+                    base = 256 * k + 128 * h + 32 * g
+                    sh = np.int32(2 * g)
+                    hb = np.int32(4 * h + g)
+                    for half in range(2):
+                        a = d * np.float32(_q3k_scale(bl, 8 * h + 2 * g + half))
+                        for j in range(16 * half, 16 * half + 16):
+                            q = (((np.int32(bl[32 + 32 * h + j]) >> sh) & I3)
+                                 - ((((np.int32(bl[j]) >> hb) & 1) ^ 1) << 2))
+                            o[base + j] = np.float32(q) * a
+
+
+@njit(parallel=True, **_OPTS)
+def dequant_q4_k(w, f16, out):
+    for r in prange(w.shape[0]):
+        o = out[r]
+        for k in range(w.shape[1]):
+            bl = w[r, k]
+            d, dmin = _f16(bl, 0, f16), _f16(bl, 2, f16)
+            sc = bl[4:16]
+            for pair in range(4):
+                sc0, mn0 = _k_scale_min(sc, 2 * pair)
+                sc1, mn1 = _k_scale_min(sc, 2 * pair + 1)
+                a0, b0 = d * np.float32(sc0), -(dmin * np.float32(mn0))
+                a1, b1 = d * np.float32(sc1), -(dmin * np.float32(mn1))
+                base = 256 * k + 64 * pair
+                for j in range(32):
+                    v = np.int32(bl[16 + 32 * pair + j])
+                    o[base + j] = np.float32(v & I15) * a0 + b0
+                    o[base + 32 + j] = np.float32(v >> I4) * a1 + b1
+
+
+@njit(parallel=True, **_OPTS)
+def dequant_q5_k(w, f16, out):
+    for r in prange(w.shape[0]):
+        o = out[r]
+        for k in range(w.shape[1]):
+            bl = w[r, k]
+            d, dmin = _f16(bl, 0, f16), _f16(bl, 2, f16)
+            sc = bl[4:16]
+            for sub in range(8):
+                scale, mn = _k_scale_min(sc, sub)
+                a, b = d * np.float32(scale), -(dmin * np.float32(mn))
+                off = 48 + 32 * (sub >> 1)
+                shift = np.int32((sub & 1) * 4)
+                hb = np.int32(sub)
+                for j in range(32):
+                    q = ((np.int32(bl[off + j]) >> shift) & I15) | (((np.int32(bl[16 + j]) >> hb) & 1) << I4)
+                    o[256 * k + 32 * sub + j] = np.float32(q) * a + b
+
+
+@njit(parallel=True, **_OPTS)
+def dequant_q6_k(w, f16, out):
+    for r in prange(w.shape[0]):
+        o = out[r]
+        for k in range(w.shape[1]):
+            bl = w[r, k]
+            d = _f16(bl, 208, f16)
+            for h in range(2):
+                for g in range(4):
+                    ql = 64 * h + 32 * (g & 1)
+                    shift = np.int32(4 * (g >> 1))
+                    qshift = np.int32(2 * g)
+                    base = 256 * k + 128 * h + 32 * g
+                    for half in range(2):
+                        a = d * np.float32(np.int8(bl[192 + 8 * h + 2 * g + half]))
+                        for j in range(16 * half, 16 * half + 16):
+                            q = (((np.int32(bl[ql + j]) >> shift) & I15)
+                                 | (((np.int32(bl[128 + 32 * h + j]) >> qshift) & I3) << I4)) - I32
+                            o[base + j] = np.float32(q) * a

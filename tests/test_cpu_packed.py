@@ -99,6 +99,22 @@ def test_fused_parts_of_mixed_types_land_in_their_columns(monkeypatch):
             assert err < tol, (rows, lo, err)
 
 
+def test_parts_of_one_type_share_a_kernel_call_and_keep_their_columns():
+    """Four Q4_1 parts (13, 5, 9, 3 rows) then a Q8_0 one: a call of three parts, one of one, one Q8_0."""
+    rng = np.random.default_rng(11)
+    n_in = 96
+    parts = [(QT.Q4_1, random_blocks(QT.Q4_1, (n, n_in), rng), n) for n in (13, 5, 9, 3)]
+    parts.append((QT.Q8_0, random_blocks(QT.Q8_0, (6, n_in), rng), 6))
+    lin = packed_linear(parts)
+    x = rng.standard_normal((3, n_in)).astype(np.float32)
+    want = x @ reference(parts, n_in).T
+    got = PackedCpuBackend().matmul(x, lin)
+    assert [(c.col0, c.ends.tolist()) for c in lin.calls] == [(0, [13, 18, 27]), (27, [3, 3, 3]), (30, [6, 6, 6])]
+    for lo, hi in ((0, 13), (13, 18), (18, 27), (27, 30), (30, 36)):
+        err = np.abs(got[:, lo:hi] - want[:, lo:hi]).max() / np.abs(want[:, lo:hi]).max()
+        assert err < 2e-4, (lo, err)
+
+
 def test_weights_are_views_of_the_map_and_embedding_rows_exact(smollm2_path):
     gguf_file = GGUFFile(smollm2_path)
     packed = load_model(gguf_file, make_ops("cpu", "packed"))
@@ -151,3 +167,55 @@ def test_greedy_equals_float32_up_to_the_first_near_tie(name, request):
             assert have == want, (name, step, ref_ids, ids)
             compared += 1
     assert compared >= 3 * len(prompts)  # the test compared something: most steps are no near-tie
+
+
+# ---- the compiled small ops against the reference's numpy ops -------------------------------------
+
+def close(got, want, tol=2e-6):
+    err = np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
+    assert err < tol, err
+
+
+@pytest.mark.parametrize("shape", [(1, 576), (5, 640), (3, 7, 64)])
+def test_rms_norm_and_gated_activations_match_the_reference(shape):
+    rng = np.random.default_rng(len(shape) * 100 + shape[0])
+    ref, ops = CpuBackend(), PackedCpuBackend()
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    w = rng.standard_normal(shape[-1]).astype(np.float32)
+    close(ops.rms_norm(x, w, 1e-6), ref.rms_norm(x, w, 1e-6))
+    gate_up = (rng.standard_normal((shape[0], 2 * 96)) * 4).astype(np.float32)
+    gate_up[0, :3] = (-100.0, 100.0, 0.0)  # exp overflow and the ends of tanh
+    close(ops.swiglu(gate_up), ref.swiglu(gate_up))
+    close(ops.geglu(gate_up), ref.geglu(gate_up))
+
+
+@pytest.mark.parametrize("neox,dim", [(True, 64), (False, 64), (True, 32)])
+def test_rope_matches_the_reference(neox, dim):
+    from rocmforge_core.rope import RopeSpec
+
+    rng = np.random.default_rng(dim + neox)
+    spec = RopeSpec(dim=dim, base=10000.0, neox=neox)
+    q = rng.standard_normal((3, 5, 64)).astype(np.float32)
+    k = rng.standard_normal((3, 1, 64)).astype(np.float32)
+    positions = np.array([0, 7, 3000])  # past the first table (1,024 positions): it grows
+    for got, want in zip(PackedCpuBackend().rope_qk(q, k, positions, spec),
+                         CpuBackend().rope_qk(q, k, positions, spec)):
+        close(got, want)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_decode_attention_matches_the_reference(window):
+    """Three sequences of different lengths in slots 2, 0, 3 of a 4-slot cache, 6 query heads over
+    2 kv heads (GQA), with and without a sliding window shorter than some of them."""
+    from rocmforge_core.kv_cache import KVCache
+
+    rng = np.random.default_rng(0 if window is None else window)
+    n_kv, hd, heads = 2, 40, 6
+    cache = KVCache(1, 4, 32, n_kv, hd)
+    cache.k[0][...] = rng.standard_normal(cache.k[0].shape)
+    cache.v[0][...] = rng.standard_normal(cache.v[0].shape)
+    q = rng.standard_normal((3, heads, hd)).astype(np.float32)
+    slots, positions = [2, 0, 3], [0, 11, 30]
+    got = PackedCpuBackend()._attend_rows(q, cache, 0, slots, positions, 0.15, window)
+    want = CpuBackend()._attend_rows(q, cache, 0, slots, positions, 0.15, window)
+    close(got, want, 1e-5)

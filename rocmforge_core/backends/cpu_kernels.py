@@ -362,78 +362,114 @@ def _row_q3_k(w, xq, xd, xs, f16):
     return s
 
 
-# The threaded kernels, one per type: out[b, col0 + r] = w[r] . x[b] for every weight row r, with
-# w (n_out, blocks per row, bytes per block) uint8 and xq, xd, xs from quantize_rows. (One function
-# per type rather than a factory: numba cannot cache a closure over another compiled function.)
-
-@njit(parallel=True, **_OPTS)
-def matvec_q4_0(w, xq, xd, xs, f16, out, col0):
-    for r in prange(w.shape[0]):
-        for b in range(xq.shape[0]):
-            out[b, col0 + r] = _row_q4_0(w[r], xq[b], xd[b], xs[b], f16)
+# The threaded kernels, one per type: out[b, col0 + r] = w[r] . x[b] for every weight row r of the
+# parts ws (a tuple of MAX_PARTS arrays (rows, blocks per row, bytes per block) uint8: up to three
+# tensors of one type and width stacked along the output, such as Q|K|V, computed in one call and one
+# parallel region; unused places hold empty arrays) and xq, xd, xs from quantize_rows. ends[i] is
+# the last output row + 1 of part i. (One function per type rather than a factory: numba cannot
+# cache a closure over another compiled function.)
+MAX_PARTS = 3
 
 
-@njit(parallel=True, **_OPTS)
-def matvec_q4_1(w, xq, xd, xs, f16, out, col0):
-    for r in prange(w.shape[0]):
-        for b in range(xq.shape[0]):
-            out[b, col0 + r] = _row_q4_1(w[r], xq[b], xd[b], xs[b], f16)
-
-
-@njit(parallel=True, **_OPTS)
-def matvec_q5_0(w, xq, xd, xs, f16, out, col0):
-    for r in prange(w.shape[0]):
-        for b in range(xq.shape[0]):
-            out[b, col0 + r] = _row_q5_0(w[r], xq[b], xd[b], xs[b], f16)
+@njit(inline="always", **_OPTS)
+def _part_row(ends, r):
+    """(part, row within it) of stacked row r (prange counts unsigned: int64 keeps the index integer)."""
+    r = np.int64(r)
+    if r < ends[0]:
+        return 0, r
+    if r < ends[1]:
+        return 1, r - ends[0]
+    return 2, r - ends[1]
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q5_1(w, xq, xd, xs, f16, out, col0):
-    for r in prange(w.shape[0]):
+def matvec_q4_0(ws, ends, xq, xd, xs, f16, out, col0):
+    for r in prange(ends[MAX_PARTS - 1]):
+        p, i = _part_row(ends, r)
+        w = ws[p][i]
         for b in range(xq.shape[0]):
-            out[b, col0 + r] = _row_q5_1(w[r], xq[b], xd[b], xs[b], f16)
+            out[b, col0 + r] = _row_q4_0(w, xq[b], xd[b], xs[b], f16)
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q8_0(w, xq, xd, xs, f16, out, col0):
-    for r in prange(w.shape[0]):
+def matvec_q4_1(ws, ends, xq, xd, xs, f16, out, col0):
+    for r in prange(ends[MAX_PARTS - 1]):
+        p, i = _part_row(ends, r)
+        w = ws[p][i]
         for b in range(xq.shape[0]):
-            out[b, col0 + r] = _row_q8_0(w[r], xq[b], xd[b], xs[b], f16)
+            out[b, col0 + r] = _row_q4_1(w, xq[b], xd[b], xs[b], f16)
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q2_k(w, xq, xd, xs, f16, out, col0):
-    for r in prange(w.shape[0]):
+def matvec_q5_0(ws, ends, xq, xd, xs, f16, out, col0):
+    for r in prange(ends[MAX_PARTS - 1]):
+        p, i = _part_row(ends, r)
+        w = ws[p][i]
         for b in range(xq.shape[0]):
-            out[b, col0 + r] = _row_q2_k(w[r], xq[b], xd[b], xs[b], f16)
+            out[b, col0 + r] = _row_q5_0(w, xq[b], xd[b], xs[b], f16)
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q3_k(w, xq, xd, xs, f16, out, col0):
-    for r in prange(w.shape[0]):
+def matvec_q5_1(ws, ends, xq, xd, xs, f16, out, col0):
+    for r in prange(ends[MAX_PARTS - 1]):
+        p, i = _part_row(ends, r)
+        w = ws[p][i]
         for b in range(xq.shape[0]):
-            out[b, col0 + r] = _row_q3_k(w[r], xq[b], xd[b], xs[b], f16)
+            out[b, col0 + r] = _row_q5_1(w, xq[b], xd[b], xs[b], f16)
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q4_k(w, xq, xd, xs, f16, out, col0):
-    for r in prange(w.shape[0]):
+def matvec_q8_0(ws, ends, xq, xd, xs, f16, out, col0):
+    for r in prange(ends[MAX_PARTS - 1]):
+        p, i = _part_row(ends, r)
+        w = ws[p][i]
         for b in range(xq.shape[0]):
-            out[b, col0 + r] = _row_q4_k(w[r], xq[b], xd[b], xs[b], f16)
+            out[b, col0 + r] = _row_q8_0(w, xq[b], xd[b], xs[b], f16)
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q5_k(w, xq, xd, xs, f16, out, col0):
-    for r in prange(w.shape[0]):
+def matvec_q2_k(ws, ends, xq, xd, xs, f16, out, col0):
+    for r in prange(ends[MAX_PARTS - 1]):
+        p, i = _part_row(ends, r)
+        w = ws[p][i]
         for b in range(xq.shape[0]):
-            out[b, col0 + r] = _row_q5_k(w[r], xq[b], xd[b], xs[b], f16)
+            out[b, col0 + r] = _row_q2_k(w, xq[b], xd[b], xs[b], f16)
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q6_k(w, xq, xd, xs, f16, out, col0):
-    for r in prange(w.shape[0]):
+def matvec_q3_k(ws, ends, xq, xd, xs, f16, out, col0):
+    for r in prange(ends[MAX_PARTS - 1]):
+        p, i = _part_row(ends, r)
+        w = ws[p][i]
         for b in range(xq.shape[0]):
-            out[b, col0 + r] = _row_q6_k(w[r], xq[b], xd[b], xs[b], f16)
+            out[b, col0 + r] = _row_q3_k(w, xq[b], xd[b], xs[b], f16)
+
+
+@njit(parallel=True, **_OPTS)
+def matvec_q4_k(ws, ends, xq, xd, xs, f16, out, col0):
+    for r in prange(ends[MAX_PARTS - 1]):
+        p, i = _part_row(ends, r)
+        w = ws[p][i]
+        for b in range(xq.shape[0]):
+            out[b, col0 + r] = _row_q4_k(w, xq[b], xd[b], xs[b], f16)
+
+
+@njit(parallel=True, **_OPTS)
+def matvec_q5_k(ws, ends, xq, xd, xs, f16, out, col0):
+    for r in prange(ends[MAX_PARTS - 1]):
+        p, i = _part_row(ends, r)
+        w = ws[p][i]
+        for b in range(xq.shape[0]):
+            out[b, col0 + r] = _row_q5_k(w, xq[b], xd[b], xs[b], f16)
+
+
+@njit(parallel=True, **_OPTS)
+def matvec_q6_k(ws, ends, xq, xd, xs, f16, out, col0):
+    for r in prange(ends[MAX_PARTS - 1]):
+        p, i = _part_row(ends, r)
+        w = ws[p][i]
+        for b in range(xq.shape[0]):
+            out[b, col0 + r] = _row_q6_k(w, xq[b], xd[b], xs[b], f16)
 
 
 # ---- float weights: float activations --------------------------------------------------------------
@@ -618,3 +654,99 @@ def dequant_q6_k(w, f16, out):
                             q = (((np.int32(bl[ql + j]) >> shift) & I15)
                                  | (((np.int32(bl[128 + 32 * h + j]) >> qshift) & I3) << I4)) - I32
                             o[base + j] = np.float32(q) * a
+
+
+# ---- the small ops of a decode step: one compiled call each instead of several numpy passes -------
+# A decode step of a 30-layer model runs ~15 of these per layer on one row; in numpy each costs a few
+# microseconds of dispatch per pass, more than the arithmetic (see BENCHMARKS.md, packed CPU backend).
+
+@njit(**_OPTS)
+def rms_norm_rows(x, w, eps, out):
+    """out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, the mean of squares summed in float64 (as the
+    reference sums it)."""
+    rows, n = x.shape
+    for r in range(rows):
+        ss = 0.0
+        for j in range(n):
+            v = np.float64(x[r, j])
+            ss += v * v
+        scale = np.float32(1.0) / np.sqrt(np.float32(ss / n) + np.float32(eps))
+        for j in range(n):
+            out[r, j] = x[r, j] * scale * w[j]
+
+
+@njit(**_OPTS)
+def swiglu_rows(gate_up, out):
+    """out = silu(gate) * up for gate|up side by side in each row."""
+    rows, half = out.shape
+    for r in range(rows):
+        for j in range(half):
+            g = gate_up[r, j]
+            out[r, j] = g / (np.float32(1.0) + np.exp(-g)) * gate_up[r, half + j]
+
+
+@njit(**_OPTS)
+def geglu_rows(gate_up, out):
+    """out = gelu_tanh(gate) * up (0.5 g (1 + tanh(c (g + 0.044715 g^3)))), gate|up side by side."""
+    rows, half = out.shape
+    c = np.float32(0.7978845608028654)
+    for r in range(rows):
+        for j in range(half):
+            g = gate_up[r, j]
+            t = np.tanh(c * (g + np.float32(0.044715) * g * g * g))
+            out[r, j] = np.float32(0.5) * g * (np.float32(1.0) + t) * gate_up[r, half + j]
+
+
+@njit(inline="always", **_OPTS)
+def _rope_into(x, positions, cos, sin, partner, out):
+    T, H, hd = x.shape
+    dim = cos.shape[1]
+    for t in range(T):
+        p = positions[t]
+        for h in range(H):
+            for j in range(dim):
+                out[t, h, j] = x[t, h, j] * cos[p, j] + x[t, h, partner[j]] * sin[p, j]
+            for j in range(dim, hd):
+                out[t, h, j] = x[t, h, j]
+
+
+@njit(**_OPTS)
+def rope_qk(q, k, positions, cos, sin, partner, q_out, k_out):
+    """Rotate q (T, heads, hd) and k (T, kv heads, hd) by their positions: x * cos + x[partner] * sin
+    over the first cos.shape[1] dimensions (rope.PairTable's layout), the rest copied."""
+    _rope_into(q, positions, cos, sin, partner, q_out)
+    _rope_into(k, positions, cos, sin, partner, k_out)
+
+
+@njit(parallel=True, **_OPTS)
+def attend_rows(q, kc, vc, slots, firsts, lens, scale, out):
+    """One query row per sequence against its slot's cached keys firsts[b] .. firsts[b] + lens[b] - 1.
+
+    q (B, heads, hd); kc, vc (slots, kv heads, n_ctx, hd); out (B, heads * hd). Query head h reads
+    kv head h // (heads / kv heads). Threaded over (row, head) pairs."""
+    B, H, hd = q.shape
+    group = H // kc.shape[1]
+    for bh in prange(B * H):
+        b, h = bh // H, bh % H
+        s, kv, lo, n = slots[b], h // group, firsts[b], lens[b]
+        scores = np.empty(n, np.float32)
+        top = np.float32(-np.inf)
+        for i in range(n):
+            acc = np.float32(0.0)
+            for j in range(hd):
+                acc += q[b, h, j] * kc[s, kv, lo + i, j]
+            acc *= scale
+            scores[i] = acc
+            top = max(top, acc)
+        total = np.float32(0.0)
+        for i in range(n):
+            e = np.exp(scores[i] - top)
+            scores[i] = e
+            total += e
+        inv = np.float32(1.0) / total
+        o = out[b, h * hd:(h + 1) * hd]
+        o[:] = 0.0
+        for i in range(n):
+            p = scores[i] * inv
+            for j in range(hd):
+                o[j] += p * vc[s, kv, lo + i, j]

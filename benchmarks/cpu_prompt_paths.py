@@ -75,7 +75,9 @@ def main() -> None:
         wf = quants.dequantize(raw, QT.Q8_0, (n_out, n_in))
         for rows in args.rows:
             x = rng.standard_normal((rows, n_in)).astype(np.float32)
-            xq, xd, _ = ops._quantize(x)
+            xq = np.empty((rows, n_in // 32, 32), np.int16)
+            xd, xs = np.empty((rows, n_in // 32), np.float32), np.empty((rows, n_in // 16), np.float32)
+            cpu_kernels.quantize_rows(x, xq, xd, xs)
             out = np.empty((rows, n_out), np.float32)
             flops = 2.0 * rows * n_in * n_out
             mm = rate(lambda: matmat_q8_0(blocks, xq, xd, cpu_kernels.F16, out), flops)

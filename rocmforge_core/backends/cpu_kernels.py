@@ -55,10 +55,8 @@ def threads() -> int:
 
 # ---- activations ----------------------------------------------------------------------------------
 
-@njit(parallel=False, **_OPTS)
-def quantize_rows(x, xq, xd, xs):
-    """x (B, n) float32 -> xq (B, n/32, 32) int16, xd (B, n/32) scales, xs (B, n/16): each 16 quants'
-    sum times its scale (what a block offset m multiplies)."""
+@njit(inline="always", **_OPTS)
+def _quantize_into(x, xq, xd, xs):
     B, n = x.shape
     nb = n // 32
     for b in range(B):
@@ -80,6 +78,23 @@ def quantize_rows(x, xq, xd, xs):
             xd[b, k] = d
             xs[b, 2 * k] = d * np.float32(s0)
             xs[b, 2 * k + 1] = d * np.float32(s1)
+
+
+@njit(inline="always", **_OPTS)
+def _quantized(x):
+    B, n = x.shape
+    xq = np.empty((B, n // 32, 32), np.int16)
+    xd = np.empty((B, n // 32), np.float32)
+    xs = np.empty((B, n // 16), np.float32)
+    _quantize_into(x, xq, xd, xs)
+    return xq, xd, xs
+
+
+@njit(**_OPTS)
+def quantize_rows(x, xq, xd, xs):
+    """x (B, n) float32 -> xq (B, n/32, 32) int16, xd (B, n/32) scales, xs (B, n/16): each 16 quants'
+    sum times its scale (what a block offset m multiplies)."""
+    _quantize_into(x, xq, xd, xs)
 
 
 # ---- block dots (inlined into the row kernels; straight-line code for the SLP vectorizer) ----------
@@ -386,7 +401,8 @@ def _row_q3_k(w, xq, xd, xs, f16):
 # The threaded kernels, one per type: out[b, col0 + r] = w[r] . x[b] for every weight row r of the
 # parts ws (a tuple of MAX_PARTS arrays (rows, blocks per row, bytes per block) uint8: up to three
 # tensors of one type and width stacked along the output, such as Q|K|V, computed in one call and one
-# parallel region; unused places hold empty arrays) and xq, xd, xs from quantize_rows. ends[i] is
+# parallel region; unused places hold empty arrays) and the activations x (B, n_in) float32, which
+# each call rounds to int16 itself before its parallel loop (one call from Python, not two). ends[i] is
 # the last output row + 1 of part i. (One function per type rather than a factory: numba cannot
 # cache a closure over another compiled function.)
 MAX_PARTS = 3
@@ -404,7 +420,8 @@ def _part_row(ends, r):
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q4_0(ws, ends, xq, xd, xs, f16, out, col0):
+def matvec_q4_0(ws, ends, x, f16, out, col0):
+    xq, xd, xs = _quantized(x)
     for r in prange(ends[MAX_PARTS - 1]):
         p, i = _part_row(ends, r)
         w = ws[p][i]
@@ -413,7 +430,8 @@ def matvec_q4_0(ws, ends, xq, xd, xs, f16, out, col0):
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q4_1(ws, ends, xq, xd, xs, f16, out, col0):
+def matvec_q4_1(ws, ends, x, f16, out, col0):
+    xq, xd, xs = _quantized(x)
     for r in prange(ends[MAX_PARTS - 1]):
         p, i = _part_row(ends, r)
         w = ws[p][i]
@@ -422,7 +440,8 @@ def matvec_q4_1(ws, ends, xq, xd, xs, f16, out, col0):
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q5_0(ws, ends, xq, xd, xs, f16, out, col0):
+def matvec_q5_0(ws, ends, x, f16, out, col0):
+    xq, xd, xs = _quantized(x)
     for r in prange(ends[MAX_PARTS - 1]):
         p, i = _part_row(ends, r)
         w = ws[p][i]
@@ -431,7 +450,8 @@ def matvec_q5_0(ws, ends, xq, xd, xs, f16, out, col0):
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q5_1(ws, ends, xq, xd, xs, f16, out, col0):
+def matvec_q5_1(ws, ends, x, f16, out, col0):
+    xq, xd, xs = _quantized(x)
     for r in prange(ends[MAX_PARTS - 1]):
         p, i = _part_row(ends, r)
         w = ws[p][i]
@@ -440,7 +460,8 @@ def matvec_q5_1(ws, ends, xq, xd, xs, f16, out, col0):
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q8_0(ws, ends, xq, xd, xs, f16, out, col0):
+def matvec_q8_0(ws, ends, x, f16, out, col0):
+    xq, xd, xs = _quantized(x)
     for r in prange(ends[MAX_PARTS - 1]):
         p, i = _part_row(ends, r)
         w = ws[p][i]
@@ -449,7 +470,8 @@ def matvec_q8_0(ws, ends, xq, xd, xs, f16, out, col0):
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q2_k(ws, ends, xq, xd, xs, f16, out, col0):
+def matvec_q2_k(ws, ends, x, f16, out, col0):
+    xq, xd, xs = _quantized(x)
     for r in prange(ends[MAX_PARTS - 1]):
         p, i = _part_row(ends, r)
         w = ws[p][i]
@@ -458,7 +480,8 @@ def matvec_q2_k(ws, ends, xq, xd, xs, f16, out, col0):
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q3_k(ws, ends, xq, xd, xs, f16, out, col0):
+def matvec_q3_k(ws, ends, x, f16, out, col0):
+    xq, xd, xs = _quantized(x)
     for r in prange(ends[MAX_PARTS - 1]):
         p, i = _part_row(ends, r)
         w = ws[p][i]
@@ -467,7 +490,8 @@ def matvec_q3_k(ws, ends, xq, xd, xs, f16, out, col0):
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q4_k(ws, ends, xq, xd, xs, f16, out, col0):
+def matvec_q4_k(ws, ends, x, f16, out, col0):
+    xq, xd, xs = _quantized(x)
     for r in prange(ends[MAX_PARTS - 1]):
         p, i = _part_row(ends, r)
         w = ws[p][i]
@@ -476,7 +500,8 @@ def matvec_q4_k(ws, ends, xq, xd, xs, f16, out, col0):
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q5_k(ws, ends, xq, xd, xs, f16, out, col0):
+def matvec_q5_k(ws, ends, x, f16, out, col0):
+    xq, xd, xs = _quantized(x)
     for r in prange(ends[MAX_PARTS - 1]):
         p, i = _part_row(ends, r)
         w = ws[p][i]
@@ -485,7 +510,8 @@ def matvec_q5_k(ws, ends, xq, xd, xs, f16, out, col0):
 
 
 @njit(parallel=True, **_OPTS)
-def matvec_q6_k(ws, ends, xq, xd, xs, f16, out, col0):
+def matvec_q6_k(ws, ends, x, f16, out, col0):
+    xq, xd, xs = _quantized(x)
     for r in prange(ends[MAX_PARTS - 1]):
         p, i = _part_row(ends, r)
         w = ws[p][i]

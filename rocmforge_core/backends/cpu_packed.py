@@ -184,11 +184,8 @@ class PackedCpuBackend(CpuBackend):
                 k.matvec_f16(p.blocks.reshape(p.hi - p.lo, -1).view(np.uint16), x, k.F16, out, p.lo)
             elif p.qtype == QT.BF16:
                 out[:, p.lo:p.hi] = x @ p.dequant_rows(0, p.hi - p.lo).T
-        calls = lin.calls if lin.calls is not None else self._plan(lin)
-        if calls:
-            xq, xd, xs = self._quantize(x)
-            for c in calls:
-                c.fn(c.ws, c.ends, xq, xd, xs, k.F16, out, c.col0)
+        for c in lin.calls if lin.calls is not None else self._plan(lin):
+            c.fn(c.ws, c.ends, x, k.F16, out, c.col0)
         return out
 
     def _plan(self, lin: PackedLinear) -> list[KernelCall]:
@@ -211,14 +208,6 @@ class PackedCpuBackend(CpuBackend):
             calls.append(KernelCall(getattr(self._k, "matvec_" + g[0].qtype.name.lower()), tuple(ws), ends, g[0].lo))
         lin.calls = calls
         return calls
-
-    def _quantize(self, x: np.ndarray):
-        rows, n = x.shape
-        xq = np.empty((rows, n // 32, 32), np.int16)
-        xd = np.empty((rows, n // 32), np.float32)
-        xs = np.empty((rows, n // 16), np.float32)
-        self._k.quantize_rows(x, xq, xd, xs)
-        return xq, xd, xs
 
     def _dense_product(self, x: np.ndarray, lin: PackedLinear) -> np.ndarray:
         """Many rows: sgemm over the weight dequantized a slice of output rows at a time."""

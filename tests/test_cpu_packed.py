@@ -215,7 +215,11 @@ def test_decode_attention_matches_the_reference(window):
     cache.k[0][...] = rng.standard_normal(cache.k[0].shape)
     cache.v[0][...] = rng.standard_normal(cache.v[0].shape)
     q = rng.standard_normal((3, heads, hd)).astype(np.float32)
+    k, v = rng.standard_normal((2, 3, n_kv, hd)).astype(np.float32)
     slots, positions = [2, 0, 3], [0, 11, 30]
-    got = PackedCpuBackend()._attend_rows(q, cache, 0, slots, positions, 0.15, window)
-    want = CpuBackend()._attend_rows(q, cache, 0, slots, positions, 0.15, window)
+    ref_cache = KVCache(1, 4, 32, n_kv, hd)
+    ref_cache.k[0][...], ref_cache.v[0][...] = cache.k[0], cache.v[0]
+    got = PackedCpuBackend().attention(q, k, v, cache, 0, slots, positions, [1, 1, 1], 0.15, window)
+    want = CpuBackend().attention(q, k, v, ref_cache, 0, slots, positions, [1, 1, 1], 0.15, window)
     close(got, want, 1e-5)
+    assert np.array_equal(cache.k[0], ref_cache.k[0]) and np.array_equal(cache.v[0], ref_cache.v[0])

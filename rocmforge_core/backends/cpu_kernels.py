@@ -766,16 +766,23 @@ def rope_qk(q, k, positions, cos, sin, partner, q_out, k_out):
 
 
 @njit(parallel=True, **_OPTS)
-def attend_rows(q, kc, vc, slots, firsts, lens, scale, out):
-    """One query row per sequence against its slot's cached keys firsts[b] .. firsts[b] + lens[b] - 1.
-
-    q (B, heads, hd); kc, vc (slots, kv heads, n_ctx, hd); out (B, heads * hd). Query head h reads
-    kv head h // (heads / kv heads). Threaded over (row, head) pairs."""
+def attend_rows(q, k, v, kc, vc, slots, positions, window, scale, out):
+    """A decode step's attention: row b's k, v (B, kv heads, hd) go into its slot's cache at
+    positions[b], then its query q[b] (heads, hd) attends over that slot's keys up to there (the last
+    `window` of them when window > 0). kc, vc (slots, kv heads, n_ctx, hd); out (B, heads * hd).
+    Query head h reads kv head h // (heads / kv heads). Threaded over (row, head) pairs."""
     B, H, hd = q.shape
-    group = H // kc.shape[1]
+    n_kv = kc.shape[1]
+    group = H // n_kv
+    for b in range(B):
+        for h in range(n_kv):
+            kc[slots[b], h, positions[b]] = k[b, h]
+            vc[slots[b], h, positions[b]] = v[b, h]
     for bh in prange(B * H):
         b, h = bh // H, bh % H
-        s, kv, lo, n = slots[b], h // group, firsts[b], lens[b]
+        s, kv, p = slots[b], h // group, positions[b]
+        lo = max(0, p - window + 1) if window > 0 else 0
+        n = p + 1 - lo
         scores = np.empty(n, np.float32)
         top = np.float32(-np.inf)
         for i in range(n):
@@ -794,6 +801,6 @@ def attend_rows(q, kc, vc, slots, firsts, lens, scale, out):
         o = out[b, h * hd:(h + 1) * hd]
         o[:] = 0.0
         for i in range(n):
-            p = scores[i] * inv
+            w = scores[i] * inv
             for j in range(hd):
-                o[j] += p * vc[s, kv, lo + i, j]
+                o[j] += w * vc[s, kv, lo + i, j]

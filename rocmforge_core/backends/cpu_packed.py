@@ -150,15 +150,15 @@ class PackedCpuBackend(CpuBackend):
         self._k.rope_qk(q, k, positions, table.cos[:, 0], table.sin[:, 0], table.partner, q_out, k_out)
         return q_out, k_out
 
-    def _attend_rows(self, q, cache, layer, slots, positions, scale, window):
-        """A decode step's attention in one compiled call (see CpuBackend._attend_rows)."""
-        pos = np.asarray(positions, dtype=np.int64)
-        firsts = pos - (window - 1) if window is not None else np.zeros_like(pos)
-        np.maximum(firsts, 0, out=firsts)
+    def attention(self, q, k, v, cache, layer, slots, starts, counts, scale, window):
+        """A decode step (one row per sequence) writes its K/V and attends in one compiled call; a
+        prompt takes the reference's blocked numpy path (see CpuBackend.attention)."""
+        if len(slots) != q.shape[0] or max(counts) != 1:
+            return super().attention(q, k, v, cache, layer, slots, starts, counts, scale, window)
         out = np.empty((q.shape[0], q.shape[1] * q.shape[2]), np.float32)
-        self._k.attend_rows(np.ascontiguousarray(q), cache.k[layer], cache.v[layer],
-                            np.asarray(slots, dtype=np.int64), firsts, pos + 1 - firsts,
-                            np.float32(scale), out)
+        self._k.attend_rows(np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v),
+                            cache.k[layer], cache.v[layer], np.asarray(slots, dtype=np.int64),
+                            np.asarray(starts, dtype=np.int64), window or 0, np.float32(scale), out)
         return out
 
     # ---- matrix products ----

@@ -19,17 +19,8 @@ under __pycache__ (or NUMBA_CACHE_DIR), so only a first start compiles.
 
 from __future__ import annotations
 
-import os
-
-# OpenMP's threads sleep between parallel regions instead of spinning (read once, when numba first
-# loads libgomp; a user's own setting wins). Spinning saves a few microseconds per region on an idle
-# machine, but when another process holds one of the cores each region waits for a descheduled
-# spinner: SmolLM2's decode fell from ~38 to 2.9 tok/s on 2 threads beside one busy process
-# (measured 2026-12-01); passive waiting kept 37.7.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
+import numba
+import numpy as np
 from numba import njit, prange
 
 numba.config.SLP_VECTORIZE = 1  # read when each function is compiled (see the module docstring)

@@ -525,7 +525,9 @@ def matvec_f16(w, x, f16, out, col0):
 
 # ---- dequantization into float32 (the prompt path: sgemm reads the result) -------------------------
 # w (rows, blocks per row, bytes per block) uint8 -> out (rows, n_in) float32, the same values as
-# quants.dequantize (each element is scale * q + offset, as there); threaded over rows.
+# quants.dequantize (each element is scale * q + offset, as there). On one thread, deliberately: BLAS
+# sgemm runs on its own thread pool right after each slice, and OpenMP's workers spinning after a
+# threaded dequantization took the cores from it (SmolLM2 pp512 fell to ~35 tok/s; measured 2026-12-01).
 
 @njit(inline="always", **_OPTS)
 def _put_nibbles(bl, off, a, b, out, o):
@@ -546,9 +548,9 @@ def _put_nibbles5(bl, off, qh, a, b, out, o):
         out[o + 16 + j] = np.float32(hi) * a + b
 
 
-@njit(parallel=True, **_OPTS)
+@njit(**_OPTS)
 def dequant_q4_0(w, f16, out):
-    for r in prange(w.shape[0]):
+    for r in range(w.shape[0]):
         o = out[r]
         for k in range(w.shape[1]):
             bl = w[r, k]
@@ -556,18 +558,18 @@ def dequant_q4_0(w, f16, out):
             _put_nibbles(bl, 2, d, np.float32(-8.0) * d, o, 32 * k)
 
 
-@njit(parallel=True, **_OPTS)
+@njit(**_OPTS)
 def dequant_q4_1(w, f16, out):
-    for r in prange(w.shape[0]):
+    for r in range(w.shape[0]):
         o = out[r]
         for k in range(w.shape[1]):
             bl = w[r, k]
             _put_nibbles(bl, 4, _f16(bl, 0, f16), _f16(bl, 2, f16), o, 32 * k)
 
 
-@njit(parallel=True, **_OPTS)
+@njit(**_OPTS)
 def dequant_q5_0(w, f16, out):
-    for r in prange(w.shape[0]):
+    for r in range(w.shape[0]):
         o = out[r]
         for k in range(w.shape[1]):
             bl = w[r, k]
@@ -575,18 +577,18 @@ def dequant_q5_0(w, f16, out):
             _put_nibbles5(bl, 6, _qh(bl, 2), d, np.float32(-16.0) * d, o, 32 * k)
 
 
-@njit(parallel=True, **_OPTS)
+@njit(**_OPTS)
 def dequant_q5_1(w, f16, out):
-    for r in prange(w.shape[0]):
+    for r in range(w.shape[0]):
         o = out[r]
         for k in range(w.shape[1]):
             bl = w[r, k]
             _put_nibbles5(bl, 8, _qh(bl, 4), _f16(bl, 0, f16), _f16(bl, 2, f16), o, 32 * k)
 
 
-@njit(parallel=True, **_OPTS)
+@njit(**_OPTS)
 def dequant_q8_0(w, f16, out):
-    for r in prange(w.shape[0]):
+    for r in range(w.shape[0]):
         o = out[r]
         for k in range(w.shape[1]):
             bl = w[r, k]
@@ -595,9 +597,9 @@ def dequant_q8_0(w, f16, out):
                 o[32 * k + j] = np.float32(np.int8(bl[2 + j])) * d
 
 
-@njit(parallel=True, **_OPTS)
+@njit(**_OPTS)
 def dequant_q2_k(w, f16, out):
-    for r in prange(w.shape[0]):
+    for r in range(w.shape[0]):
         o = out[r]
         for k in range(w.shape[1]):
             bl = w[r, k]
@@ -614,9 +616,9 @@ def dequant_q2_k(w, f16, out):
                             o[base + j] = np.float32((np.int32(bl[16 + 32 * h + j]) >> sh) & I3) * a + b
 
 
-@njit(parallel=True, **_OPTS)
+@njit(**_OPTS)
 def dequant_q3_k(w, f16, out):
-    for r in prange(w.shape[0]):
+    for r in range(w.shape[0]):
         o = out[r]
         for k in range(w.shape[1]):
             bl = w[r, k]
@@ -634,9 +636,9 @@ def dequant_q3_k(w, f16, out):
                             o[base + j] = np.float32(q) * a
 
 
-@njit(parallel=True, **_OPTS)
+@njit(**_OPTS)
 def dequant_q4_k(w, f16, out):
-    for r in prange(w.shape[0]):
+    for r in range(w.shape[0]):
         o = out[r]
         for k in range(w.shape[1]):
             bl = w[r, k]
@@ -654,9 +656,9 @@ def dequant_q4_k(w, f16, out):
                     o[base + 32 + j] = np.float32(v >> I4) * a1 + b1
 
 
-@njit(parallel=True, **_OPTS)
+@njit(**_OPTS)
 def dequant_q5_k(w, f16, out):
-    for r in prange(w.shape[0]):
+    for r in range(w.shape[0]):
         o = out[r]
         for k in range(w.shape[1]):
             bl = w[r, k]
@@ -673,9 +675,9 @@ def dequant_q5_k(w, f16, out):
                     o[256 * k + 32 * sub + j] = np.float32(q) * a + b
 
 
-@njit(parallel=True, **_OPTS)
+@njit(**_OPTS)
 def dequant_q6_k(w, f16, out):
-    for r in prange(w.shape[0]):
+    for r in range(w.shape[0]):
         o = out[r]
         for k in range(w.shape[1]):
             bl = w[r, k]

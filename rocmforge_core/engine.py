@@ -31,8 +31,8 @@ PREFILL_CHUNK = 512  # tokens per prefill batch, like llama.cpp's default micro-
 # stop() and a cancel wait for the prefill chunk in flight. On the CPU a 512-token chunk deep into a
 # long prompt takes seconds; 64 tokens bound that wait at about the same total speed (measured on
 # SmolLM2: 4,000 tokens in 21-24 s either way) for the float32 reference. The packed backend takes
-# 64 too for now, although each chunk dequantizes every weight once more (its BENCHMARKS.md pp rows
-# were measured with 512-token chunks; tests/test_engine.py holds the CPU to 64). llama.cpp numerics keep 512.
+# 64 too (tests/test_engine.py holds the CPU to 64), although each chunk dequantizes every weight once
+# more: ~0.75x llama.cpp's pp512 against ~1.5x with 512-token chunks (BENCHMARKS.md). llama.cpp numerics keep 512.
 CPU_PREFILL_CHUNK = 64
 
 

@@ -4,7 +4,7 @@ and append one row with both numbers and their ratio to BENCHMARKS.md.
     python benchmarks/bench_vs_llamacpp.py MODEL --llama-python /opt/llcpp/bin/python [-p 512 -n 128 -r 3]
 
 llama-cpp-python is not a dependency of rocmforge: point --llama-python at a venv that has it. Its side
-runs with n_threads = the machine's core count (2 here), n_batch = n_ubatch = the prompt size so pp is one
+runs with n_threads = -t (default: the machine's core count, 2 here), as rocmforge does, n_batch = n_ubatch = the prompt size so pp is one
 batch, like llama-bench; tg decodes one token at a time from an empty context.
 """
 
@@ -67,15 +67,16 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("--backend", default="cpu")
-    ap.add_argument("--numerics", default="float32", help="rocmforge's CPU numerics (float32 or llama.cpp)")
+    ap.add_argument("--numerics", default="packed", help="rocmforge's CPU numerics (packed, float32 or llama.cpp)")
+    ap.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 1, help="threads on both sides")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "BENCHMARKS.md"))
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    threads = os.cpu_count() or 1
+    threads = args.threads
 
     ours = json.loads(subprocess.run(
         [sys.executable, "-m", "rocmforge_cli", "bench", args.model, "-p", str(args.p), "-n", str(args.n),
-         "-r", str(args.r), "--backend", args.backend, "--numerics", args.numerics, "--json"],
+         "-r", str(args.r), "--backend", args.backend, "--numerics", args.numerics, "-t", str(threads), "--json"],
         check=True, capture_output=True, text=True).stdout)
     theirs = json.loads(subprocess.run(
         [args.llama_python, "-c", LLAMA_SIDE, ours["model"], str(args.p), str(args.n), str(args.r),
@@ -83,6 +84,8 @@ def main() -> int:
 
     pp_ours, tg_ours = ours["pp"]["tokens_per_s"], ours["tg"]["tokens_per_s"]
     backend = ours["backend"] + ("" if args.numerics == "float32" else f", {args.numerics} numerics")
+    if ours.get("load_ms") is not None:
+        print(f"rocmforge load {ours['load_ms']:.0f} ms", file=sys.stderr)
     row = (f"| {datetime.date.today().isoformat()} | {cpu_name()}, {threads} threads | "
            f"{Path(ours['model']).name} | {backend} | pp{args.p}: {pp_ours:.1f} | "
            f"pp{args.p}: {theirs['pp']:.1f} | **{pp_ours / theirs['pp']:.2f}x** | "

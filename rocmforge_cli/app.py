@@ -31,6 +31,7 @@ class Backend(str, Enum):
 
 
 class Numerics(str, Enum):
+    packed = "packed"
     float32 = "float32"
     llama_cpp = "llama.cpp"
 
@@ -41,8 +42,10 @@ ModelArg = typer.Argument(None, metavar="MODEL", help=MODEL_HELP, show_default=F
 RequiredModelArg = typer.Argument(..., metavar="MODEL", help=MODEL_HELP, show_default=False)
 BackendOpt = typer.Option(Backend.auto, "--backend", help="Where the model runs.", case_sensitive=False)
 NumericsOpt = typer.Option(
-    Numerics.float32, "--numerics", case_sensitive=False,
-    help="CPU arithmetic: float32, or llama.cpp to reproduce llama.cpp's CPU results bit for bit (slow).")
+    None, "--numerics", case_sensitive=False, show_default=False,
+    help="CPU arithmetic: packed (default: weights stay in the file's blocks, 8-bit activations when "
+         "decoding), float32 (the reference: float32 copies of the weights), or llama.cpp to reproduce "
+         "llama.cpp's CPU results bit for bit (slow).")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Stats on stderr; tracebacks on errors.")
 # Spellings people bring from llama.cpp: aliases of ours, with the same meaning where it applies.
 ModelOpt = typer.Option(None, "--model", "-m", help="MODEL given as an option instead of the argument.",
@@ -52,8 +55,8 @@ CTX_HELP = ("Context size in tokens. Default: the model's trained length, capped
             "unless the model declares rope scaling.")
 CtxOpt = typer.Option(None, "--ctx", "--ctx-size", "-c", help=CTX_HELP, show_default=False)
 ThreadsOpt = typer.Option(None, "--threads", "-t", show_default=False,
-                          help="CPU backend: threads of numpy's BLAS, which runs the matrix products "
-                               "(default: BLAS's own, usually all cores).")
+                          help="CPU backend: threads of the packed kernels and of numpy's BLAS "
+                               "(default: the physical cores for the kernels, BLAS's own choice for BLAS).")
 CacheTypeOpt = typer.Option(None, "--cache-type", "-ctk", show_default=False,
                             help="KV cache element type: f16 (GPU default) or f32 (the CPU's only one).")
 NglOpt = typer.Option(None, "--n-gpu-layers", "-ngl", show_default=False,
@@ -189,7 +192,7 @@ def generate(
         model=model, prompt=text, system=system, system_file=system_file, max_tokens=max_tokens,
         sampling=_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
         raw=raw, stop=stop, json_out=json_out, ctx=ctx, chat_template_file=chat_template_file,
-        backend=backend_name, numerics=numerics.value, verbose=verbose, n_gpu_layers=n_gpu_layers,
+        backend=backend_name, numerics=_value(numerics), verbose=verbose, n_gpu_layers=n_gpu_layers,
         cache_type=cache_type,
     )
 
@@ -289,7 +292,7 @@ def bench(
 
     backend_name = run_flags(threads, n_gpu_layers, backend.value)  # first: BLAS reads -t as it loads
     bench_cmd.run(model=pick_model(model, model_opt), n_prompt=n_prompt, n_gen=n_gen,
-                  repetitions=repetitions, backend=backend_name, json_out=json_out, numerics=numerics.value,
+                  repetitions=repetitions, backend=backend_name, json_out=json_out, numerics=_value(numerics),
                   depth=depth, cache_type=cache_type)
 
 
@@ -305,6 +308,7 @@ def perplexity(
     n_gpu_layers: Optional[int] = NglOpt,
     threads: Optional[int] = ThreadsOpt,
     json_out: bool = typer.Option(False, "--json", help="One JSON object: ppl, nll, n_tokens, n_windows, ctx, backend."),
+    numerics: Numerics = NumericsOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Perplexity of a text file, like llama-perplexity: non-overlapping windows, second halves scored."""
@@ -313,7 +317,11 @@ def perplexity(
 
     backend_name = run_flags(threads, n_gpu_layers, backend.value)  # first: BLAS reads -t as it loads
     perplexity_cmd.run(model=pick_model(model, model_opt), text_file=text_file, ctx=ctx, backend=backend_name,
-                       json_out=json_out, verbose=verbose, n_gpu_layers=n_gpu_layers)
+                       json_out=json_out, verbose=verbose, n_gpu_layers=n_gpu_layers, numerics=_value(numerics))
+
+
+def _value(numerics: Optional[Numerics]) -> Optional[str]:
+    return numerics.value if numerics is not None else None
 
 
 def _verbose_requested(argv: list[str]) -> bool:

@@ -77,7 +77,7 @@ async def measure(engine, n_prompt: int, n_gen: int, repetitions: int, depth: in
     return {"pp": statistics.median(pp) if pp else None, "tg": statistics.median(tg) if tg else None}
 
 
-def run(*, model, n_prompt, n_gen, repetitions, backend, json_out, numerics="float32", depth=0,
+def run(*, model, n_prompt, n_gen, repetitions, backend, json_out, numerics=None, depth=0,
         cache_type=None) -> None:
     if n_prompt < 0 or n_gen < 0 or (n_prompt == 0 and n_gen == 0):
         raise BadInputError("-p and -n must be >= 0 and not both 0")
@@ -92,11 +92,12 @@ def run(*, model, n_prompt, n_gen, repetitions, backend, json_out, numerics="flo
     engine = create_engine(path, backend=backend, n_ctx=max(n_prompt + 8, depth + n_gen + 8, 64), n_slots=1,
                            numerics=numerics, cache_type=cache_type)
     device = cpu_name() if engine.backend == "cpu" else engine.model.ops.device.name
+    numerics = engine.model.ops.numerics if engine.backend == "cpu" else numerics
     result = asyncio.run(measure(engine, n_prompt, n_gen, repetitions, depth))
     cache_kind, args = getattr(engine.model.ops, "kv_cache_type", "f32"), engine.model.args
     report = {
         "model": str(path), "backend": engine.backend, "device": device, "numerics": numerics,
-        "cache_type": cache_kind,
+        "cache_type": cache_kind, "load_ms": round(engine.load_ms),
         "kv_bytes_per_token": 2 * args.n_layers * args.n_kv_heads * args.head_dim * (2 if cache_kind == "f16" else 4),
         "pp": {"n_tokens": n_prompt, "tokens_per_s": round(result["pp"] or 0.0, 2)},
         "tg": {"n_tokens": n_gen, "tokens_per_s": round(result["tg"] or 0.0, 2), "depth": depth},
@@ -107,7 +108,7 @@ def run(*, model, n_prompt, n_gen, repetitions, backend, json_out, numerics="flo
     from rich.console import Console
     from rich.table import Table
 
-    suffix = "" if numerics == "float32" else f", {numerics} numerics"
+    suffix = f", {numerics} numerics" if numerics else ""
     table = Table(title=f"{path.name} on {engine.backend} ({device}{suffix})")
     for col in ("test", "tokens", "tokens/s"):
         table.add_column(col, justify="right" if col != "test" else "left")

@@ -174,4 +174,8 @@ def describe_run(engine, n_gpu_layers: int | None = None) -> str:
 
         count = blas_threads()
         parts.append(f"cpu threads {count if count is not None else 'unknown'} (BLAS)")
+        if getattr(engine.model.ops, "numerics", None) == "packed":
+            from rocmforge_core.backends.cpu_kernels import threads
+
+            parts.append(f"{threads()} (packed kernels)")
     return "; ".join(parts)

@@ -60,7 +60,7 @@ def build_request(engine, text: str, *, system: str | None, raw: bool, max_token
 
 
 def run(*, model, prompt, system, max_tokens, sampling, raw, stop, json_out, ctx, chat_template_file,
-        backend, verbose, numerics="float32", system_file=None, n_gpu_layers=None,
+        backend, verbose, numerics=None, system_file=None, n_gpu_layers=None,
         server=None, cache_type=None) -> None:
     from rocmforge_cli.common import check_generation_flags, system_prompt
 

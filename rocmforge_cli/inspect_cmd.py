@@ -18,7 +18,7 @@ def run(model: str, json_out: bool) -> None:
       tokenizer_model (str|null, tokenizer.ggml.model), tokenizer_pre (str|null),
       chat_template (bool: the file carries tokenizer.chat_template), n_tensors (int),
       tensor_types ({type name: {"count", "parameters", "bytes"}}, largest bytes first),
-      memory ({"ctx": the default context, min(trained length, 4096); "cpu" / "gpu": {"weights", "kv",
+      memory ({"ctx": the default context, min(trained length, 4096); "cpu" (packed) / "cpu_float32" / "gpu": {"weights", "kv",
       "total"} bytes the model takes on the float32 CPU backend / a GPU backend with its f16 cache,
       one slot at that context}).
     The model is opened and checked by the same `check_model` as a load, so a corrupt file or an
@@ -72,8 +72,9 @@ def _memory(gf, config) -> dict[str, Any]:
 
     ctx = min(config.context_length, DEFAULT_CAP)
     out: dict[str, Any] = {"ctx": ctx}
-    for name, backend in (("cpu", "cpu"), ("gpu", "cuda")):
-        fp = footprint(gf, config, backend, ctx)
+    for name, backend, numerics in (("cpu", "cpu", "packed"), ("cpu_float32", "cpu", "float32"),
+                                    ("gpu", "cuda", "packed")):
+        fp = footprint(gf, config, backend, ctx, numerics=numerics)
         out[name] = {"weights": fp.weights, "kv": fp.kv, "total": fp.total}
     return out
 

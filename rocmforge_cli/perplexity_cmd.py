@@ -11,7 +11,7 @@ import sys
 from rocmforge_core.errors import BadInputError
 
 
-def run(*, model, text_file, ctx, backend, json_out, verbose, n_gpu_layers=None) -> None:
+def run(*, model, text_file, ctx, backend, json_out, verbose, n_gpu_layers=None, numerics=None) -> None:
     from rocmforge_cli.common import read_text_file
 
     if ctx < 4:
@@ -24,7 +24,7 @@ def run(*, model, text_file, ctx, backend, json_out, verbose, n_gpu_layers=None)
     from rocmforge_core.engine import create_engine
     from rocmforge_core.perplexity import perplexity
 
-    engine = create_engine(resolve_model_path(model), backend=backend, n_ctx=ctx, n_slots=1)
+    engine = create_engine(resolve_model_path(model), backend=backend, n_ctx=ctx, n_slots=1, numerics=numerics)
     if verbose:
         print(describe_run(engine, n_gpu_layers), file=sys.stderr)
     tokens = engine.tokenizer.encode(text, add_bos=None, parse_special=False)
@@ -33,7 +33,8 @@ def run(*, model, text_file, ctx, backend, json_out, verbose, n_gpu_layers=None)
     if json_out:
         print(json.dumps({"ppl": result.ppl, "ppl_err": result.ppl_err, "nll": result.nll,
                           "n_tokens": result.n_tokens, "n_windows": result.n_windows, "ctx": ctx,
-                          "backend": engine.backend}))
+                          "backend": engine.backend,
+                          "numerics": engine.model.ops.numerics if engine.backend == "cpu" else None}))
         return
     print(f"PPL = {result.ppl:.4f} +/- {result.ppl_err:.5f} ({result.n_windows} windows of {ctx} tokens, "
           f"{result.n_tokens} scored: the second half of each)")

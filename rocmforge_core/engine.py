@@ -30,7 +30,9 @@ from rocmforge_core.validate import check_int
 PREFILL_CHUNK = 512  # tokens per prefill batch, like llama.cpp's default micro-batch
 # stop() and a cancel wait for the prefill chunk in flight. On the CPU a 512-token chunk deep into a
 # long prompt takes seconds; 64 tokens bound that wait at about the same total speed (measured on
-# SmolLM2: 4,000 tokens in 21-24 s either way). llama.cpp numerics keep 512, llama.cpp's own batches.
+# SmolLM2: 4,000 tokens in 21-24 s either way) for the float32 reference. The packed backend takes
+# 64 too (tests/test_engine.py holds the CPU to 64), although each chunk dequantizes every weight once
+# more: ~0.75x llama.cpp's pp512 against ~1.5x with 512-token chunks (BENCHMARKS.md). llama.cpp numerics keep 512.
 CPU_PREFILL_CHUNK = 64
 
 
@@ -625,7 +627,7 @@ def _quietly(fn, *args):
 _LOADED: dict[tuple, tuple] = {}  # one loaded model per process: (key) -> (gguf, config, tokenizer, model)
 
 
-def _load(path: Path, backend: str, numerics: str = "float32"):
+def _load(path: Path, backend: str, numerics: str = "packed"):
     """Load (or reuse) the model files. Keeping the last model lets a process build engines cheaply."""
     from rocmforge_core.backends import cpu
     from rocmforge_core.gguf_file import GGUFFile
@@ -668,11 +670,12 @@ def _check_special_ids(tokenizer, n_rows: int) -> None:
 
 def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_ctx: int | None = None,
                   n_slots: int = 4, max_queue: int = 64, chat_template_file: str | None = None,
-                  numerics: str = "float32", progress=None, cache_type: str | None = None) -> Engine:
+                  numerics: str | None = None, progress=None, cache_type: str | None = None) -> Engine:
     """The one way to build an engine: resolve and load the model, tokenizer and template (not started).
 
-    `numerics` (CPU backend only): "float32", or "llama.cpp" to reproduce llama.cpp's CPU results
-    bit for bit (8-bit activations, its kernels' rounding; many times slower; see backends/cpu.py).
+    `numerics` (CPU backend only): None or "packed" (the default: weights in the file's blocks, 8-bit
+    activations in decode; backends/cpu_packed.py), "float32" (the reference: float32 copies of the
+    weights), or "llama.cpp" to reproduce llama.cpp's CPU results bit for bit (many times slower).
     `cache_type`: the KV cache's element type, "f16" (the GPU default) or "f32" (the CPU's only one).
     """
     from rocmforge_core.backends import select_backend
@@ -681,14 +684,15 @@ def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_c
     from rocmforge_core.store import resolve_model
 
     t0 = time.perf_counter()
-    if numerics not in NUMERICS:
-        raise BadInputError(f"unknown numerics '{numerics}'", hint="choose " + " or ".join(NUMERICS))
-    if numerics != "float32":
+    if numerics is not None and numerics not in NUMERICS:
+        raise BadInputError(f"unknown numerics '{numerics}'", hint="choose " + ", ".join(NUMERICS))
+    if numerics not in (None, "float32"):
         if (backend or "auto").lower() not in ("auto", "cpu"):
             raise BadInputError(f"--numerics {numerics} runs on the CPU backend only",
                                 hint="use --backend cpu")
         backend = "cpu"
     name, reason = select_backend(backend)
+    numerics = numerics or "packed"  # what the CPU runs; the GPU backends have one arithmetic
     if cache_type not in (None, "f16", "f32"):
         raise BadInputError(f"unknown cache type '{cache_type}'", hint="choose f16 or f32")
     if name == "cpu" and cache_type == "f16":
@@ -713,7 +717,7 @@ def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_c
     engine = Engine(model=loaded, tokenizer=tokenizer, chat_template=template, gguf_file=gguf_file,
                     backend=name, backend_reason=reason, n_ctx=ctx, n_slots=n_slots, max_queue=max_queue,
                     load_ms=(time.perf_counter() - t0) * 1e3,
-                    prefill_chunk=CPU_PREFILL_CHUNK if (name, numerics) == ("cpu", "float32") else PREFILL_CHUNK)
+                    prefill_chunk=CPU_PREFILL_CHUNK if name == "cpu" and numerics != "llama.cpp" else PREFILL_CHUNK)
     engine.ctx_reason = ctx_reason
     engine.footprint = need
     return engine

@@ -1,8 +1,9 @@
 """How much memory a model takes on a backend, said before loading and checked against what is free.
 
-The numbers follow what each backend really allocates: the float32 CPU backend keeps a float32 copy of
-every tensor (4 bytes per parameter, whatever the file's types); the llama.cpp-numerics CPU backend
-and the GPU backends keep the file's packed blocks (the GPU pool rounds to size classes: measured
+The numbers follow what each backend really allocates: the float32 CPU reference keeps a float32 copy
+of every tensor (4 bytes per parameter, whatever the file's types); the packed CPU backend (the
+default) reads the file's blocks in the memory map plus one float32 scratch for prompt products; the
+llama.cpp-numerics CPU backend and the GPU backends keep the file's packed blocks (the GPU pool rounds to size classes: measured
 1.019x on an 8B file). The KV cache holds keys and values of every layer, slot and position: float32
 on the CPU, f16 (or f32) on a GPU. The CPU cache is mapped lazily, so its bytes are what a full
 context can reach, not what a short chat touches.
@@ -16,6 +17,7 @@ from rocmforge_core.errors import BadInputError
 
 GPU_POOL_OVERHEAD = 1.02  # the device pool's size classes over the tensors' bytes (measured 1.019x)
 CACHE_BYTES = {"f32": 4, "f16": 2}
+PACKED_SCRATCH_BYTES = 16 << 20  # backends/cpu_packed.py: SCRATCH_FLOATS float32 values
 
 
 def _gib(n: float) -> str:
@@ -46,7 +48,9 @@ def weight_bytes(gguf_file, backend: str, numerics: str = "float32") -> int:
     if backend == "cpu" and numerics == "float32":
         return sum(4 * t.n_elements for t in tensors)
     packed = sum(t.n_bytes for t in tensors)
-    return int(packed * GPU_POOL_OVERHEAD) if backend != "cpu" else packed
+    if backend == "cpu":
+        return packed + (PACKED_SCRATCH_BYTES if numerics == "packed" else 0)
+    return int(packed * GPU_POOL_OVERHEAD)
 
 
 def kv_bytes(config, n_ctx: int, n_slots: int, cache_type: str = "f32") -> int:

@@ -36,19 +36,23 @@ def _array_bytes(obj, seen=None) -> int:
 
 
 def test_cpu_weight_bytes_are_what_the_backend_holds(smollm2_path):
-    async def go():
-        async with create_engine(smollm2_path, backend="cpu", n_slots=1, n_ctx=512) as engine:
+    async def go(numerics):
+        async with create_engine(smollm2_path, backend="cpu", n_slots=1, n_ctx=512, numerics=numerics) as engine:
             return engine.footprint, _array_bytes(engine.model.weights)
 
     import asyncio
-    fp, held = asyncio.run(go())
+    fp, held = asyncio.run(go("float32"))
     assert fp.weights == held  # 538 MB for the 98 MB file: float32 copies of every tensor
     assert fp.kv == 2 * 30 * 3 * 64 * 4 * 512
+    fp, held = asyncio.run(go(None))  # the default, packed: the file's map (counted once) and norms
+    packed = sum(t.n_bytes for t in GGUFFile(smollm2_path).tensors.values())
+    assert fp.weights == packed + footprint.PACKED_SCRATCH_BYTES
+    assert held <= smollm2_path.stat().st_size + 30 * 2 * 576 * 4
 
 
 def test_refused_before_the_weights_are_allocated(tmp_path, monkeypatch):
     path = random_llama(tmp_path / "m.gguf")
-    need = footprint.weight_bytes(GGUFFile(path), "cpu")
+    need = footprint.weight_bytes(GGUFFile(path), "cpu", "float32")
     monkeypatch.setattr(context, "host_free_bytes", lambda: need - 1)
     import rocmforge_core.models as models
 
@@ -57,7 +61,7 @@ def test_refused_before_the_weights_are_allocated(tmp_path, monkeypatch):
 
     monkeypatch.setattr(models, "load_model", never)
     with pytest.raises(BadInputError) as err:
-        create_engine(path, backend="cpu")
+        create_engine(path, backend="cpu", numerics="float32")
     line = err.value.one_line()
     assert "weights need" in line and "cpu backend" in line and "float32 copies" in line
 
@@ -65,7 +69,7 @@ def test_refused_before_the_weights_are_allocated(tmp_path, monkeypatch):
 def test_a_context_that_cannot_fit_is_refused(tmp_path, monkeypatch):
     path = random_llama(tmp_path / "m.gguf")
     gf = GGUFFile(path)
-    weights = footprint.weight_bytes(gf, "cpu")
+    weights = footprint.weight_bytes(gf, "cpu", "packed")
     kv = footprint.kv_bytes(check_model(gf), 8192, 4)
 
     def free_after(left: int):
@@ -89,7 +93,8 @@ def test_inspect_says_what_each_backend_needs(tmp_path):
     mem = json.loads(r.stdout)["memory"]
     gf = GGUFFile(path)
     params = sum(t.n_elements for t in gf.tensors.values())
-    assert mem["cpu"]["weights"] == 4 * params
+    assert mem["cpu_float32"]["weights"] == 4 * params
+    assert mem["cpu"]["weights"] == sum(t.n_bytes for t in gf.tensors.values()) + footprint.PACKED_SCRATCH_BYTES
     assert mem["gpu"]["weights"] == int(sum(t.n_bytes for t in gf.tensors.values()) * footprint.GPU_POOL_OVERHEAD)
     assert mem["gpu"]["kv"] * 2 == mem["cpu"]["kv"]  # f16 against float32
     assert mem["ctx"] == min(check_model(gf).context_length, context.DEFAULT_CAP)

@@ -73,7 +73,8 @@ def test_nll_equals_log_softmax_of_the_models_logits(tiny, ctx):
     err = np.exp(np.mean(nll)) * np.std(nll) / np.sqrt(len(nll) - 1)  # llama-perplexity's +/-
     assert out["ppl_err"] == pytest.approx(err, rel=1e-6)
     assert (out["ctx"], out["backend"]) == (ctx, "cpu")
-    assert set(out) == {"ppl", "ppl_err", "nll", "n_tokens", "n_windows", "ctx", "backend"}
+    assert set(out) == {"ppl", "ppl_err", "nll", "n_tokens", "n_windows", "ctx", "backend", "numerics"}
+    assert out["numerics"] == model.ops.numerics == "packed"  # the CPU's default
 
 
 def test_nll_matches_the_independent_reference_model(tiny):

@@ -4,14 +4,14 @@ The model code (rocmforge_core/models/base.py) never touches arrays directly; it
 backend ops object per operation. A GPU backend supplies the same methods over device buffers and is
 tested against this one, op by op.
 
-Weight representation (why float32 copies): numpy's only fast matrix product is BLAS sgemm/sgemv on
-float32, and for the small default models a one-time dequantization at load is cheap (~1-3 s). Every
-linear weight is therefore dequantized once into a C-contiguous float32 (n_out, n_in) matrix; Q|K|V
-are fused into one matrix and gate|up into another, so each layer makes three large BLAS calls instead
-of six small ones. The tied output projection reuses the embedding table (no second copy).
-Memory cost: 4 bytes per parameter, SmolLM2-135M ~540 MB, Gemma-3-270M ~1.07 GB (of which the
-262,144 x 640 embedding/output table is 671 MB). Per-layer on-the-fly dequantization would save that
-memory but cost a dequantization per layer per token, several times slower than the BLAS call itself.
+Weight representation (why float32 copies): this backend is the float32 reference that the GPU
+backends, the packed CPU backend and the tests compare with, so it computes the plain float32 product
+of the dequantized weights. Every linear weight is dequantized once into a C-contiguous float32
+(n_out, n_in) matrix; Q|K|V are fused into one matrix and gate|up into another, so each layer makes
+three large BLAS calls instead of six small ones. The tied output projection reuses the embedding
+table (no second copy). Memory cost: 4 bytes per parameter (SmolLM2-135M ~540 MB, Gemma-3-270M
+~1.07 GB), which is why users run the packed subclass (backends/cpu_packed.py, numerics="packed"),
+whose weights stay in the file's blocks.
 
 Numerics: plain float32 math on the dequantized weights, which matches llama.cpp run on the same
 weights converted to F32 (logits within ~1e-3). llama.cpp's own CPU arithmetic on the quantized file
@@ -37,7 +37,9 @@ from rocmforge_core.rope import PairTable, RopeSpec, cos_sin, table_size
 # half of the scores (block i only reads keys up to its own last position).
 ATTN_BLOCK = 128
 _GELU_C = np.float32(np.sqrt(2.0 / np.pi))
-NUMERICS = ("float32", "llama.cpp")
+# "packed": the users' default (backends/cpu_packed.py); "float32": this module, the reference every
+# other backend and test compares with; "llama.cpp": llama.cpp's CPU arithmetic bit for bit.
+NUMERICS = ("packed", "float32", "llama.cpp")
 
 def _halves(gate_up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Views of the gate and up halves (np.split costs ~15 us of Python per call)."""
@@ -314,14 +316,20 @@ def _mask(q0: int, n: int, n_keys: int, window: int | None) -> np.ndarray:
 
 
 def make_ops(name: str = "cpu", numerics: str = "float32") -> CpuBackend:
-    """Entry point every backend module provides (see rocmforge_core.models.load_model): the float32
-    reference, or with numerics="llama.cpp" the subclass that reproduces llama.cpp's CPU results."""
+    """Entry point every backend module provides (see rocmforge_core.models.load_model): by default the
+    float32 reference; numerics="packed" the backend on the file's blocks (what the engine runs for
+    users), numerics="llama.cpp" the subclass that reproduces llama.cpp's CPU results."""
     if numerics not in NUMERICS:
         raise ValueError(f"numerics must be one of {NUMERICS}, not {numerics!r}")
     if numerics == "llama.cpp":
         from rocmforge_core.backends.cpu_llama import LlamaCppBackend
 
         return LlamaCppBackend()
+    if numerics == "packed":
+        from rocmforge_core.backends.cpu_packed import PackedCpuBackend
+        from rocmforge_core.threads import kernel_threads
+
+        return PackedCpuBackend(threads=kernel_threads())
     return CpuBackend()
 
 

@@ -128,18 +128,23 @@ def test_weights_are_views_of_the_map_and_embedding_rows_exact(smollm2_path):
     assert np.array_equal(packed.ops.embedding(packed.weights.embed, tokens), want)
 
 
-def greedy_with_logits(model, prompts, n):
-    """Each prompt alone: prefill, then n greedy decode steps; the ids and each step's logits."""
+def greedy_with_logits(model, prompts, n, batch: int = 6):
+    """Prompts in groups of `batch` (each in its own slot; decoded together, as the engine batches
+    them, within the packed kernels' row limit): the greedy ids and each step's logits per prompt."""
     out = []
-    for prompt in prompts:
-        cache = model.make_cache(1, len(prompt) + n + 1)
-        logits = model.prefill(prompt, cache, 0, 0)
-        ids, steps = [], []
+    for g0 in range(0, len(prompts), batch):
+        group = prompts[g0:g0 + batch]
+        cache = model.make_cache(len(group), max(map(len, group)) + n + 1)
+        cur = np.stack([model.prefill(p, cache, slot, 0) for slot, p in enumerate(group)])
+        pos = np.array([len(p) for p in group])
+        ids, steps = [[] for _ in group], [[] for _ in group]
         for i in range(n):
-            steps.append(logits)
-            ids.append(int(np.argmax(logits)))
-            logits = model.decode(np.array(ids[-1:]), cache, np.array([0]), np.array([len(prompt) + i]))[0]
-        out.append((ids, steps))
+            for r in range(len(group)):
+                steps[r].append(cur[r])
+                ids[r].append(int(np.argmax(cur[r])))
+            if i + 1 < n:
+                cur = model.decode(np.array([x[-1] for x in ids]), cache, np.arange(len(group)), pos + i)
+        out += list(zip(ids, steps))
     return out
 
 

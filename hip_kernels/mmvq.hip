@@ -11,56 +11,75 @@
 // ---------------------------------------------------------------- the mat-vec
 #define RF_MVQ_UNROLL 2  // items in flight per lane before the first is used (4 and 8 measured slower:
                           // the registers they take cost more warps than their loads gain)
+// Weight rows per lane group: with several activation rows (batched decode) each item's activations
+// are loaded once for RF_MVQ_R(NC) weight rows, so the loads per weight byte stay bounded (at 8 rows
+// the 8-row mat-vec was bound by its activation loads). gpu/mvq.py rows_per_group mirrors this.
+#define RF_MVQ_R(NC) ((NC) >= 4 ? 2 : 1)
 
 // y[r, row] = W[row, :] . x[r, :] (+ bias[row]) (+ res[r, row]) for up to NC activation rows r.
-// `lpr` lanes (a power of two <= WARP_SIZE) share one weight row, so short rows keep every lane busy;
-// grid = (ceil(n_out * lpr / blockDim.x), ceil(n_rows / NC)).
+// `lpr` lanes (a power of two <= WARP_SIZE) share R = RF_MVQ_R(NC) consecutive weight rows, so short
+// rows keep every lane busy; grid = (ceil(n_out * lpr / (blockDim.x * R)), ceil(n_rows / NC)).
 template <class T, int NC>
 RF_DEV void rf_mvq(const uint8_t* __restrict__ w, int n_out, int n_in, const int8_t* __restrict__ xq,
                    const float* __restrict__ xd, float* __restrict__ y, int ldy,
                    const float* __restrict__ bias, const float* __restrict__ res, int n_rows, int lpr) {
+    const int R = RF_MVQ_R(NC);
     const int gid = blockIdx.x * blockDim.x + threadIdx.x;
-    const int row = gid / lpr, sub = gid % lpr;
+    const int row0 = gid / lpr * R, sub = gid % lpr;
     const int r0 = blockIdx.y * NC;
     const int nb = n_in / T::QK, n_items = nb * T::ITEMS, nxb = n_in / RF_Q8;
-    const bool live = row < n_out;  // dead lanes still join the shuffles below
-    const uint8_t* bulk = w + (long long)(live ? row : 0) * nb * T::BULK;
-    const uint8_t* meta = w + (long long)n_out * nb * T::BULK + (long long)(live ? row : 0) * nb * (T::BLOCK - T::BULK);
-    float acc[NC];
-    RF_UNROLL for (int c = 0; c < NC; ++c) acc[c] = 0.0f;
+    const bool live = row0 < n_out;  // dead lanes still join the shuffles below
+    const uint8_t* bulk[R];
+    const uint8_t* meta[R];
+    RF_UNROLL for (int q = 0; q < R; ++q) {
+        const int row = row0 + q < n_out ? row0 + q : 0;  // a missing last row reads row 0, never stored
+        bulk[q] = w + (long long)row * nb * T::BULK;
+        meta[q] = w + (long long)n_out * nb * T::BULK + (long long)row * nb * (T::BLOCK - T::BULK);
+    }
+    float acc[R][NC];
+    RF_UNROLL for (int q = 0; q < R; ++q)
+        RF_UNROLL for (int c = 0; c < NC; ++c) acc[q][c] = 0.0f;
     for (int base = sub; live && base < n_items; base += RF_MVQ_UNROLL * lpr) {
-        rf_item items[RF_MVQ_UNROLL];
+        rf_item items[RF_MVQ_UNROLL][R];
         RF_UNROLL for (int u = 0; u < RF_MVQ_UNROLL; ++u) {
-            if (base + u * lpr < n_items) T::item(bulk, meta, base + u * lpr, items[u]);
+            RF_UNROLL for (int q = 0; q < R; ++q)
+                if (base + u * lpr < n_items) T::item(bulk[q], meta[q], base + u * lpr, items[u][q]);
         }
         RF_UNROLL for (int u = 0; u < RF_MVQ_UNROLL; ++u) {
-            const rf_item& o = items[u];
             const bool have = base + u * lpr < n_items;
+            // Every row's item u sits at the same input positions: its activations are read once.
+            const rf_item& o = items[u][0];
             RF_UNROLL for (int c = 0; c < NC; ++c) {
                 if (!have || r0 + c >= n_rows) continue;
                 const int8_t* xr = xq + (long long)(r0 + c) * n_in;
                 const float* dr = xd + 2 * (long long)(r0 + c) * nxb;
-                float s = 0.0f;
                 RF_UNROLL for (int g = 0; g < 2; ++g) {
                     const rf_u32x4 xv = rf_load16(xr + o.xb[g] * RF_Q8 + o.xo[g] * 4);
-                    int sumi = 0;
-                    RF_UNROLL for (int k = 0; k < 4; ++k) sumi = rf_dot4_i8(o.w[4 * g + k], (int)rf_u4_at(xv, k), sumi);
                     const rf_f32x2 ds = rf_load_f32x2(dr + 2 * o.xb[g]);
-                    s += o.f[g] * ds.x * (float)sumi + o.c[g] * ds.y;
+                    RF_UNROLL for (int q = 0; q < R; ++q) {
+                        const rf_item& oq = items[u][q];
+                        int sumi = 0;
+                        RF_UNROLL for (int k = 0; k < 4; ++k) sumi = rf_dot4_i8(oq.w[4 * g + k], (int)rf_u4_at(xv, k), sumi);
+                        acc[q][c] += oq.f[g] * ds.x * (float)sumi + oq.c[g] * ds.y;
+                    }
                 }
-                acc[c] += s;
             }
         }
     }
-    RF_UNROLL for (int c = 0; c < NC; ++c) {
-        for (int m = lpr / 2; m > 0; m >>= 1) acc[c] += RF_SHFL_XOR(acc[c], m);
-    }
+    RF_UNROLL for (int q = 0; q < R; ++q)
+        RF_UNROLL for (int c = 0; c < NC; ++c) {
+            for (int m = lpr / 2; m > 0; m >>= 1) acc[q][c] += RF_SHFL_XOR(acc[q][c], m);
+        }
     if (!live || sub != 0) return;
-    const float add = bias ? bias[row] : 0.0f;
-    RF_UNROLL for (int c = 0; c < NC; ++c) {
-        if (r0 + c >= n_rows) continue;
-        const long long at = (long long)(r0 + c) * ldy + row;
-        y[at] = acc[c] + add + (res ? res[at] : 0.0f);
+    RF_UNROLL for (int q = 0; q < R; ++q) {
+        const int row = row0 + q;
+        if (row >= n_out) continue;
+        const float add = bias ? bias[row] : 0.0f;
+        RF_UNROLL for (int c = 0; c < NC; ++c) {
+            if (r0 + c >= n_rows) continue;
+            const long long at = (long long)(r0 + c) * ldy + row;
+            y[at] = acc[q][c] + add + (res ? res[at] : 0.0f);
+        }
     }
 }
 

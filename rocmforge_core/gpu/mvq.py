@@ -85,6 +85,11 @@ def lanes_per_row(ops, n_items: int) -> int:
     return lpr
 
 
+def rows_per_group(nc: int) -> int:
+    """Weight rows each lane group takes in mvq_<type>_<nc> (RF_MVQ_R in mmvq.hip)."""
+    return 2 if nc >= 4 else 1
+
+
 def launch(ops, part, q8: tuple[Any, Any], rows: int, y_ptr: int, ldy: int, bias_ptr: int = 0,
            res_ptr: int = 0) -> None:
     """y[r, col_off + i] = part[i, :] . x[r, :] (+ bias) (+ res) for every activation row r."""
@@ -93,7 +98,8 @@ def launch(ops, part, q8: tuple[Any, Any], rows: int, y_ptr: int, ldy: int, bias
     lpr = lanes_per_row(ops, n_items)
     block = ops.threads(THREADS)
     nc = next((c for c in COLUMN_BUCKETS if c >= rows), COLUMN_BUCKETS[-1])
-    grid = ((part.n_out * lpr + block - 1) // block, (rows + nc - 1) // nc)
+    per_block = block // lpr * rows_per_group(nc)
+    grid = ((part.n_out + per_block - 1) // per_block, (rows + nc - 1) // nc)
     xq, xd = q8
     ops.launch(f"mvq_{part.kernel}_{nc}", grid, block, part.block.ptr, part.n_out, part.n_in, xq.ptr, xd.ptr,
                y_ptr, ldy, bias_ptr, res_ptr, rows, lpr)

@@ -51,19 +51,20 @@ def graph_ms(ops, fn, n: int = 20) -> float:
     return ms
 
 
-def matvec_rates(ops, model) -> list[str]:
-    """Device time of each projection (and the output) on 1 activation row (x already quantized)."""
+def matvec_rates(ops, model, rows: int = 1) -> list[str]:
+    """Device time of each projection (and the output) on `rows` activation rows (x already quantized;
+    the weight bytes over the time is the streaming rate a decode step of `rows` sequences sees)."""
     w = model.weights
     layer = w.layers[0]
     lines = []
     for name, lin in (("qkv", layer.qkv), ("wo", layer.wo), ("gate_up", layer.gate_up), ("down", layer.down),
                       ("output", w.output)):
         nbytes = sum(p.row_bytes * p.n_out for p in lin.parts)
-        x = ops.upload(np.random.default_rng(0).standard_normal((1, lin.n_in)).astype(np.float32))
+        x = ops.upload(np.random.default_rng(0).standard_normal((rows, lin.n_in)).astype(np.float32))
         if any(p.split for p in lin.parts):
             from rocmforge_core.gpu import mvq
             x.q8 = mvq.quantize(ops, x)
-        y = ops.empty((1, lin.n_out))
+        y = ops.empty((rows, lin.n_out))
         # the layers' own copies of this projection rotate the weights past the L2
         layers = [getattr(l, name) for l in w.layers] if name != "output" else [lin]
         need = max(1, min(len(layers), -(-2 * L2_BYTES // nbytes)))
@@ -75,7 +76,7 @@ def matvec_rates(ops, model) -> list[str]:
             state["i"] += 1
         ms = graph_ms(ops, one)
         kinds = ",".join(sorted({p.kernel + ("/q8" if p.split else "") for p in lin.parts}))
-        lines.append(f"{name:8s} {lin.n_out:6d}x{lin.n_in:<6d} {kinds:12s} {nbytes / 1e6:8.1f} MB "
+        lines.append(f"{name:8s} {lin.n_out:6d}x{lin.n_in:<6d} rows {rows} {kinds:12s} {nbytes / 1e6:8.1f} MB "
                      f"{ms * 1e3:8.1f} us {nbytes / ms / 1e6:7.0f} GB/s")
     return lines
 
@@ -181,7 +182,8 @@ def main() -> None:
     ap.add_argument("--lanes", type=int, help="cap the int8 mat-vec's lanes per row (an experiment)")
     ap.add_argument("--threads", type=int, help="the int8 mat-vec's block size (an experiment)")
     ap.add_argument("--profile-depth", type=int, default=64, help="cached tokens before --profile-step's step")
-    ap.add_argument("--rows", type=int, default=1, help="sequences per step for --depths and --profile-step")
+    ap.add_argument("--rows", default="1", help="sequences per step for --depths, --matvec-only (a comma "
+                    "list: each in turn) and --profile-step (the first)")
     ap.add_argument("--profile-step", action="store_true",
                     help="after warm-up, one op-by-op decode step between cuProfilerStart/Stop (for ncu "
                          "--profile-from-start off)")
@@ -193,6 +195,7 @@ def main() -> None:
     ap.add_argument("--check-finite", type=int, metavar="DEPTH",
                     help="only: are the cache and logits finite after a DEPTH-token prompt? (exit 1 if not)")
     args = ap.parse_args()
+    rows = [int(r) for r in args.rows.split(",")]
     from rocmforge_core.backends.gpu import make_ops
     from rocmforge_core.gguf_file import GGUFFile
     from rocmforge_core.models import load_model
@@ -213,8 +216,10 @@ def main() -> None:
     print(f"{Path(args.model).name}: loaded in {load_s:.2f} s on {ops.device.name}; device memory for the "
           f"weights {ops.pool.allocated / 1e9:.3f} GB = {ops.pool.allocated / tensor_bytes:.4f}x the file's "
           f"tensor bytes ({tensor_bytes / 1e9:.3f} GB)")
+    for line in ops.matvec_tuning:
+        print(f"mat-vec variant: {line}")
     if args.profile_step:
-        return profile_one_step(ops, model, args.profile_depth, args.rows)
+        return profile_one_step(ops, model, args.profile_depth, rows[0])
     if args.profile_matvec:
         return profile_one_matvec(ops, model)
     if args.profile_prefill:
@@ -223,15 +228,17 @@ def main() -> None:
         ok, line = finite_after(ops, model, args.check_finite)
         print(line, flush=True)
         raise SystemExit(0 if ok else 1)
-    if args.depths:
-        for line in replay_at_depths(ops, model, args.depths, args.rows):
-            print(line, flush=True)
+    if args.matvec_only or args.depths:  # either or both, for each row count
+        for r in rows:
+            for line in (matvec_rates(ops, model, r) if args.matvec_only else []) + (
+                    replay_at_depths(ops, model, args.depths, r) if args.depths else []):
+                print(line, flush=True)
         return
     if args.prefill:
         for line in prefill_rates(ops, model, args.prefill):
             print(line, flush=True)
         return
-    for line in matvec_rates(ops, model) + ([] if args.matvec_only else step_times(ops, model, args.steps)):
+    for line in matvec_rates(ops, model) + step_times(ops, model, args.steps):
         print(line, flush=True)
 
 

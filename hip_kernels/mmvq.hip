@@ -9,21 +9,19 @@
 #include "rf_blocks.h"
 
 // ---------------------------------------------------------------- the mat-vec
-#define RF_MVQ_UNROLL 2  // items in flight per lane before the first is used (4 and 8 measured slower:
-                          // the registers they take cost more warps than their loads gain)
-// Weight rows per lane group: with several activation rows (batched decode) each item's activations
-// are loaded once for RF_MVQ_R(NC) weight rows, so the loads per weight byte stay bounded (at 8 rows
-// the 8-row mat-vec was bound by its activation loads). gpu/mvq.py rows_per_group mirrors this.
-#define RF_MVQ_R(NC) ((NC) >= 4 ? 2 : 1)
+// Two knobs, template parameters, chosen per weight shape at load by timing (gpu/mvq.py tune): U items
+// in flight per lane before the first is used, and R weight rows per lane group, whose items sit at
+// the same input positions, so their activations are loaded once for R rows (the activation loads per
+// weight byte fall as 1/R - what bounds a 4-bit row, whose 16 bytes of quants need 32 bytes of
+// activations, and every batched launch). Every (R, U) sums in the same order: equal results.
 
 // y[r, row] = W[row, :] . x[r, :] (+ bias[row]) (+ res[r, row]) for up to NC activation rows r.
-// `lpr` lanes (a power of two <= WARP_SIZE) share R = RF_MVQ_R(NC) consecutive weight rows, so short
-// rows keep every lane busy; grid = (ceil(n_out * lpr / (blockDim.x * R)), ceil(n_rows / NC)).
-template <class T, int NC>
+// `lpr` lanes (a power of two <= WARP_SIZE) share R consecutive weight rows, so short rows keep every
+// lane busy; grid = (ceil(n_out * lpr / (blockDim.x * R)), ceil(n_rows / NC)).
+template <class T, int NC, int R, int U>
 RF_DEV void rf_mvq(const uint8_t* __restrict__ w, int n_out, int n_in, const int8_t* __restrict__ xq,
                    const float* __restrict__ xd, float* __restrict__ y, int ldy,
                    const float* __restrict__ bias, const float* __restrict__ res, int n_rows, int lpr) {
-    const int R = RF_MVQ_R(NC);
     const int gid = blockIdx.x * blockDim.x + threadIdx.x;
     const int row0 = gid / lpr * R, sub = gid % lpr;
     const int r0 = blockIdx.y * NC;
@@ -39,13 +37,13 @@ RF_DEV void rf_mvq(const uint8_t* __restrict__ w, int n_out, int n_in, const int
     float acc[R][NC];
     RF_UNROLL for (int q = 0; q < R; ++q)
         RF_UNROLL for (int c = 0; c < NC; ++c) acc[q][c] = 0.0f;
-    for (int base = sub; live && base < n_items; base += RF_MVQ_UNROLL * lpr) {
-        rf_item items[RF_MVQ_UNROLL][R];
-        RF_UNROLL for (int u = 0; u < RF_MVQ_UNROLL; ++u) {
+    for (int base = sub; live && base < n_items; base += U * lpr) {
+        rf_item items[U][R];
+        RF_UNROLL for (int u = 0; u < U; ++u) {
             RF_UNROLL for (int q = 0; q < R; ++q)
                 if (base + u * lpr < n_items) T::item(bulk[q], meta[q], base + u * lpr, items[u][q]);
         }
-        RF_UNROLL for (int u = 0; u < RF_MVQ_UNROLL; ++u) {
+        RF_UNROLL for (int u = 0; u < U; ++u) {
             const bool have = base + u * lpr < n_items;
             // Every row's item u sits at the same input positions: its activations are read once.
             const rf_item& o = items[u][0];
@@ -83,12 +81,12 @@ RF_DEV void rf_mvq(const uint8_t* __restrict__ w, int n_out, int n_in, const int
     }
 }
 
-#define RF_MVQ_KERNEL(T, D, NC)                                                                         \
-    extern "C" __global__ void mvq_##T##_##NC(const uint8_t* __restrict__ w, int n_out, int n_in,        \
+#define RF_MVQ_KERNEL(T, D, NC, R, U)                                                                   \
+    extern "C" __global__ void mvq_##T##_##NC##_r##R##u##U(const uint8_t* __restrict__ w, int n_out, int n_in,        \
                                               const int8_t* __restrict__ xq, const float* __restrict__ xd, \
                                               float* __restrict__ y, int ldy, const float* __restrict__ bias, \
                                               const float* __restrict__ res, int n_rows, int lpr) {      \
-        rf_mvq<D, NC>(w, n_out, n_in, xq, xd, y, ldy, bias, res, n_rows, lpr);                          \
+        rf_mvq<D, NC, R, U>(w, n_out, n_in, xq, xd, y, ldy, bias, res, n_rows, lpr);                          \
     }
 
 // GGUF blocks -> [bulk of every block | meta of every block]: bulk = bytes [at, at + bulk_len) of a
@@ -141,45 +139,85 @@ RF_DEV void rf_get_rows_split(const uint8_t* __restrict__ w, int n_vocab, int n_
 
 // One line per instance (no macro calling another): gpu/kernels.py reads the kernel table from here.
 RF_SPLIT_GATHER(q4_0, MQ4_0)
-RF_MVQ_KERNEL(q4_0, MQ4_0, 1)
-RF_MVQ_KERNEL(q4_0, MQ4_0, 2)
-RF_MVQ_KERNEL(q4_0, MQ4_0, 4)
-RF_MVQ_KERNEL(q4_0, MQ4_0, 8)
+RF_MVQ_KERNEL(q4_0, MQ4_0, 1, 1, 2)
+RF_MVQ_KERNEL(q4_0, MQ4_0, 1, 2, 2)
+RF_MVQ_KERNEL(q4_0, MQ4_0, 1, 2, 1)
+RF_MVQ_KERNEL(q4_0, MQ4_0, 2, 1, 2)
+RF_MVQ_KERNEL(q4_0, MQ4_0, 2, 2, 1)
+RF_MVQ_KERNEL(q4_0, MQ4_0, 4, 2, 1)
+RF_MVQ_KERNEL(q4_0, MQ4_0, 4, 4, 1)
+RF_MVQ_KERNEL(q4_0, MQ4_0, 8, 2, 1)
+RF_MVQ_KERNEL(q4_0, MQ4_0, 8, 4, 1)
 RF_SPLIT_GATHER(q4_1, MQ4_1)
-RF_MVQ_KERNEL(q4_1, MQ4_1, 1)
-RF_MVQ_KERNEL(q4_1, MQ4_1, 2)
-RF_MVQ_KERNEL(q4_1, MQ4_1, 4)
-RF_MVQ_KERNEL(q4_1, MQ4_1, 8)
+RF_MVQ_KERNEL(q4_1, MQ4_1, 1, 1, 2)
+RF_MVQ_KERNEL(q4_1, MQ4_1, 1, 2, 2)
+RF_MVQ_KERNEL(q4_1, MQ4_1, 1, 2, 1)
+RF_MVQ_KERNEL(q4_1, MQ4_1, 2, 1, 2)
+RF_MVQ_KERNEL(q4_1, MQ4_1, 2, 2, 1)
+RF_MVQ_KERNEL(q4_1, MQ4_1, 4, 2, 1)
+RF_MVQ_KERNEL(q4_1, MQ4_1, 4, 4, 1)
+RF_MVQ_KERNEL(q4_1, MQ4_1, 8, 2, 1)
+RF_MVQ_KERNEL(q4_1, MQ4_1, 8, 4, 1)
 RF_SPLIT_GATHER(q5_0, MQ5_0)
-RF_MVQ_KERNEL(q5_0, MQ5_0, 1)
-RF_MVQ_KERNEL(q5_0, MQ5_0, 2)
-RF_MVQ_KERNEL(q5_0, MQ5_0, 4)
-RF_MVQ_KERNEL(q5_0, MQ5_0, 8)
+RF_MVQ_KERNEL(q5_0, MQ5_0, 1, 1, 2)
+RF_MVQ_KERNEL(q5_0, MQ5_0, 1, 2, 2)
+RF_MVQ_KERNEL(q5_0, MQ5_0, 1, 2, 1)
+RF_MVQ_KERNEL(q5_0, MQ5_0, 2, 1, 2)
+RF_MVQ_KERNEL(q5_0, MQ5_0, 2, 2, 1)
+RF_MVQ_KERNEL(q5_0, MQ5_0, 4, 2, 1)
+RF_MVQ_KERNEL(q5_0, MQ5_0, 4, 4, 1)
+RF_MVQ_KERNEL(q5_0, MQ5_0, 8, 2, 1)
+RF_MVQ_KERNEL(q5_0, MQ5_0, 8, 4, 1)
 RF_SPLIT_GATHER(q5_1, MQ5_1)
-RF_MVQ_KERNEL(q5_1, MQ5_1, 1)
-RF_MVQ_KERNEL(q5_1, MQ5_1, 2)
-RF_MVQ_KERNEL(q5_1, MQ5_1, 4)
-RF_MVQ_KERNEL(q5_1, MQ5_1, 8)
+RF_MVQ_KERNEL(q5_1, MQ5_1, 1, 1, 2)
+RF_MVQ_KERNEL(q5_1, MQ5_1, 1, 2, 2)
+RF_MVQ_KERNEL(q5_1, MQ5_1, 1, 2, 1)
+RF_MVQ_KERNEL(q5_1, MQ5_1, 2, 1, 2)
+RF_MVQ_KERNEL(q5_1, MQ5_1, 2, 2, 1)
+RF_MVQ_KERNEL(q5_1, MQ5_1, 4, 2, 1)
+RF_MVQ_KERNEL(q5_1, MQ5_1, 4, 4, 1)
+RF_MVQ_KERNEL(q5_1, MQ5_1, 8, 2, 1)
+RF_MVQ_KERNEL(q5_1, MQ5_1, 8, 4, 1)
 RF_SPLIT_GATHER(q8_0, MQ8_0)
-RF_MVQ_KERNEL(q8_0, MQ8_0, 1)
-RF_MVQ_KERNEL(q8_0, MQ8_0, 2)
-RF_MVQ_KERNEL(q8_0, MQ8_0, 4)
-RF_MVQ_KERNEL(q8_0, MQ8_0, 8)
+RF_MVQ_KERNEL(q8_0, MQ8_0, 1, 1, 2)
+RF_MVQ_KERNEL(q8_0, MQ8_0, 1, 2, 2)
+RF_MVQ_KERNEL(q8_0, MQ8_0, 1, 2, 1)
+RF_MVQ_KERNEL(q8_0, MQ8_0, 2, 1, 2)
+RF_MVQ_KERNEL(q8_0, MQ8_0, 2, 2, 1)
+RF_MVQ_KERNEL(q8_0, MQ8_0, 4, 2, 1)
+RF_MVQ_KERNEL(q8_0, MQ8_0, 4, 4, 1)
+RF_MVQ_KERNEL(q8_0, MQ8_0, 8, 2, 1)
+RF_MVQ_KERNEL(q8_0, MQ8_0, 8, 4, 1)
 RF_SPLIT_GATHER(q4_K, MQ4_K)
-RF_MVQ_KERNEL(q4_K, MQ4_K, 1)
-RF_MVQ_KERNEL(q4_K, MQ4_K, 2)
-RF_MVQ_KERNEL(q4_K, MQ4_K, 4)
-RF_MVQ_KERNEL(q4_K, MQ4_K, 8)
+RF_MVQ_KERNEL(q4_K, MQ4_K, 1, 1, 2)
+RF_MVQ_KERNEL(q4_K, MQ4_K, 1, 2, 2)
+RF_MVQ_KERNEL(q4_K, MQ4_K, 1, 2, 1)
+RF_MVQ_KERNEL(q4_K, MQ4_K, 2, 1, 2)
+RF_MVQ_KERNEL(q4_K, MQ4_K, 2, 2, 1)
+RF_MVQ_KERNEL(q4_K, MQ4_K, 4, 2, 1)
+RF_MVQ_KERNEL(q4_K, MQ4_K, 4, 4, 1)
+RF_MVQ_KERNEL(q4_K, MQ4_K, 8, 2, 1)
+RF_MVQ_KERNEL(q4_K, MQ4_K, 8, 4, 1)
 RF_SPLIT_GATHER(q5_K, MQ5_K)
-RF_MVQ_KERNEL(q5_K, MQ5_K, 1)
-RF_MVQ_KERNEL(q5_K, MQ5_K, 2)
-RF_MVQ_KERNEL(q5_K, MQ5_K, 4)
-RF_MVQ_KERNEL(q5_K, MQ5_K, 8)
+RF_MVQ_KERNEL(q5_K, MQ5_K, 1, 1, 2)
+RF_MVQ_KERNEL(q5_K, MQ5_K, 1, 2, 2)
+RF_MVQ_KERNEL(q5_K, MQ5_K, 1, 2, 1)
+RF_MVQ_KERNEL(q5_K, MQ5_K, 2, 1, 2)
+RF_MVQ_KERNEL(q5_K, MQ5_K, 2, 2, 1)
+RF_MVQ_KERNEL(q5_K, MQ5_K, 4, 2, 1)
+RF_MVQ_KERNEL(q5_K, MQ5_K, 4, 4, 1)
+RF_MVQ_KERNEL(q5_K, MQ5_K, 8, 2, 1)
+RF_MVQ_KERNEL(q5_K, MQ5_K, 8, 4, 1)
 RF_SPLIT_GATHER(q6_K, MQ6_K)
-RF_MVQ_KERNEL(q6_K, MQ6_K, 1)
-RF_MVQ_KERNEL(q6_K, MQ6_K, 2)
-RF_MVQ_KERNEL(q6_K, MQ6_K, 4)
-RF_MVQ_KERNEL(q6_K, MQ6_K, 8)
+RF_MVQ_KERNEL(q6_K, MQ6_K, 1, 1, 2)
+RF_MVQ_KERNEL(q6_K, MQ6_K, 1, 2, 2)
+RF_MVQ_KERNEL(q6_K, MQ6_K, 1, 2, 1)
+RF_MVQ_KERNEL(q6_K, MQ6_K, 2, 1, 2)
+RF_MVQ_KERNEL(q6_K, MQ6_K, 2, 2, 1)
+RF_MVQ_KERNEL(q6_K, MQ6_K, 4, 2, 1)
+RF_MVQ_KERNEL(q6_K, MQ6_K, 4, 4, 1)
+RF_MVQ_KERNEL(q6_K, MQ6_K, 8, 2, 1)
+RF_MVQ_KERNEL(q6_K, MQ6_K, 8, 4, 1)
 
 // ---------------------------------------------------------------- activations to 8 bits
 // Rows of x (row stride ldx) -> xq (n_rows, n) int8, xd (n_rows, n / 32, 2); n a multiple of 32.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from rocmforge_core.gpu import mvq
 from rocmforge_core.gpu.kernels import KernelSourceError, kernel_table, param_layout, scan, weight_kernel
 
 MV = ("p", "i64", "p", "i32", "p", "i32", "p", "i32", "i32", "i32")
@@ -33,8 +34,9 @@ EXPECTED = {
     "quantize_q8": ("mmvq", ("p", "i32", "p", "p", "i32")),
     "rms_norm_q8": ("mmvq", ("p", "p", "p", "i32", "f32", "p", "p")),
     "repack_blocks": ("mmvq", ("p", "p", "p", "i64", "i32", "i32", "i32")),
-    **{f"mvq_{t}_{nc}": ("mmvq", ("p", "i32", "i32", "p", "p", "p", "i32", "p", "p", "i32", "i32"))
-       for t in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_K", "q5_K", "q6_K") for nc in (1, 2, 4, 8)},
+    **{f"mvq_{t}_{nc}_r{r}u{u}": ("mmvq", ("p", "i32", "i32", "p", "p", "p", "i32", "p", "p", "i32", "i32"))
+       for t in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_K", "q5_K", "q6_K")
+       for nc, variants in mvq.VARIANTS.items() for r, u in variants},
     **{f"get_rows_split_{t}": ("mmvq", ("p", "i32", "i32", "p", "p", "f32"))
        for t in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_K", "q5_K", "q6_K")},
 }

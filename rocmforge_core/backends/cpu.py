@@ -89,6 +89,9 @@ class CpuBackend:
             bias = np.ascontiguousarray(bias, dtype=np.float32)
         return Linear(np.ascontiguousarray(w, dtype=np.float32), bias)
 
+    def weights_loaded(self) -> None:
+        """Called once a model's weights are all loaded (the GPU backend tunes its kernels then)."""
+
     def vector(self, gguf_file, name: str) -> np.ndarray:
         return np.ascontiguousarray(gguf_file.dequant(name).reshape(-1), dtype=np.float32)
 

@@ -73,6 +73,11 @@ class GpuOps:
         # Projections of many rows (prompts) run on the matrix units (gpu/mmf.py); ROCMFORGE_GPU_MMA=0
         # keeps them on the mat-vec.
         self.matrix_tiles = os.environ.get("ROCMFORGE_GPU_MMA", "1") != "0"
+        # Each split weight shape's mat-vec variant is picked by timing when a model's weights are up
+        # (mvq.tune, weights_loaded); ROCMFORGE_GPU_MVQ_TUNE=0 keeps the defaults.
+        self.tune_matvec = os.environ.get("ROCMFORGE_GPU_MVQ_TUNE", "1") != "0" and rt.times_kernels
+        self.matvec_tuning: list[str] = []  # what tuning chose, one line per shape
+        self._untuned: list[GpuLinear] = []
         self._logits_into: DeviceArray | None = None  # set by step_scope
         self._capturing = False
         dev = rt.device
@@ -164,13 +169,23 @@ class GpuOps:
 
     def close(self) -> None:
         self._uploads.clear()
+        self._untuned.clear()
         self._row_key = self._row_arrays = None
         self._rope_tables.clear()
         self.pool.close()
 
     # ---- weights
     def linear(self, gguf_file, names: Sequence[str], bias_names: Sequence[str] | None = None) -> GpuLinear:
-        return load_linear(self, gguf_file, names, bias_names)
+        lin = load_linear(self, gguf_file, names, bias_names)
+        if any(p.split for p in lin.parts):
+            self._untuned.append(lin)
+        return lin
+
+    def weights_loaded(self) -> None:
+        """A model's weights are all up: time the mat-vec variants on them (see tune_matvec)."""
+        untuned, self._untuned = self._untuned, []
+        if self.tune_matvec and untuned:
+            self.matvec_tuning += mvq.tune(self, untuned)
 
     def vector(self, gguf_file, name: str) -> DeviceArray:
         return self.upload(gguf_file.dequant(name).reshape(-1), np.float32)

@@ -20,7 +20,11 @@ SPLIT_TYPES = {
     "Q6_K": (256, 210, 0, 192),
 }
 ITEMS_PER_BLOCK = {32: 1, 256: 8}
-COLUMN_BUCKETS = (1, 2, 4, 8)  # activation rows per launch: kernels mvq_<type>_<n>
+COLUMN_BUCKETS = (1, 2, 4, 8)  # activation rows per launch: kernels mvq_<type>_<n>_r<R>u<U>
+# The variants mmvq.hip instantiates per bucket: (R weight rows per lane group, U items in flight per
+# lane). `tune` times them on each weight shape at load; the first is what an untuned weight uses
+# (the best on most 8B shapes measured on an H200). All of them compute the same sums in one order.
+VARIANTS = {1: ((2, 1), (1, 2), (2, 2)), 2: ((2, 1), (1, 2)), 4: ((4, 1), (2, 1)), 8: ((4, 1), (2, 1))}
 Q8_BLOCK = 32
 THREADS = 128
 
@@ -85,21 +89,76 @@ def lanes_per_row(ops, n_items: int) -> int:
     return lpr
 
 
-def rows_per_group(nc: int) -> int:
-    """Weight rows each lane group takes in mvq_<type>_<nc> (RF_MVQ_R in mmvq.hip)."""
-    return 2 if nc >= 4 else 1
+def bucket(rows: int) -> int:
+    return next((c for c in COLUMN_BUCKETS if c >= rows), COLUMN_BUCKETS[-1])
 
 
 def launch(ops, part, q8: tuple[Any, Any], rows: int, y_ptr: int, ldy: int, bias_ptr: int = 0,
-           res_ptr: int = 0) -> None:
-    """y[r, col_off + i] = part[i, :] . x[r, :] (+ bias) (+ res) for every activation row r."""
+           res_ptr: int = 0, variant: tuple[int, int] | None = None) -> None:
+    """y[r, col_off + i] = part[i, :] . x[r, :] (+ bias) (+ res) for every activation row r, with the
+    part's tuned kernel variant for this many rows (or `variant`)."""
     qk = SPLIT_TYPES[part.type_name][0]
     n_items = part.n_in // qk * ITEMS_PER_BLOCK[qk]
     lpr = lanes_per_row(ops, n_items)
     block = ops.threads(THREADS)
-    nc = next((c for c in COLUMN_BUCKETS if c >= rows), COLUMN_BUCKETS[-1])
-    per_block = block // lpr * rows_per_group(nc)
+    nc = bucket(rows)
+    r, u = variant or part.mvq.get(nc) or VARIANTS[nc][0]
+    per_block = block // lpr * r
     grid = ((part.n_out + per_block - 1) // per_block, (rows + nc - 1) // nc)
     xq, xd = q8
-    ops.launch(f"mvq_{part.kernel}_{nc}", grid, block, part.block.ptr, part.n_out, part.n_in, xq.ptr, xd.ptr,
-               y_ptr, ldy, bias_ptr, res_ptr, rows, lpr)
+    ops.launch(f"mvq_{part.kernel}_{nc}_r{r}u{u}", grid, block, part.block.ptr, part.n_out, part.n_in, xq.ptr,
+               xd.ptr, y_ptr, ldy, bias_ptr, res_ptr, rows, lpr)
+
+
+def tune(ops, linears: Sequence[Any], repeats: int = 3) -> list[str]:
+    """Time every kernel variant of each split weight shape (type, rows, row length) for each row
+    bucket, and give every part of that shape the fastest. A variant's time is one pass over all the
+    model's weights of that shape (so the bytes come from memory, not the L2 cache), captured as one
+    graph (no host launch cost in it), the median of `repeats` replays. Returns one line per shape."""
+    rt = ops.rt
+    shapes: dict[tuple, list] = {}
+    for lin in linears:
+        for part in lin.parts:
+            if part.split:
+                shapes.setdefault((part.kernel, part.n_out, part.n_in), []).append(part)
+    if not shapes:
+        return []
+    rows = COLUMN_BUCKETS[-1]
+    n_out = max(k[1] for k in shapes)
+    y = ops.empty((rows, n_out))
+    acts = {}
+    rng = np.random.default_rng(0)
+    start, stop = rt.event_create(), rt.event_create()
+    lines = []
+    for (kernel, n, k), parts in shapes.items():
+        if k not in acts:
+            acts[k] = quantize(ops, ops.upload(rng.standard_normal((rows, k)).astype(np.float32)))
+        chosen = {}
+        for nc in COLUMN_BUCKETS:
+            times = {}
+            for variant in VARIANTS[nc]:
+                def one_pass():
+                    for part in parts:
+                        launch(ops, part, acts[k], nc, y.ptr, n_out, variant=variant)
+                one_pass()  # loads the kernel before the capture
+                rt.capture_begin(ops.stream)
+                try:
+                    one_pass()
+                finally:
+                    exe = rt.capture_end(ops.stream)
+                samples = []
+                for _ in range(repeats):
+                    rt.event_record(start, ops.stream)
+                    rt.graph_launch(exe, ops.stream)
+                    rt.event_record(stop, ops.stream)
+                    rt.event_synchronize(stop)
+                    samples.append(rt.event_elapsed_ms(start, stop))
+                rt.graph_destroy(exe)
+                times[variant] = sorted(samples)[len(samples) // 2] / len(parts)
+            chosen[nc] = min(times, key=times.get)
+            for part in parts:
+                part.mvq[nc] = chosen[nc]
+        lines.append(f"{kernel} {n}x{k} (x{len(parts)}): " + ", ".join(
+            f"{nc} rows r{r}u{u}" for nc, (r, u) in chosen.items()))
+    ops.sync()
+    return lines

@@ -175,6 +175,7 @@ class GpuRuntime:
     """The interface. Streams, events, modules, functions and graphs are opaque handles."""
 
     name = "base"
+    times_kernels = True  # events measure device time (the host emulation's do not mean anything)
     device: DeviceInfo
     compiler_version: str
 

@@ -5,7 +5,7 @@ same bytes), fused weights stacked along the output dimension.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,6 +29,7 @@ class WeightPart:
     col_off: int
     type_name: str = ""
     split: bool = False  # blocks split into [quants | scales] for the int8 mat-vec (gpu/mvq.py)
+    mvq: dict = field(default_factory=dict)  # row bucket -> the mat-vec variant (R, U) tuned for it
 
 
 @dataclass

@@ -74,6 +74,7 @@ def load_weights(gguf_file, args: DecoderArgs, ops) -> Weights:
     weights = Weights(embed, ops.vector(gguf_file, "output_norm.weight"), output)
     for i in range(args.n_layers):
         weights.layers.append(_load_layer(gguf_file, args, ops, f"blk.{i}."))
+    ops.weights_loaded()
     return weights
 
 

@@ -40,6 +40,7 @@ def host_compiler() -> str | None:
 
 class EmuRuntime(GpuRuntime):
     name = "emu"
+    times_kernels = False  # its "device" time is the host's, serial: nothing to tune by
 
     def __init__(self):
         cxx = host_compiler()

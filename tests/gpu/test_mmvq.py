@@ -78,6 +78,55 @@ def test_int8_matvec(ops_q8, qtype, request, monkeypatch):
             assert np.all(np.abs(got - ref) <= q8_error_bound(x, w) + F32_BOUND * np.abs(ref).max()), where
 
 
+@pytest.mark.parametrize("qtype", [QT.Q4_K, QT.Q6_K, QT.Q4_0], ids=lambda q: q.name)
+def test_every_variant_computes_the_same_sums(ops_q8, qtype, request):
+    """Each row bucket's kernel variants (R rows per lane group, U items in flight; mvq.tune picks
+    one per shape by timing) give bit-identical results, a last group short of R rows included -
+    tuning can never change what a model computes - and the same as the default launch."""
+    ops = ops_q8
+    rng = rng_for(request)
+    qk = mvq.SPLIT_TYPES[qtype.name][0]
+    n_out, n_in = 37, qk * (5 if qk == 32 else 2)  # 37 rows: a partial group for R = 2 and 4
+    lin, w = split_weight(ops_q8, qtype, n_out, n_in, rng)
+    part = lin.parts[0]
+    for nc, variants in mvq.VARIANTS.items():
+        rows = nc if nc == 1 else nc - 1  # a bucket's launch with fewer rows than it holds
+        x = rng.standard_normal((rows, n_in)).astype(np.float32)
+        q8 = mvq.quantize(ops, ops.upload(x))
+        results = []
+        for variant in variants:
+            y = poisoned(ops, (rows, n_out))
+            mvq.launch(ops, part, q8, rows, y.ptr, n_out, variant=variant)
+            results.append(ops.to_host(y))
+        q, d = q8_reference(x)
+        xr = (q.astype(np.float64) * d[..., None]).reshape(rows, n_in)
+        assert rel_err(results[0], xr @ w.T) < F32_BOUND, (qtype.name, nc)
+        for variant, got in zip(variants[1:], results[1:]):
+            assert np.array_equal(got, results[0]), (qtype.name, nc, variant)
+
+
+def test_tuning_gives_each_shape_a_variant_per_bucket(ops_q8, request, monkeypatch):
+    """mvq.tune times the variants over every part of a shape and records one per row bucket on each
+    part; launches then use it (here the emulation's timings, whatever they are: the choice is only
+    about speed, the test above shows the results are the same)."""
+    ops = ops_q8
+    rng = rng_for(request)
+    lins = [split_weight(ops_q8, QT.Q4_K, 37, 512, rng)[0] for _ in range(2)]
+    lines = mvq.tune(ops, lins, repeats=1)
+    assert len(lines) == 1 and lines[0].startswith("q4_K 37x512 (x2)")
+    for lin in lins:
+        part = lin.parts[0]
+        assert set(part.mvq) == set(mvq.COLUMN_BUCKETS)
+        assert all(part.mvq[nc] in mvq.VARIANTS[nc] for nc in mvq.COLUMN_BUCKETS)
+    launched = []
+    launch = ops.launch
+    monkeypatch.setattr(ops, "launch", lambda kernel, *a: launched.append(kernel) or launch(kernel, *a))
+    x = ops.upload(rng.standard_normal((3, 512)).astype(np.float32))
+    ops.matmul_into(x, lins[0], ops.empty((3, 37)))
+    r, u = lins[0].parts[0].mvq[4]
+    assert f"mvq_q4_K_4_r{r}u{u}" in launched
+
+
 def test_quantize_matches_numpy(ops_q8, request):
     ops = ops_q8
     rng = rng_for(request)
@@ -180,7 +229,8 @@ def test_adjacent_weights_of_one_type_share_one_launch(ops_q8, request, tmp_path
     monkeypatch.setattr(ops, "launch", lambda kernel, *a: launched.append(kernel) or launch(kernel, *a))
     y = poisoned(ops, (3, lin.n_out))
     ops.matmul_into(ops.upload(x), lin, y)
-    assert [k for k in launched if k.startswith("mvq_")] == ["mvq_q4_K_4", "mvq_q8_0_4", "mvq_q4_K_4"]
+    assert [k.rsplit("_", 1)[0] for k in launched if k.startswith("mvq_")] == ["mvq_q4_K_4", "mvq_q8_0_4",
+                                                                                "mvq_q4_K_4"]
     q, d = q8_reference(x)
     xr = (q.astype(np.float64) * d[..., None]).reshape(3, 256)
     assert rel_err(ops.to_host(y), xr @ w.T) < F32_BOUND

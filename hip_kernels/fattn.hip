@@ -20,9 +20,13 @@
 #define RF_FA_NT (RF_FA_MAX_HD / RF_TILE)  // output tiles per warp (of head_dim)
 #if defined(RF_PLATFORM_HOST)
 #define RF_FA_WT RF_FA_WARPS             // the emulation's one thread plays both warps
+#define RF_FA_THREADS 1
 #else
 #define RF_FA_WT 1
+#define RF_FA_THREADS (RF_FA_WARPS * WARP_SIZE)
 #endif
+// 16-byte chunks of a key tile (keys x head_dim / 8) each thread carries between tiles.
+#define RF_FA_CPT ((RF_FA_KEYS * (RF_FA_MAX_HD / 8) + RF_FA_THREADS - 1) / RF_FA_THREADS)
 
 // Lanes per row in the softmax: every thread of the block busy (blockDim = RF_FA_WARPS * WARP_SIZE =
 // RF_FA_ROWS * RF_FA_SPLIT on GPUs; one lane does whole rows in the host emulation).
@@ -90,16 +94,35 @@ RF_DEV void rf_fattn(const float* __restrict__ q, const typename KV::T* __restri
         RF_UNROLL for (int t = 0; t < RF_FA_NT; ++t)
             RF_UNROLL for (int i = 0; i < RF_TILE_ACC; ++i) o[u][t][i] = 0.0f;
 
-    for (int j0 = lo / RF_FA_KEYS * RF_FA_KEYS; j0 <= hi; j0 += RF_FA_KEYS) {
-        // Stage the tile, eight values of a key per 16-byte load and store: keys and values as rows
-        // (zeros past the cache's filled end).
-        for (int i = threadIdx.x; i < RF_FA_KEYS * (hd / 8); i += blockDim.x) {
-            const int j = i / (hd / 8), d = (i % (hd / 8)) * 8;
-            const long long at = j0 + j <= hi ? (long long)(j0 + j) * hd + d : -1;
-            *(rf_u32x4*)(s_k + j * RF_FA_LDQ + d) = rf_fa_load8(kb, at);
-            *(rf_u32x4*)(s_v + j * RF_FA_LDQ + d) = rf_fa_load8(vb, at);
+    // A tile's keys and values travel through registers, eight values per 16-byte load: the next
+    // tile's loads are issued right after this one is in shared memory, so they land while this tile
+    // is multiplied (zeros past the cache's filled end).
+    const int chunks = RF_FA_KEYS * (hd / 8);
+    rf_u32x4 kr[RF_FA_CPT], vr[RF_FA_CPT];
+    const int first = lo / RF_FA_KEYS * RF_FA_KEYS;
+    RF_UNROLL for (int c = 0; c < RF_FA_CPT; ++c) {
+        const int i = threadIdx.x + c * blockDim.x, j = i / (hd / 8), d = (i % (hd / 8)) * 8;
+        const long long at = i < chunks && first + j <= hi ? (long long)(first + j) * hd + d : -1;
+        kr[c] = rf_fa_load8(kb, at);
+        vr[c] = rf_fa_load8(vb, at);
+    }
+    for (int j0 = first; j0 <= hi; j0 += RF_FA_KEYS) {
+        RF_UNROLL for (int c = 0; c < RF_FA_CPT; ++c) {
+            const int i = threadIdx.x + c * blockDim.x, j = i / (hd / 8), d = (i % (hd / 8)) * 8;
+            if (i >= chunks) break;
+            *(rf_u32x4*)(s_k + j * RF_FA_LDQ + d) = kr[c];
+            *(rf_u32x4*)(s_v + j * RF_FA_LDQ + d) = vr[c];
         }
         __syncthreads();
+        const int next = j0 + RF_FA_KEYS;
+        if (next <= hi) {
+            RF_UNROLL for (int c = 0; c < RF_FA_CPT; ++c) {
+                const int i = threadIdx.x + c * blockDim.x, j = i / (hd / 8), d = (i % (hd / 8)) * 8;
+                const long long at = i < chunks && next + j <= hi ? (long long)(next + j) * hd + d : -1;
+                kr[c] = rf_fa_load8(kb, at);
+                vr[c] = rf_fa_load8(vb, at);
+            }
+        }
         RF_UNROLL for (int u = 0; u < RF_FA_WT; ++u) {
             const int wr = (warp * RF_FA_WT + u) * RF_TILE;  // this warp's first row in the block
             float s[RF_FA_KEYS / RF_TILE][RF_TILE_ACC];

@@ -3,7 +3,8 @@
 // online softmax, so the scores never leave the chip:
 //   S = Q K^T (16 x 32 per warp: tiles of rf_tile_mma over head_dim), masked (causal, window) into
 //   shared memory; each row's running max m and sum l update there, P = exp(S - m) as f16;
-//   O = O * exp(m_old - m) + P V (V staged transposed so its rows are the tile's B operand).
+//   O = O * exp(m_old - m) + P V (V staged as the cache holds it, keys as rows: the tile's B operand
+//   read k-major, rf_tile_load_bt). Keys and values go to shared memory in 16-byte stores.
 // Key tiles past every row's position are never loaded (the causal part skipped); with a window, nor
 // are those before every row's window. head_dim <= RF_FA_MAX_HD and a multiple of 16; the rows of
 // one launch belong to one cache slot (the host checks both).
@@ -14,14 +15,18 @@
 #define RF_FA_KEYS 32                  // keys per tile
 #define RF_FA_WARPS (RF_FA_ROWS / RF_TILE)
 #define RF_FA_LDQ (RF_FA_MAX_HD + 8)   // shared row strides in halves (16-byte multiples, off the banks)
-#define RF_FA_LDV (RF_FA_KEYS + 8)
+#define RF_FA_LDP (RF_FA_KEYS + 8)
 #define RF_FA_LDS (RF_FA_KEYS + 1)
 #define RF_FA_NT (RF_FA_MAX_HD / RF_TILE)  // output tiles per warp (of head_dim)
 #if defined(RF_PLATFORM_HOST)
 #define RF_FA_WT RF_FA_WARPS             // the emulation's one thread plays both warps
+#define RF_FA_THREADS 1
 #else
 #define RF_FA_WT 1
+#define RF_FA_THREADS (RF_FA_WARPS * WARP_SIZE)
 #endif
+// 16-byte chunks of a key tile (keys x head_dim / 8) each thread carries between tiles.
+#define RF_FA_CPT ((RF_FA_KEYS * (RF_FA_MAX_HD / 8) + RF_FA_THREADS - 1) / RF_FA_THREADS)
 
 // Lanes per row in the softmax: every thread of the block busy (blockDim = RF_FA_WARPS * WARP_SIZE =
 // RF_FA_ROWS * RF_FA_SPLIT on GPUs; one lane does whole rows in the host emulation).
@@ -31,17 +36,15 @@
 #define RF_FA_SPLIT (RF_FA_WARPS * WARP_SIZE / RF_FA_ROWS)
 #endif
 
-// Eight cached values from element i as f16 (zeros for i < 0): from an f16 cache one 16-byte load.
-RF_DEV void rf_fa_load8(const float* p, long long i, rf_half* out) {
-    RF_UNROLL for (int e = 0; e < 8; ++e) out[e] = i < 0 ? (rf_half)0 : rf_float2half(p[i + e]);
+// Eight cached values from element i as eight f16 in 16 bytes (zeros for i < 0): from an f16 cache
+// one 16-byte load.
+RF_DEV rf_u32x4 rf_fa_load8(const float* p, long long i) {
+    if (i < 0) return rf_u32x4{0, 0, 0, 0};
+    return rf_u32x4{rf_pack_half2(p[i], p[i + 1]), rf_pack_half2(p[i + 2], p[i + 3]),
+                    rf_pack_half2(p[i + 4], p[i + 5]), rf_pack_half2(p[i + 6], p[i + 7])};
 }
-RF_DEV void rf_fa_load8(const rf_half* p, long long i, rf_half* out) {
-    const rf_u32x4 v = i < 0 ? rf_u32x4{0, 0, 0, 0} : rf_load16(p + i);
-    RF_UNROLL for (int e = 0; e < 4; ++e) {
-        const uint32_t w = rf_u4_at(v, e);
-        out[2 * e] = (rf_half)(w & 0xffffu);
-        out[2 * e + 1] = (rf_half)(w >> 16);
-    }
+RF_DEV rf_u32x4 rf_fa_load8(const rf_half* p, long long i) {
+    return i < 0 ? rf_u32x4{0, 0, 0, 0} : rf_load16(p + i);
 }
 
 // q: (N, heads, hd) float32; kc, vc: one layer's cache (n_slots, kv_heads, n_ctx, hd); out: (N, heads * hd).
@@ -53,8 +56,8 @@ RF_DEV void rf_fattn(const float* __restrict__ q, const typename KV::T* __restri
                      int heads, int kv_heads, int hd, int n_ctx, float scale, int window) {
     __shared__ __attribute__((aligned(16))) rf_half s_q[RF_FA_ROWS * RF_FA_LDQ];
     __shared__ __attribute__((aligned(16))) rf_half s_k[RF_FA_KEYS * RF_FA_LDQ];
-    __shared__ __attribute__((aligned(16))) rf_half s_vt[RF_FA_MAX_HD * RF_FA_LDV];
-    __shared__ __attribute__((aligned(16))) rf_half s_p[RF_FA_ROWS * RF_FA_LDV];
+    __shared__ __attribute__((aligned(16))) rf_half s_v[RF_FA_KEYS * RF_FA_LDQ];
+    __shared__ __attribute__((aligned(16))) rf_half s_p[RF_FA_ROWS * RF_FA_LDP];
     __shared__ float s_s[RF_FA_ROWS * RF_FA_LDS];
     __shared__ float s_m[RF_FA_ROWS], s_l[RF_FA_ROWS], s_c[RF_FA_ROWS];
     __shared__ int s_pos[RF_FA_ROWS];
@@ -91,20 +94,35 @@ RF_DEV void rf_fattn(const float* __restrict__ q, const typename KV::T* __restri
         RF_UNROLL for (int t = 0; t < RF_FA_NT; ++t)
             RF_UNROLL for (int i = 0; i < RF_TILE_ACC; ++i) o[u][t][i] = 0.0f;
 
-    for (int j0 = lo / RF_FA_KEYS * RF_FA_KEYS; j0 <= hi; j0 += RF_FA_KEYS) {
-        // Stage the tile, eight values of a key per step: keys as rows, values transposed (zeros past
-        // the cache's filled end).
-        for (int i = threadIdx.x; i < RF_FA_KEYS * (hd / 8); i += blockDim.x) {
-            const int j = i / (hd / 8), d = (i % (hd / 8)) * 8;
-            rf_half kh[8], vh[8];
-            rf_fa_load8(kb, j0 + j <= hi ? (long long)(j0 + j) * hd + d : -1, kh);
-            rf_fa_load8(vb, j0 + j <= hi ? (long long)(j0 + j) * hd + d : -1, vh);
-            RF_UNROLL for (int e = 0; e < 8; ++e) {
-                s_k[j * RF_FA_LDQ + d + e] = kh[e];
-                s_vt[(d + e) * RF_FA_LDV + j] = vh[e];
-            }
+    // A tile's keys and values travel through registers, eight values per 16-byte load: the next
+    // tile's loads are issued right after this one is in shared memory, so they land while this tile
+    // is multiplied (zeros past the cache's filled end).
+    const int chunks = RF_FA_KEYS * (hd / 8);
+    rf_u32x4 kr[RF_FA_CPT], vr[RF_FA_CPT];
+    const int first = lo / RF_FA_KEYS * RF_FA_KEYS;
+    RF_UNROLL for (int c = 0; c < RF_FA_CPT; ++c) {
+        const int i = threadIdx.x + c * blockDim.x, j = i / (hd / 8), d = (i % (hd / 8)) * 8;
+        const long long at = i < chunks && first + j <= hi ? (long long)(first + j) * hd + d : -1;
+        kr[c] = rf_fa_load8(kb, at);
+        vr[c] = rf_fa_load8(vb, at);
+    }
+    for (int j0 = first; j0 <= hi; j0 += RF_FA_KEYS) {
+        RF_UNROLL for (int c = 0; c < RF_FA_CPT; ++c) {
+            const int i = threadIdx.x + c * blockDim.x, j = i / (hd / 8), d = (i % (hd / 8)) * 8;
+            if (i >= chunks) break;
+            *(rf_u32x4*)(s_k + j * RF_FA_LDQ + d) = kr[c];
+            *(rf_u32x4*)(s_v + j * RF_FA_LDQ + d) = vr[c];
         }
         __syncthreads();
+        const int next = j0 + RF_FA_KEYS;
+        if (next <= hi) {
+            RF_UNROLL for (int c = 0; c < RF_FA_CPT; ++c) {
+                const int i = threadIdx.x + c * blockDim.x, j = i / (hd / 8), d = (i % (hd / 8)) * 8;
+                const long long at = i < chunks && next + j <= hi ? (long long)(next + j) * hd + d : -1;
+                kr[c] = rf_fa_load8(kb, at);
+                vr[c] = rf_fa_load8(vb, at);
+            }
+        }
         RF_UNROLL for (int u = 0; u < RF_FA_WT; ++u) {
             const int wr = (warp * RF_FA_WT + u) * RF_TILE;  // this warp's first row in the block
             float s[RF_FA_KEYS / RF_TILE][RF_TILE_ACC];
@@ -142,7 +160,7 @@ RF_DEV void rf_fattn(const float* __restrict__ q, const typename KV::T* __restri
             for (int c = 0; c < RF_FA_KEYS / RF_FA_SPLIT; ++c) {
                 const float e = sr[c] > 0.5f * RF_NEG_BIG ? rf_expf(sr[c] - mx) : 0.0f;
                 sum += e;
-                s_p[r * RF_FA_LDV + c0 + c] = rf_float2half(e);
+                s_p[r * RF_FA_LDP + c0 + c] = rf_float2half(e);
             }
             for (int m = RF_FA_SPLIT / 2; m > 0; m >>= 1) sum += RF_SHFL_XOR(sum, m);
             if (t % RF_FA_SPLIT == 0) {
@@ -165,16 +183,16 @@ RF_DEV void rf_fattn(const float* __restrict__ q, const typename KV::T* __restri
             }
             RF_UNROLL for (int kk = 0; kk < RF_FA_KEYS / RF_TILE; ++kk) {
                 rf_frag fa;
-                rf_tile_load_a(fa, s_p + wr * RF_FA_LDV + kk * RF_TILE, RF_FA_LDV, lane);
+                rf_tile_load_a(fa, s_p + wr * RF_FA_LDP + kk * RF_TILE, RF_FA_LDP, lane);
                 RF_UNROLL for (int t = 0; t < RF_FA_NT; ++t) {
                     if (t >= n_dt) break;
-                    rf_frag fb;
-                    rf_tile_load_b(fb, s_vt + t * RF_TILE * RF_FA_LDV + kk * RF_TILE, RF_FA_LDV, lane);
+                    rf_frag fb;  // B[n = dim][k = key] = V[key][dim]: the value rows read k-major
+                    rf_tile_load_bt(fb, s_v + kk * RF_TILE * RF_FA_LDQ + t * RF_TILE, RF_FA_LDQ, lane);
                     rf_tile_mma(o[u][t], fa, fb);
                 }
             }
         }
-        __syncthreads();  // the next tile overwrites s_k, s_vt, s_p
+        __syncthreads();  // the next tile overwrites s_k, s_v, s_p
     }
 
     RF_UNROLL for (int u = 0; u < RF_FA_WT; ++u) {

@@ -425,7 +425,9 @@ struct rf_kv_f16 {
 // The one tile abstraction of the matrix kernels: a warp multiplies 16 x 16 tiles,
 //     C[16][16] += A[16][16] * B[16][16]^T,
 // A and B being rows of 16 f16 values in shared memory (row i at p + i * ld, ld even). A fragment is the
-// per-target register image of one operand (rf_tile_load_a / _b; rows 16-byte aligned); the accumulator is RF_TILE_ACC floats
+// per-target register image of one operand (rf_tile_load_a / _b; rows 16-byte aligned; rf_tile_load_bt
+// takes B stored the other way, k-major: element (n, k) at p + k * ld + n, as a value cache's rows
+// of keys are); the accumulator is RF_TILE_ACC floats
 // per lane and rf_tile_coord(lane, i) says which element of C accumulator i holds. Per target:
 //   NVIDIA sm_80+ (NVRTC):        two mma.sync.m16n8k16 f16 -> f32 (inline PTX), ldmatrix fragments;
 //   CDNA (gfx908, 90a, 94x, 950):  v_mfma_f32_16x16x16f16 on wave64 (__builtin_amdgcn_mfma_*);
@@ -464,6 +466,15 @@ RF_DEV void rf_tile_load_b(rf_frag& f, const rf_half* b, int ldb, int lane) {  /
     const int m = lane >> 3;
     rf_ldmatrix4(f, b + ((m >> 1) * 8 + (lane & 7)) * ldb + (m & 1) * 8);
 }
+// ldmatrix.x4.trans: the same fragments from k-major storage (lane l names k row l % 8 of matrix l / 8).
+RF_DEV void rf_ldmatrix4_trans(rf_frag& f, const rf_half* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(f.r[0]), "=r"(f.r[1]), "=r"(f.r[2]), "=r"(f.r[3]) : "r"(rf_smem_addr(row)));
+}
+RF_DEV void rf_tile_load_bt(rf_frag& f, const rf_half* bt, int ld, int lane) {  // matrices as rf_tile_load_b's
+    const int m = lane >> 3;
+    rf_ldmatrix4_trans(f, bt + ((m & 1) * 8 + (lane & 7)) * ld + (m >> 1) * 8);
+}
 RF_DEV void rf_tile_mma(float* c, const rf_frag& a, const rf_frag& b) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};"
@@ -488,6 +499,10 @@ RF_DEV void rf_tile_load_a(rf_frag& f, const rf_half* a, int lda, int lane) {
     f.v = *(const rf_f16x4*)(a + (lane & 15) * lda + 4 * (lane >> 4));
 }
 RF_DEV void rf_tile_load_b(rf_frag& f, const rf_half* b, int ldb, int lane) { rf_tile_load_a(f, b, ldb, lane); }
+RF_DEV void rf_tile_load_bt(rf_frag& f, const rf_half* bt, int ld, int lane) {  // n = lane % 16, 4 k rows
+    const rf_half* p = bt + 4 * (lane >> 4) * ld + (lane & 15);
+    RF_UNROLL for (int k = 0; k < 4; ++k) f.v[k] = __builtin_bit_cast(_Float16, p[k * ld]);
+}
 RF_DEV void rf_tile_mma(float* c, const rf_frag& a, const rf_frag& b) {
     rf_f32x4 acc = {c[0], c[1], c[2], c[3]};
     acc = __builtin_amdgcn_mfma_f32_16x16x16f16(a.v, b.v, acc, 0, 0, 0);
@@ -507,6 +522,10 @@ RF_DEV void rf_tile_load_a(rf_frag& f, const rf_half* a, int lda, int lane) {
     RF_UNROLL for (int k = 0; k < 16; ++k) f.v[k] = __builtin_bit_cast(_Float16, p[k]);
 }
 RF_DEV void rf_tile_load_b(rf_frag& f, const rf_half* b, int ldb, int lane) { rf_tile_load_a(f, b, ldb, lane); }
+RF_DEV void rf_tile_load_bt(rf_frag& f, const rf_half* bt, int ld, int lane) {
+    const rf_half* p = bt + (lane & 15);
+    RF_UNROLL for (int k = 0; k < 16; ++k) f.v[k] = __builtin_bit_cast(_Float16, p[k * ld]);
+}
 RF_DEV void rf_tile_mma(float* c, const rf_frag& a, const rf_frag& b) {
     rf_f32x8 acc;
     RF_UNROLL for (int i = 0; i < 8; ++i) acc[i] = c[i];
@@ -519,9 +538,11 @@ RF_DEV void rf_tile_coord(int lane, int i, int& row, int& col) {  // lane l: row
 }
 
 #else
-struct rf_frag { const rf_half* p; int ld; };  // no matrix unit: the fragment is where the rows are
-RF_DEV void rf_tile_load_a(rf_frag& f, const rf_half* a, int lda, int lane) { f.p = a; f.ld = lda; (void)lane; }
-RF_DEV void rf_tile_load_b(rf_frag& f, const rf_half* b, int ldb, int lane) { f.p = b; f.ld = ldb; (void)lane; }
+// No matrix unit: the fragment is where the rows are (element (i, k) at p + i * si + k * sk).
+struct rf_frag { const rf_half* p; int si, sk; };
+RF_DEV void rf_tile_load_a(rf_frag& f, const rf_half* a, int lda, int lane) { f.p = a; f.si = lda; f.sk = 1; (void)lane; }
+RF_DEV void rf_tile_load_b(rf_frag& f, const rf_half* b, int ldb, int lane) { f.p = b; f.si = ldb; f.sk = 1; (void)lane; }
+RF_DEV void rf_tile_load_bt(rf_frag& f, const rf_half* bt, int ld, int lane) { f.p = bt; f.si = 1; f.sk = ld; (void)lane; }
 RF_DEV void rf_tile_coord(int lane, int i, int& row, int& col) {
     const int e = i * WARP_SIZE + lane;
     row = e / RF_TILE;
@@ -536,10 +557,10 @@ RF_DEV void rf_tile_mma(float* c, const rf_frag& a, const rf_frag& b) {
     for (int i = 0; i < RF_TILE_ACC; ++i) {
         int row, col;
         rf_tile_coord(lane, i, row, col);
-        const rf_half* ar = a.p + row * a.ld;
-        const rf_half* br = b.p + col * b.ld;
+        const rf_half* ar = a.p + row * a.si;
+        const rf_half* br = b.p + col * b.si;
         float s = 0.0f;
-        for (int k = 0; k < RF_TILE; ++k) s += rf_half2float(ar[k]) * rf_half2float(br[k]);
+        for (int k = 0; k < RF_TILE; ++k) s += rf_half2float(ar[k * a.sk]) * rf_half2float(br[k * b.sk]);
         c[i] += s;
     }
 }

@@ -132,6 +132,15 @@ def top_k_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     if 0 < k < vocab:
         part = np.argpartition(logits, vocab - k, axis=-1)[:, vocab - k:]  # (B, k), unordered
         part = np.sort(part, axis=-1)
+        # argpartition picks any of the logits equal to the k-th best; take the lowest ids among them
+        # (so top_k = 1 is greedy's argmax, and a device sampler can choose the same set).
+        kth = np.take_along_axis(logits, part, axis=-1).min(axis=-1)
+        for b in range(logits.shape[0]):
+            row = logits[b]
+            ties = np.flatnonzero(row == kth[b])
+            if len(ties) > 1:
+                above = np.flatnonzero(row > kth[b])
+                part[b] = np.sort(np.concatenate([above, ties[:k - len(above)]]))
     else:
         part = np.broadcast_to(np.arange(vocab), logits.shape)
     vals = np.take_along_axis(logits, part, axis=-1)

@@ -175,6 +175,20 @@ def test_top_k_candidates_direct():
     assert ids.tolist() == [[1, 4, 3, 0, 5, 2]]
 
 
+def test_top_k_ties_at_the_cut_go_to_the_lowest_ids():
+    """Logits equal to the k-th best: the lowest ids among them are kept (argpartition alone keeps
+    any), so top_k = 1 equals greedy's argmax on ties too."""
+    rng = np.random.default_rng(9)
+    logits = rng.standard_normal((2, 3000)).astype(np.float32)
+    tied = rng.choice(3000, 50, replace=False)
+    logits[:, tied] = 10.0
+    logits[1, 7] = 11.0  # row 1: one above the tie, then 39 of the 50
+    ids, _ = top_k_candidates(logits, 40)
+    assert ids[0].tolist() == sorted(tied)[:40]
+    assert ids[1].tolist() == [7] + sorted(tied)[:39]
+    assert Sampler(SamplingParams(top_k=1, seed=1)).sample(logits[0], []) == int(np.argmax(logits[0]))
+
+
 def test_top_p_mask_direct():
     vals = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))
     assert top_p_mask(vals, 0.5).tolist() == [[True, False, False, False]]  # 0.5 >= 0.5 stops there

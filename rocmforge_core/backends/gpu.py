@@ -39,6 +39,7 @@ ATT_MAX_SPLITS = 32  # RF_ATT_MAX_SPLITS in attention.hip (attn_combine_f32)
 FA_MAX_HD, FA_ROWS, FA_WARPS = 128, 32, 2  # RF_FA_MAX_HD, RF_FA_ROWS, RF_FA_WARPS in fattn.hip
 GQA_HEADS, GQA_HEAD_DIMS = 4, (64, 128, 256)  # RF_GQA_G and the attn_gqa_f16_<hd> instances in attention.hip
 FA_MIN_ROWS = 16  # shorter prompt chunks keep the row-per-block kernel
+SAMPLE_MAX_K = 256  # RF_SAMPLE_MAX_K in sample.hip: the largest top_k the device sampler takes
 _F32 = np.dtype(np.float32)
 
 
@@ -495,6 +496,19 @@ class GpuOps:
         out = self.empty((x.size // x.shape[-1],), np.int32)
         self.argmax_into(x, out)
         return out
+
+    def sample_into(self, logits: DeviceArray, params: DeviceArray, out: DeviceArray) -> None:
+        """Each row's token drawn on the device (hip_kernels/sample.hip): params (rows, 5) float32 =
+        temperature, top_k (1..SAMPLE_MAX_K), top_p, min_p and the row's uniform draw u in [0, 1)."""
+        rows, n = logits.shape[0], logits.shape[-1]
+        ld = logits.ld if not logits.contiguous else n
+        self.launch("sample_topk_f32", (rows,), self.threads(256), logits.ptr, n, ld, params.ptr, out.ptr)
+
+    def sample_rows(self, logits: DeviceArray, params: np.ndarray) -> np.ndarray:
+        """sample_into with host parameters; returns the (rows,) int64 ids."""
+        out = self.empty((logits.shape[0],), np.int32)
+        self.sample_into(logits, self.upload(np.ascontiguousarray(params, np.float32)), out)
+        return self.to_host(out).astype(np.int64)
 
     def argmax_into(self, x: DeviceArray, out: DeviceArray) -> None:
         n = x.shape[-1]

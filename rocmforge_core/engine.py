@@ -32,6 +32,7 @@ PREFILL_CHUNK = 512  # tokens per prefill batch, like llama.cpp's default micro-
 # long prompt takes seconds; 64 tokens bound that wait at about the same total speed (measured on
 # SmolLM2: 4,000 tokens in 21-24 s either way). llama.cpp numerics keep 512, llama.cpp's own batches.
 CPU_PREFILL_CHUNK = 64
+DEVICE_SAMPLE_MAX_K = 256  # the largest top_k a backend's device sampler takes (gpu.SAMPLE_MAX_K)
 
 
 class EngineBusyError(RocmforgeError):
@@ -536,6 +537,11 @@ class Engine:
         if all(self._plain_greedy(s) for s in batch):
             ids = self.model.decode_greedy(tokens, self._cache, slots, positions)
             return [(int(t), None) for t in ids]
+        if getattr(self.model.ops, "samples_on_device", False) and all(self._device_samplable(s) for s in batch):
+            # Each request's own generator draws its uniform here, as its CPU draw would.
+            table = np.array([self._device_row(s) for s in batch], dtype=np.float32)
+            ids = self.model.decode_sampled(tokens, self._cache, slots, positions, table)
+            return [(int(t), None) for t in ids]
         logits = self.model.decode(tokens, self._cache, slots, positions)
         results = []
         for i, state in enumerate(batch):
@@ -551,6 +557,19 @@ class Engine:
         p = state.sampler.params
         return (p.greedy and p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0
                 and p.presence_penalty == 0.0 and state.request.logprobs is None)
+
+    def _device_samplable(self, state: _Active) -> bool:
+        """A draw the device sampler computes as the CPU chain would: no penalties (they read the
+        history), no logprobs, 1 <= top_k <= the device's limit."""
+        p = state.sampler.params
+        return (not p.greedy and p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0
+                and p.presence_penalty == 0.0 and state.request.logprobs is None
+                and 1 <= p.top_k <= min(DEVICE_SAMPLE_MAX_K, self.model.args.vocab_size - 1))
+
+    @staticmethod
+    def _device_row(state: _Active) -> list[float]:
+        p = state.sampler.params
+        return [p.temperature, p.top_k, p.top_p, p.min_p, state.sampler.rng.random()]
 
     async def _step_alone(self, state: _Active):
         try:

@@ -182,14 +182,19 @@ class GpuOps:
         return GpuKVCache(self, n_layers, n_slots, n_ctx, n_kv_heads, head_dim, self.kv_cache_type)
 
     # ---- the decode step
+    samples_on_device = True  # decode_step(..., sample=table) draws the tokens here (sample.hip)
+
     def decode_step(self, model: Any, tokens: np.ndarray, cache: GpuKVCache, slots: np.ndarray,
-                    positions: np.ndarray, greedy: bool = False) -> np.ndarray:
+                    positions: np.ndarray, greedy: bool = False, sample: np.ndarray | None = None) -> np.ndarray:
         """Decoder.decode's hook: the step through a captured graph, or op by op. With `greedy`, the
-        rows' argmax token ids (picked on the device), else the logits."""
+        rows' argmax token ids (picked on the device); with a `sample` table (rows of temperature,
+        top_k, top_p, min_p, u), the rows' tokens drawn on the device; else the logits."""
         if not self.use_graphs or not isinstance(cache, GpuKVCache):
             logits = model.forward_decode(tokens, cache, slots, positions)
+            if sample is not None:
+                return self.sample_rows(self.upload(np.ascontiguousarray(logits, np.float32)), sample)
             return np.argmax(logits, axis=-1).astype(np.int64) if greedy else logits
-        return decode_step.run(self, model, tokens, cache, slots, positions, greedy)
+        return decode_step.run(self, model, tokens, cache, slots, positions, greedy, sample)
 
     # ---- ops
     def embedding(self, table: GpuLinear, tokens) -> DeviceArray:

@@ -34,6 +34,7 @@ PREFILL_CHUNK = 512  # tokens per prefill batch, like llama.cpp's default micro-
 # 64 too (tests/test_engine.py holds the CPU to 64), although each chunk dequantizes every weight once
 # more: ~0.75x llama.cpp's pp512 against ~1.5x with 512-token chunks (BENCHMARKS.md). llama.cpp numerics keep 512.
 CPU_PREFILL_CHUNK = 64
+DEVICE_SAMPLE_MAX_K = 256  # the largest top_k a backend's device sampler takes (gpu.SAMPLE_MAX_K)
 
 
 class EngineBusyError(RocmforgeError):
@@ -538,6 +539,11 @@ class Engine:
         if all(self._plain_greedy(s) for s in batch):
             ids = self.model.decode_greedy(tokens, self._cache, slots, positions)
             return [(int(t), None) for t in ids]
+        if getattr(self.model.ops, "samples_on_device", False) and all(self._device_samplable(s) for s in batch):
+            # Each request's own generator draws its uniform here, as its CPU draw would.
+            table = np.array([self._device_row(s) for s in batch], dtype=np.float32)
+            ids = self.model.decode_sampled(tokens, self._cache, slots, positions, table)
+            return [(int(t), None) for t in ids]
         logits = self.model.decode(tokens, self._cache, slots, positions)
         results = []
         for i, state in enumerate(batch):
@@ -553,6 +559,19 @@ class Engine:
         p = state.sampler.params
         return (p.greedy and p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0
                 and p.presence_penalty == 0.0 and state.request.logprobs is None)
+
+    def _device_samplable(self, state: _Active) -> bool:
+        """A draw the device sampler computes as the CPU chain would: no penalties (they read the
+        history), no logprobs, 1 <= top_k <= the device's limit."""
+        p = state.sampler.params
+        return (not p.greedy and p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0
+                and p.presence_penalty == 0.0 and state.request.logprobs is None
+                and 1 <= p.top_k <= min(DEVICE_SAMPLE_MAX_K, self.model.args.vocab_size - 1))
+
+    @staticmethod
+    def _device_row(state: _Active) -> list[float]:
+        p = state.sampler.params
+        return [p.temperature, p.top_k, p.top_p, p.min_p, state.sampler.rng.random()]
 
     async def _step_alone(self, state: _Active):
         try:

@@ -39,6 +39,7 @@ ATT_MAX_SPLITS = 32  # RF_ATT_MAX_SPLITS in attention.hip (attn_combine_f32)
 FA_MAX_HD, FA_ROWS, FA_WARPS = 128, 32, 2  # RF_FA_MAX_HD, RF_FA_ROWS, RF_FA_WARPS in fattn.hip
 GQA_HEADS, GQA_HEAD_DIMS = 4, (64, 128, 256)  # RF_GQA_G and the attn_gqa_f16_<hd> instances in attention.hip
 FA_MIN_ROWS = 16  # shorter prompt chunks keep the row-per-block kernel
+SAMPLE_MAX_K = 256  # RF_SAMPLE_MAX_K in sample.hip: the largest top_k the device sampler takes
 _F32 = np.dtype(np.float32)
 
 
@@ -196,14 +197,19 @@ class GpuOps:
         return GpuKVCache(self, n_layers, n_slots, n_ctx, n_kv_heads, head_dim, self.kv_cache_type)
 
     # ---- the decode step
+    samples_on_device = True  # decode_step(..., sample=table) draws the tokens here (sample.hip)
+
     def decode_step(self, model: Any, tokens: np.ndarray, cache: GpuKVCache, slots: np.ndarray,
-                    positions: np.ndarray, greedy: bool = False) -> np.ndarray:
+                    positions: np.ndarray, greedy: bool = False, sample: np.ndarray | None = None) -> np.ndarray:
         """Decoder.decode's hook: the step through a captured graph, or op by op. With `greedy`, the
-        rows' argmax token ids (picked on the device), else the logits."""
+        rows' argmax token ids (picked on the device); with a `sample` table (rows of temperature,
+        top_k, top_p, min_p, u), the rows' tokens drawn on the device; else the logits."""
         if not self.use_graphs or not isinstance(cache, GpuKVCache):
             logits = model.forward_decode(tokens, cache, slots, positions)
+            if sample is not None:
+                return self.sample_rows(self.upload(np.ascontiguousarray(logits, np.float32)), sample)
             return np.argmax(logits, axis=-1).astype(np.int64) if greedy else logits
-        return decode_step.run(self, model, tokens, cache, slots, positions, greedy)
+        return decode_step.run(self, model, tokens, cache, slots, positions, greedy, sample)
 
     # ---- ops
     def embedding(self, table: GpuLinear, tokens) -> DeviceArray:
@@ -510,6 +516,19 @@ class GpuOps:
         out = self.empty((x.size // x.shape[-1],), np.int32)
         self.argmax_into(x, out)
         return out
+
+    def sample_into(self, logits: DeviceArray, params: DeviceArray, out: DeviceArray) -> None:
+        """Each row's token drawn on the device (hip_kernels/sample.hip): params (rows, 5) float32 =
+        temperature, top_k (1..SAMPLE_MAX_K), top_p, min_p and the row's uniform draw u in [0, 1)."""
+        rows, n = logits.shape[0], logits.shape[-1]
+        ld = logits.ld if not logits.contiguous else n
+        self.launch("sample_topk_f32", (rows,), self.threads(256), logits.ptr, n, ld, params.ptr, out.ptr)
+
+    def sample_rows(self, logits: DeviceArray, params: np.ndarray) -> np.ndarray:
+        """sample_into with host parameters; returns the (rows,) int64 ids."""
+        out = self.empty((logits.shape[0],), np.int32)
+        self.sample_into(logits, self.upload(np.ascontiguousarray(params, np.float32)), out)
+        return self.to_host(out).astype(np.int64)
 
     def argmax_into(self, x: DeviceArray, out: DeviceArray) -> None:
         n = x.shape[-1]

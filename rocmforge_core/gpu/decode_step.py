@@ -29,17 +29,24 @@ from rocmforge_core.gpu.runtime import PinnedArray
 
 
 def run(ops, model, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.ndarray,
-        greedy: bool = False) -> np.ndarray:
+        greedy: bool = False, sample: np.ndarray | None = None) -> np.ndarray:
     """One checked decode step of `model` on `cache`: a replay, or the first run and its capture.
-    Returns the logits, or with `greedy` each row's argmax token id (only the ids are downloaded)."""
+    Returns the logits, or with `greedy` each row's argmax token id, or with a `sample` table each
+    row's token drawn on the device (only the ids are downloaded)."""
     key = (id(model), len(tokens))
-    if key not in cache.graphs:
-        logits = _capture(ops, model, key, tokens, cache, slots, positions)
+
+    def host_logits(logits):
+        if sample is not None:
+            return ops.sample_rows(ops.upload(np.ascontiguousarray(logits, np.float32)), sample)
         return np.argmax(logits, axis=-1).astype(np.int64) if greedy else logits
+
+    if key not in cache.graphs:
+        return host_logits(_capture(ops, model, key, tokens, cache, slots, positions))
     graph = cache.graphs[key]
     if graph is None:  # capture failed once for this step: op by op from now on
-        logits = model.forward_decode(tokens, cache, slots, positions)
-        return np.argmax(logits, axis=-1).astype(np.int64) if greedy else logits
+        return host_logits(model.forward_decode(tokens, cache, slots, positions))
+    if sample is not None:
+        return graph.step_sample(tokens, slots, positions, sample)
     if greedy:
         return graph.step_greedy(tokens, slots, positions, cache.n_ctx)
     return graph.replay(tokens, slots, positions)
@@ -120,6 +127,24 @@ class DecodeGraph:
         out = self._download_logits()
         del host
         return out
+
+    def step_sample(self, tokens, slots, positions, table: np.ndarray) -> np.ndarray:
+        """This step's tokens drawn on the device (ops.sample_into over the step's logits, soft-capped
+        there first where the model caps them): only B int32 come back."""
+        ops = self.ops
+        self.drop_ahead()
+        host = self._upload_inputs(tokens, slots, positions)
+        ops.launches += 1
+        ops.rt.graph_launch(self.exe, ops.stream)
+        logits = self.logits
+        cap = self.model.args.final_softcap
+        if cap:
+            logits = ops.softcap(logits, cap)
+        params = ops.upload(np.ascontiguousarray(table, np.float32))
+        ops.sample_into(logits, params, self.tokens)  # the token input is free until the next step
+        ids = ops.to_host(self.tokens).astype(np.int64)  # synchronises: `host` was read by then
+        del host
+        return ids
 
     def step_greedy(self, tokens, slots, positions, n_ctx: int) -> np.ndarray:
         """This step's argmax ids (only B int32 come back), with the next step queued behind it. (The

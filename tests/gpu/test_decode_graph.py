@@ -191,3 +191,32 @@ def test_greedy_steps_queued_ahead_survive_other_work(case, graphed, op_by_op):
         toks, pos = got, [p + 1 for p in pos]
     served = sum(g.served_ahead for g in caches[id(fast)].graphs.values() if g is not None)
     assert served >= 6, (name, served)  # steps 1, 2 and 6-9 at least were the ones queued ahead
+
+
+def test_sampled_step_draws_on_the_device_as_the_cpu_chain(case, graphed):
+    """decode_sampled through a replay (logits soft-capped and sampled on the device, only ids
+    downloaded) == the CPU sampler's chain on the logits decode returns, with the same uniforms, for
+    a batch of two rows with different settings, step after step (u near a cdf step excepted)."""
+    from rocmforge_core.sampler import SamplingParams, candidate_probs
+
+    name, gguf_file = case[0], case[1]
+    model = load_model(gguf_file, graphed)
+    caches = [model.make_cache(2, N_CTX), model.make_cache(2, N_CTX)]
+    for cache in caches:
+        model.prefill([3, 1, 4], cache, 0, 0)
+        model.prefill([1, 5], cache, 1, 0)
+    settings = [(0.9, 20, 0.9, 0.05), (1.3, 5, 1.0, 0.0)]
+    rng = np.random.default_rng(5)
+    toks, pos = np.array([9, 2]), np.array([3, 2])
+    for step in range(6):
+        us = rng.uniform(0, 1, 2)
+        table = np.array([[t, k, p, m, u] for (t, k, p, m), u in zip(settings, us)], np.float32)
+        ids = model.decode_sampled(toks, caches[0], np.array([0, 1]), pos, table)
+        logits = np.asarray(model.decode(toks, caches[1], np.array([0, 1]), pos))
+        for r, ((t, k, p, m), u) in enumerate(zip(settings, table[:, 4])):
+            cand, probs = candidate_probs(logits[r], SamplingParams(temperature=t, top_k=k, top_p=p, min_p=m))
+            cdf = np.cumsum(probs) / probs.sum()
+            want = cand[min(int(np.sum(cdf <= u)), int(np.flatnonzero(probs > 0)[-1]))]
+            assert ids[r] == want or np.abs(cdf - u).min() < 1e-5, (name, step, r)
+        toks, pos = ids, pos + 1
+    assert captured(graphed, caches[0]) == [2], name

@@ -397,3 +397,45 @@ def test_int8_dot_helper(ops, request):
     ops.launch("dot4_i8_rows", ((37 + t - 1) // t,), t, da.ptr, db.ptr, out.ptr, 9, 37)
     ref = (a.astype(np.int64) * b).sum(axis=1)
     assert np.array_equal(ops.to_host(out), ref)
+
+
+def _cpu_draw(row: np.ndarray, params, u: float) -> tuple[int, np.ndarray, np.ndarray]:
+    """The CPU sampler's token for logits `row` and uniform u (candidate_probs + Sampler._draw's
+    inverse CDF), with the candidates' ids and cdf."""
+    from rocmforge_core.sampler import candidate_probs
+
+    ids, probs = candidate_probs(row, params)
+    cdf = np.cumsum(probs)
+    pick = min(int(np.sum(cdf <= u * cdf[-1])), len(probs) - 1 - int(np.argmax(probs[::-1] > 0)))
+    return int(ids[pick]), ids, cdf
+
+
+@pytest.mark.parametrize("vocab", [1000, 49157])
+def test_device_sampling_matches_the_cpu_chain(ops, vocab, request):
+    """sample_topk_f32 draws what the CPU sampler draws with the same uniform: top-k (ties to the lowest
+    id), top-p, min-p, temperature, inverse CDF; settings across the chain's corners, rows with equal
+    logits at the k-th place and a flat row."""
+    from rocmforge_core.sampler import SamplingParams
+
+    rng = rng_for(request)
+    settings = [(0.8, 40, 0.95, 0.05), (1.5, 256, 0.5, 0.0), (0.2, 7, 1.0, 0.3), (1.0, 1, 1.0, 0.0),
+                (0.7, 100, 0.9, 0.0), (2.0, 256, 1.0, 0.0), (1e-4, 50, 0.95, 0.05)]
+    rows = []
+    for _ in range(3):
+        rows.append(rng.standard_normal(vocab).astype(np.float32) * rng.uniform(0.5, 6))
+    tied = rng.standard_normal(vocab).astype(np.float32)
+    tied[rng.choice(vocab, 60, replace=False)] = tied.max() + 1.0  # 60 equal best logits
+    rows += [tied, np.zeros(vocab, np.float32)]  # and a flat row: top-k keeps ids 0..k-1
+    checked = 0
+    for row in rows:
+        x = ops.upload(np.tile(row, (len(settings), 1)))
+        us = rng.uniform(0, 1, len(settings))
+        table = np.array([[t, k, p, m, u] for (t, k, p, m), u in zip(settings, us)], np.float32)
+        got = ops.sample_rows(x, table)
+        for (t, k, p, m), u, g in zip(settings, table[:, 4], got):
+            want, ids, cdf = _cpu_draw(row, SamplingParams(temperature=t, top_k=k, top_p=p, min_p=m), float(u))
+            if g != want:  # only a u within rounding of a cdf step may land on the neighbour
+                step = np.abs(cdf / cdf[-1] - u).min()
+                assert step < 1e-5 and g in ids, (t, k, p, m, u, g, want)
+            checked += 1
+    assert checked == len(rows) * len(settings)

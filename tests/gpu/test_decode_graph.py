@@ -191,3 +191,27 @@ def test_greedy_steps_queued_ahead_survive_other_work(case, graphed, op_by_op):
         toks, pos = got, [p + 1 for p in pos]
     served = sum(g.served_ahead for g in caches[id(fast)].graphs.values() if g is not None)
     assert served >= 6, (name, served)  # steps 1, 2 and 6-9 at least were the ones queued ahead
+
+
+def test_prompt_chunk_graph_equals_op_by_op(case, op_by_op, graphed, monkeypatch):
+    """Prompt chunks of a captured length replay a graph (their rows' tokens, positions and slot read
+    from its buffers): the last position's logits and the cache equal the op-by-op path's, chunk after
+    chunk at other positions and slots, and the decode after them agrees."""
+    name, gguf_file = case
+    monkeypatch.setattr(graphed, "prefill_graph_rows", (17,))  # >= 16 rows: the flash-attention tiles
+    rng = np.random.default_rng(4)
+    chunks = [(0, 0), (0, 17), (1, 0)]  # (slot, start): both slots, past gemma3's window
+    tokens = [rng.integers(0, VOCAB, 17) for _ in chunks]
+    runs = []
+    for ops in (op_by_op, graphed):
+        model = load_model(gguf_file, ops)
+        cache = model.make_cache(2, N_CTX)
+        outs = [np.asarray(model.prefill(t.tolist(), cache, s, p)) for t, (s, p) in zip(tokens, chunks)]
+        outs.append(np.asarray(model.decode(np.array([3, 5]), cache, np.array([0, 1]), np.array([34, 17]))))
+        runs.append((outs, cache))
+    (eager, ref_cache), (graph, cache) = runs
+    assert graphed.graph_failures == [] and list(cache.prefill_graphs) and all(cache.prefill_graphs.values())
+    for i, (e, g) in enumerate(zip(eager, graph)):
+        assert np.array_equal(g, e), (name, i)
+    for slot in (0, 1):
+        assert np.array_equal(cache.keys(0, slot, 0, N_CTX), ref_cache.keys(0, slot, 0, N_CTX)), name

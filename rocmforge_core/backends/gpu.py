@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rocmforge_core.errors import UnsupportedModelError
-from rocmforge_core.gpu import decode_step, mmf, mvq
+from rocmforge_core.gpu import decode_step, mmf, mvq, prefill_step
 from rocmforge_core.gpu.cache import GpuKVCache
 from rocmforge_core.gpu.kernels import KernelLoader
 from rocmforge_core.gpu.memory import BufferPool, DeviceArray
@@ -59,6 +59,10 @@ class GpuOps:
         self._row_arrays: tuple[DeviceArray, DeviceArray] | None = None
         # Decode through captured graphs (gpu/decode_step.py); ROCMFORGE_GPU_GRAPHS=0 turns it off.
         self.use_graphs = os.environ.get("ROCMFORGE_GPU_GRAPHS", "1") != "0"
+        # Prompt chunks of these lengths replay a captured graph too (gpu/prefill_step.py): the
+        # engine's full chunks; ROCMFORGE_GPU_PREFILL_GRAPHS=0 runs every chunk op by op.
+        self.prefill_graph_rows = (512,) if os.environ.get("ROCMFORGE_GPU_PREFILL_GRAPHS", "1") != "0" else ()
+        self._one_sequence = False
         self.graph_failures: list[str] = []  # why a capture fell back to op-by-op (for diagnostics)
         self.launches = 0
         self.attn_keys_per_split = 512  # see _attention_splits
@@ -198,6 +202,23 @@ class GpuOps:
 
     # ---- the decode step
     samples_on_device = True  # decode_step(..., sample=table) draws the tokens here (sample.hip)
+
+    def prefill_step(self, model: Any, tokens: np.ndarray, cache: GpuKVCache, slot: int, start: int):
+        """Decoder.prefill's hook: a chunk of one of the prefill_graph_rows lengths through its captured
+        graph (gpu/prefill_step.py); None: run it op by op."""
+        if not self.use_graphs or not self.prefill_graph_rows or not isinstance(cache, GpuKVCache):
+            return None
+        return prefill_step.run(self, model, tokens, cache, slot, start)
+
+    @contextlib.contextmanager
+    def one_sequence(self):
+        """Ops inside get their rows' slots and positions as device arrays (a captured prompt chunk)
+        that all belong to one sequence, so the prompt attention may take the flash-attention tiles."""
+        saved, self._one_sequence = self._one_sequence, True
+        try:
+            yield
+        finally:
+            self._one_sequence = saved
 
     def decode_step(self, model: Any, tokens: np.ndarray, cache: GpuKVCache, slots: np.ndarray,
                     positions: np.ndarray, greedy: bool = False, sample: np.ndarray | None = None) -> np.ndarray:
@@ -460,8 +481,9 @@ class GpuOps:
     def _flash_prefill(self, rows: int, hd: int, slots) -> bool:
         """Prompt rows of one sequence go to the matrix-unit flash attention (hip_kernels/fattn.hip); f16
         products, so not when every product is to stay float32 (ROCMFORGE_GPU_Q8=0)."""
+        one = self._one_sequence if isinstance(slots, DeviceArray) else len(set(map(int, slots))) == 1
         return (self.matrix_tiles and self.q8_activations and rows >= FA_MIN_ROWS and hd % 16 == 0 and hd <= FA_MAX_HD
-                and not isinstance(slots, DeviceArray) and len(set(map(int, slots))) == 1)
+                and one)
 
     def _gqa_decode(self, cache: GpuKVCache, hd: int) -> bool:
         """Decode rows over an f16 cache take the per-KV-head kernel (attn_gqa_f16_<hd>)."""

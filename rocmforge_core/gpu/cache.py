@@ -46,6 +46,8 @@ class GpuKVCache:
         # Captured decode steps (gpu/decode_step.py) that write this cache, by (id(model), batch size); None: capture failed,
         # run that step op by op. They bake in the cache's addresses, so they die with it.
         self.graphs: dict[tuple[int, int], Any] = {}
+        # Captured prompt chunks (gpu/prefill_step.py), by (id(model), chunk length); same rules.
+        self.prefill_graphs: dict[tuple[int, int], Any] = {}
 
     check = KVCache.check  # same bounds rules and messages as the CPU cache
 
@@ -68,7 +70,8 @@ class GpuKVCache:
 
     def close(self) -> None:
         graphs, self.graphs = getattr(self, "graphs", {}), {}
-        for g in graphs.values():
+        prefill, self.prefill_graphs = getattr(self, "prefill_graphs", {}), {}
+        for g in list(graphs.values()) + list(prefill.values()):
             if g is not None:
                 g.close()
         ptrs, self._ptrs = self._ptrs, []

@@ -134,6 +134,13 @@ class Decoder:
             raise BadInputError("cannot prefill an empty prompt")
         cache.check(slot, start, n)
         self._check_tokens(tokens)
+        if not all_logits:
+            # The hook of a backend that runs a chunk its own way (the GPU's captured prompt chunks);
+            # it calls _forward over the same network, or returns None for the op-by-op path.
+            hook = getattr(self.ops, "prefill_step", None)
+            out = hook(self, tokens, cache, slot, start) if hook is not None else None
+            if out is not None:
+                return out
         positions = np.arange(start, start + n)
         keep = None if all_logits else np.array([n - 1])
         logits = self._forward(tokens, positions, cache, [slot], [start], [n], keep)

@@ -220,3 +220,26 @@ def test_sampled_step_draws_on_the_device_as_the_cpu_chain(case, graphed):
             assert ids[r] == want or np.abs(cdf - u).min() < 1e-5, (name, step, r)
         toks, pos = ids, pos + 1
     assert captured(graphed, caches[0]) == [2], name
+
+def test_prompt_chunk_graph_equals_op_by_op(case, op_by_op, graphed, monkeypatch):
+    """Prompt chunks of a captured length replay a graph (their rows' tokens, positions and slot read
+    from its buffers): the last position's logits and the cache equal the op-by-op path's, chunk after
+    chunk at other positions and slots, and the decode after them agrees."""
+    name, gguf_file = case
+    monkeypatch.setattr(graphed, "prefill_graph_rows", (17,))  # >= 16 rows: the flash-attention tiles
+    rng = np.random.default_rng(4)
+    chunks = [(0, 0), (0, 17), (1, 0)]  # (slot, start): both slots, past gemma3's window
+    tokens = [rng.integers(0, VOCAB, 17) for _ in chunks]
+    runs = []
+    for ops in (op_by_op, graphed):
+        model = load_model(gguf_file, ops)
+        cache = model.make_cache(2, N_CTX)
+        outs = [np.asarray(model.prefill(t.tolist(), cache, s, p)) for t, (s, p) in zip(tokens, chunks)]
+        outs.append(np.asarray(model.decode(np.array([3, 5]), cache, np.array([0, 1]), np.array([34, 17]))))
+        runs.append((outs, cache))
+    (eager, ref_cache), (graph, cache) = runs
+    assert graphed.graph_failures == [] and list(cache.prefill_graphs) and all(cache.prefill_graphs.values())
+    for i, (e, g) in enumerate(zip(eager, graph)):
+        assert np.array_equal(g, e), (name, i)
+    for slot in (0, 1):
+        assert np.array_equal(cache.keys(0, slot, 0, N_CTX), ref_cache.keys(0, slot, 0, N_CTX)), name

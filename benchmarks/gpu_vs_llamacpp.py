@@ -85,14 +85,17 @@ def rocmforge_bench(path: Path, p: int, n: int, r: int, backend: str, depth: int
         raise RuntimeError(f"rocmforge bench failed: {out.stderr[-2000:]}")
     rep = json.loads(out.stdout.strip().splitlines()[-1])
     return {"pp": rep["pp"]["tokens_per_s"], "tg": rep["tg"]["tokens_per_s"], "device": rep["device"],
-            "wall_s": time.time() - t0}
+            "load_ms": rep.get("load_ms"), "wall_s": time.time() - t0}
 
 
 def row(date, device, name, backend, ours, theirs, roofline_tg) -> str:
     def ratio(a, b):
         return f"{a / b:.2f}x" if a and b else "-"
-    return (f"| {date} | {device} | {name} | {backend} | {theirs['pp'] or 0:,.0f} | {ours['pp'] or 0:,.0f} | "
-            f"{ratio(ours['pp'], theirs['pp'])} | {theirs['tg'] or 0:,.1f} | {ours['tg'] or 0:,.1f} | "
+
+    def num(v, digits):
+        return f"{v:,.{digits}f}" if v else "-"  # a depth row runs no prompt test
+    return (f"| {date} | {device} | {name} | {backend} | {num(theirs['pp'], 0)} | {num(ours['pp'], 0)} | "
+            f"{ratio(ours['pp'], theirs['pp'])} | {num(theirs['tg'], 1)} | {num(ours['tg'], 1)} | "
             f"{ratio(ours['tg'], theirs['tg'])} | {roofline_tg:,.0f} | {100 * (ours['tg'] or 0) / roofline_tg:.0f} % |")
 
 

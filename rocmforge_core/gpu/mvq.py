@@ -9,6 +9,7 @@ row is an integer dot product of 16-byte loads. Other weight types keep the floa
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -114,7 +115,9 @@ def tune(ops, linears: Sequence[Any], repeats: int = 3) -> list[str]:
     """Time every kernel variant of each split weight shape (type, rows, row length) for each row
     bucket, and give every part of that shape the fastest. A variant's time is one pass over all the
     model's weights of that shape (so the bytes come from memory, not the L2 cache), captured as one
-    graph (no host launch cost in it), the median of `repeats` replays. Returns one line per shape."""
+    graph (no host launch cost in it), the median of `repeats` replays. Returns one line per shape and
+    one with the time tuning took (part of the model's load time)."""
+    t0 = time.perf_counter()
     rt = ops.rt
     shapes: dict[tuple, list] = {}
     for lin in linears:
@@ -161,4 +164,5 @@ def tune(ops, linears: Sequence[Any], repeats: int = 3) -> list[str]:
         lines.append(f"{kernel} {n}x{k} (x{len(parts)}): " + ", ".join(
             f"{nc} rows r{r}u{u}" for nc, (r, u) in chosen.items()))
     ops.sync()
+    lines.append(f"{len(shapes)} shapes tuned in {(time.perf_counter() - t0) * 1e3:.0f} ms")
     return lines

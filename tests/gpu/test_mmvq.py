@@ -113,7 +113,7 @@ def test_tuning_gives_each_shape_a_variant_per_bucket(ops_q8, request, monkeypat
     rng = rng_for(request)
     lins = [split_weight(ops_q8, QT.Q4_K, 37, 512, rng)[0] for _ in range(2)]
     lines = mvq.tune(ops, lins, repeats=1)
-    assert len(lines) == 1 and lines[0].startswith("q4_K 37x512 (x2)")
+    assert len(lines) == 2 and lines[0].startswith("q4_K 37x512 (x2)") and "1 shapes tuned in" in lines[1]
     for lin in lins:
         part = lin.parts[0]
         assert set(part.mvq) == set(mvq.COLUMN_BUCKETS)

@@ -144,3 +144,39 @@ extern "C" __global__ void sample_topk_f32(const float* __restrict__ logits, int
     pick = pick < last ? pick : last;
     out[r] = s_sorted_ids[pick];
 }
+
+// ---------------------------------------------------------------- penalties
+// The CPU's apply_penalties (sampler.py) on the device, before the draw: for each id in a row's window of
+// recent history (ids: (rows, W) int32, -1 = padding; ids outside 0..n_vocab-1 ignored) counted
+// `count` times, the logit s becomes s * repeat (s <= 0) or s / repeat (s > 0), minus count * frequency
+// minus presence, in double precision, clamped to float32's finite range (NaN to its most negative),
+// once per distinct id: the thread that holds an id's first place in the window writes it.
+// pen: (rows, 3) double = repeat, frequency, presence (the host's own values, not rounded to float).
+// grid = (rows), any block size.
+extern "C" __global__ void penalize_f32(float* __restrict__ logits, int n_vocab, long long ld,
+                                        const int* __restrict__ ids, int window, const double* __restrict__ pen) {
+    const long long r = blockIdx.x;
+    const int* w = ids + r * window;
+    const double repeat = pen[3 * r], frequency = pen[3 * r + 1], presence = pen[3 * r + 2];
+    if (repeat == 1.0 && frequency == 0.0 && presence == 0.0) return;
+    float* x = logits + r * ld;
+    for (int j = threadIdx.x; j < window; j += blockDim.x) {
+        const int v = w[j];
+        if (v < 0 || v >= n_vocab) continue;
+        bool first = true;
+        int count = 0;
+        for (int i = 0; i < window; ++i) {
+            if (w[i] == v) {
+                first = first && i >= j;
+                ++count;
+            }
+        }
+        if (!first) continue;
+        double s = (double)x[v];
+        s = s <= 0.0 ? s * repeat : s / repeat;
+        s = s - (double)count * frequency - presence;
+        const double lim = 3.4028234663852886e38;  // FLT_MAX
+        s = s != s ? -lim : s < -lim ? -lim : s > lim ? lim : s;
+        x[v] = (float)s;
+    }
+}

@@ -35,6 +35,7 @@ PREFILL_CHUNK = 512  # tokens per prefill batch, like llama.cpp's default micro-
 # more: ~0.75x llama.cpp's pp512 against ~1.5x with 512-token chunks (BENCHMARKS.md). llama.cpp numerics keep 512.
 CPU_PREFILL_CHUNK = 64
 DEVICE_SAMPLE_MAX_K = 256  # the largest top_k a backend's device sampler takes (gpu.SAMPLE_MAX_K)
+DEVICE_PENALTY_WINDOW = 1024  # longest penalty window (repeat_last_n, or the history for -1) it takes
 
 
 class EngineBusyError(RocmforgeError):
@@ -542,7 +543,8 @@ class Engine:
         if getattr(self.model.ops, "samples_on_device", False) and all(self._device_samplable(s) for s in batch):
             # Each request's own generator draws its uniform here, as its CPU draw would.
             table = np.array([self._device_row(s) for s in batch], dtype=np.float32)
-            ids = self.model.decode_sampled(tokens, self._cache, slots, positions, table)
+            ids = self.model.decode_sampled(tokens, self._cache, slots, positions, table,
+                                            self._device_penalties(batch))
             return [(int(t), None) for t in ids]
         logits = self.model.decode(tokens, self._cache, slots, positions)
         results = []
@@ -561,17 +563,45 @@ class Engine:
                 and p.presence_penalty == 0.0 and state.request.logprobs is None)
 
     def _device_samplable(self, state: _Active) -> bool:
-        """A draw the device sampler computes as the CPU chain would: no penalties (they read the
-        history), no logprobs, 1 <= top_k <= the device's limit."""
+        """A token the device sampler picks as the CPU chain would: no logprobs (they need the logits
+        on the host), greedy or 1 <= top_k <= the device's limit, a penalty window it takes."""
         p = state.sampler.params
-        return (not p.greedy and p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0
-                and p.presence_penalty == 0.0 and state.request.logprobs is None
-                and 1 <= p.top_k <= min(DEVICE_SAMPLE_MAX_K, self.model.args.vocab_size - 1))
+        return (state.request.logprobs is None
+                and (p.greedy or 1 <= p.top_k <= min(DEVICE_SAMPLE_MAX_K, self.model.args.vocab_size - 1))
+                and len(self._penalty_window(state)) <= DEVICE_PENALTY_WINDOW)
 
     @staticmethod
     def _device_row(state: _Active) -> list[float]:
+        """temperature, top_k, top_p, min_p, u. Greedy is top_k = 1 (the best logit, equal ones to the
+        lowest id, as argmax) and draws no uniform, as the CPU's greedy path draws none."""
         p = state.sampler.params
+        if p.greedy:
+            return [1.0, 1, 1.0, 0.0, 0.0]
         return [p.temperature, p.top_k, p.top_p, p.min_p, state.sampler.rng.random()]
+
+    @staticmethod
+    def _penalty_window(state: _Active) -> Sequence[int]:
+        """The history ids the row's penalties read (sampler.apply_penalties), [] when they are off."""
+        p = state.sampler.params
+        off = p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0
+        if off or p.repeat_last_n == 0:
+            return []
+        return state.history[-p.repeat_last_n:] if p.repeat_last_n > 0 else state.history
+
+    def _device_penalties(self, batch: list[_Active]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(window (B, W) int32, -1 padded; (B, 3) float64 repeat, frequency, presence) for
+        decode_sampled, or None when no row has penalties."""
+        windows = [self._penalty_window(s) for s in batch]
+        width = max(len(w) for w in windows)
+        if width == 0:
+            return None
+        ids = np.full((len(batch), width), -1, np.int32)
+        pen = np.zeros((len(batch), 3), np.float64)
+        for i, (state, w) in enumerate(zip(batch, windows)):
+            p = state.sampler.params
+            ids[i, :len(w)] = w
+            pen[i] = (p.repeat_penalty, p.frequency_penalty, p.presence_penalty) if len(w) else (1.0, 0.0, 0.0)
+        return ids, pen
 
     async def _step_alone(self, state: _Active):
         try:

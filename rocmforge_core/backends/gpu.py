@@ -221,16 +221,18 @@ class GpuOps:
             self._one_sequence = saved
 
     def decode_step(self, model: Any, tokens: np.ndarray, cache: GpuKVCache, slots: np.ndarray,
-                    positions: np.ndarray, greedy: bool = False, sample: np.ndarray | None = None) -> np.ndarray:
+                    positions: np.ndarray, greedy: bool = False, sample: np.ndarray | None = None,
+                    penalties: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Decoder.decode's hook: the step through a captured graph, or op by op. With `greedy`, the
         rows' argmax token ids (picked on the device); with a `sample` table (rows of temperature,
-        top_k, top_p, min_p, u), the rows' tokens drawn on the device; else the logits."""
+        top_k, top_p, min_p, u), the rows' tokens drawn on the device, after the `penalties` (see
+        penalize) if given; else the logits."""
         if not self.use_graphs or not isinstance(cache, GpuKVCache):
             logits = model.forward_decode(tokens, cache, slots, positions)
             if sample is not None:
-                return self.sample_rows(self.upload(np.ascontiguousarray(logits, np.float32)), sample)
+                return self.sample_rows(self.upload(np.ascontiguousarray(logits, np.float32)), sample, penalties)
             return np.argmax(logits, axis=-1).astype(np.int64) if greedy else logits
-        return decode_step.run(self, model, tokens, cache, slots, positions, greedy, sample)
+        return decode_step.run(self, model, tokens, cache, slots, positions, greedy, sample, penalties)
 
     # ---- ops
     def embedding(self, table: GpuLinear, tokens) -> DeviceArray:
@@ -546,8 +548,26 @@ class GpuOps:
         ld = logits.ld if not logits.contiguous else n
         self.launch("sample_topk_f32", (rows,), self.threads(256), logits.ptr, n, ld, params.ptr, out.ptr)
 
-    def sample_rows(self, logits: DeviceArray, params: np.ndarray) -> np.ndarray:
-        """sample_into with host parameters; returns the (rows,) int64 ids."""
+    def penalize(self, logits: DeviceArray, penalties: tuple[np.ndarray, np.ndarray]) -> None:
+        """The CPU chain's penalties on the device, in place (hip_kernels/sample.hip penalize_f32):
+        penalties = (window (rows, W) int32 ids of each row's recent history, -1 padded; (rows, 3)
+        float64 repeat, frequency and presence penalties)."""
+        window, pen = penalties
+        window = np.ascontiguousarray(window, np.int32)
+        rows, n = logits.shape[0], logits.shape[-1]
+        if window.shape[0] != rows or window.shape[1] == 0:
+            return
+        ld = logits.ld if not logits.contiguous else n
+        ids, params = self.upload(window), self.upload(np.ascontiguousarray(pen, np.float64))  # held past the launch
+        self.launch("penalize_f32", (rows,), self.threads(128), logits.ptr, n, ld, ids.ptr, window.shape[1],
+                    params.ptr)
+
+    def sample_rows(self, logits: DeviceArray, params: np.ndarray,
+                    penalties: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """sample_into with host parameters (penalized first, in place, when given); returns the (rows,)
+        int64 ids."""
+        if penalties is not None:
+            self.penalize(logits, penalties)
         out = self.empty((logits.shape[0],), np.int32)
         self.sample_into(logits, self.upload(np.ascontiguousarray(params, np.float32)), out)
         return self.to_host(out).astype(np.int64)

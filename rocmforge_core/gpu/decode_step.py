@@ -29,15 +29,16 @@ from rocmforge_core.gpu.runtime import PinnedArray
 
 
 def run(ops, model, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.ndarray,
-        greedy: bool = False, sample: np.ndarray | None = None) -> np.ndarray:
+        greedy: bool = False, sample: np.ndarray | None = None, penalties=None) -> np.ndarray:
     """One checked decode step of `model` on `cache`: a replay, or the first run and its capture.
     Returns the logits, or with `greedy` each row's argmax token id, or with a `sample` table each
-    row's token drawn on the device (only the ids are downloaded)."""
+    row's token drawn on the device after the `penalties` if any (ops.penalize; only the ids are
+    downloaded)."""
     key = (id(model), len(tokens))
 
     def host_logits(logits):
         if sample is not None:
-            return ops.sample_rows(ops.upload(np.ascontiguousarray(logits, np.float32)), sample)
+            return ops.sample_rows(ops.upload(np.ascontiguousarray(logits, np.float32)), sample, penalties)
         return np.argmax(logits, axis=-1).astype(np.int64) if greedy else logits
 
     if key not in cache.graphs:
@@ -46,7 +47,7 @@ def run(ops, model, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.
     if graph is None:  # capture failed once for this step: op by op from now on
         return host_logits(model.forward_decode(tokens, cache, slots, positions))
     if sample is not None:
-        return graph.step_sample(tokens, slots, positions, sample)
+        return graph.step_sample(tokens, slots, positions, sample, penalties)
     if greedy:
         return graph.step_greedy(tokens, slots, positions, cache.n_ctx)
     return graph.replay(tokens, slots, positions)
@@ -128,9 +129,9 @@ class DecodeGraph:
         del host
         return out
 
-    def step_sample(self, tokens, slots, positions, table: np.ndarray) -> np.ndarray:
+    def step_sample(self, tokens, slots, positions, table: np.ndarray, penalties=None) -> np.ndarray:
         """This step's tokens drawn on the device (ops.sample_into over the step's logits, soft-capped
-        there first where the model caps them): only B int32 come back."""
+        there first where the model caps them, then penalized if asked): only B int32 come back."""
         ops = self.ops
         self.drop_ahead()
         host = self._upload_inputs(tokens, slots, positions)
@@ -140,6 +141,8 @@ class DecodeGraph:
         cap = self.model.args.final_softcap
         if cap:
             logits = ops.softcap(logits, cap)
+        if penalties is not None:
+            ops.penalize(logits, penalties)  # in place: the next replay writes the logits anew
         params = ops.upload(np.ascontiguousarray(table, np.float32))
         ops.sample_into(logits, params, self.tokens)  # the token input is free until the next step
         ids = ops.to_host(self.tokens).astype(np.int64)  # synchronises: `host` was read by then

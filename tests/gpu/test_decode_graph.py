@@ -193,6 +193,44 @@ def test_greedy_steps_queued_ahead_survive_other_work(case, graphed, op_by_op):
     assert served >= 6, (name, served)  # steps 1, 2 and 6-9 at least were the ones queued ahead
 
 
+def test_sampled_step_with_penalties_as_the_cpu_chain(case, graphed):
+    """decode_sampled with penalties (a greedy row with a repeat penalty, a sampled row with frequency
+    and presence penalties) through a replay == the CPU sampler on the same step's logits: penalties,
+    then argmax or the chain with the same uniform."""
+    from rocmforge_core.sampler import SamplingParams, apply_penalties, candidate_probs
+
+    name, gguf_file = case[0], case[1]
+    model = load_model(gguf_file, graphed)
+    caches = [model.make_cache(2, N_CTX), model.make_cache(2, N_CTX)]
+    histories = [[3, 1, 4, 1, 5], [2, 7, 2]]
+    for cache in caches:
+        for slot, h in enumerate(histories):
+            model.prefill(h, cache, slot, 0)
+    pens = np.array([(1.5, 0.0, 0.0), (1.2, 0.5, 1.0)], np.float64)
+    rng = np.random.default_rng(7)
+    toks = np.array([histories[0][-1], histories[1][-1]])
+    for step in range(5):
+        pos = np.array([len(h) for h in histories])
+        u = float(rng.uniform(0, 1))
+        table = np.array([[1.0, 1, 1.0, 0.0, 0.0], [0.9, 20, 0.95, 0.0, u]], np.float32)
+        width = max(len(h) for h in histories)
+        window = np.full((2, width), -1, np.int32)
+        for r, h in enumerate(histories):
+            window[r, :len(h)] = h
+        ids = model.decode_sampled(toks, caches[0], np.array([0, 1]), pos, table, (window, pens))
+        logits = np.asarray(model.decode(toks, caches[1], np.array([0, 1]), pos))
+        greedy = apply_penalties(logits[0], histories[0], *pens[0][:1], -1, *pens[0][1:])
+        assert ids[0] == int(np.argmax(greedy)), (name, step)
+        row = apply_penalties(logits[1], histories[1], pens[1][0], -1, pens[1][1], pens[1][2])
+        cand, probs = candidate_probs(row, SamplingParams(temperature=0.9, top_k=20, top_p=0.95, min_p=0.0))
+        cdf = np.cumsum(probs) / probs.sum()
+        want = cand[min(int(np.sum(cdf <= table[1, 4])), int(np.flatnonzero(probs > 0)[-1]))]
+        assert ids[1] == want or np.abs(cdf - table[1, 4]).min() < 1e-5, (name, step)
+        for h, t in zip(histories, ids):
+            h.append(int(t))
+        toks = np.asarray(ids)
+
+
 def test_sampled_step_draws_on_the_device_as_the_cpu_chain(case, graphed):
     """decode_sampled through a replay (logits soft-capped and sampled on the device, only ids
     downloaded) == the CPU sampler's chain on the logits decode returns, with the same uniforms, for
@@ -243,3 +281,46 @@ def test_prompt_chunk_graph_equals_op_by_op(case, op_by_op, graphed, monkeypatch
         assert np.array_equal(g, e), (name, i)
     for slot in (0, 1):
         assert np.array_equal(cache.keys(0, slot, 0, N_CTX), ref_cache.keys(0, slot, 0, N_CTX)), name
+
+
+def test_engine_samples_with_penalties_on_the_device(rt, tmp_path):
+    """Through the engine (continuous batching, two requests at once: one sampled with repeat and
+    frequency penalties, one greedy with a presence penalty), the device path (penalize + draw on the
+    device, only ids back) gives the same tokens as the host path (logits down, the CPU sampler) with
+    the same seeds, and the device path really ran (its kernels were launched)."""
+    import asyncio
+
+    from rocmforge_core.chat_template import ChatTemplate
+    from rocmforge_core.engine import Engine, Request, collect
+    from rocmforge_core.sampler import SamplingParams
+    from rocmforge_core.tokenizer import Tokenizer
+    from tiny_byte_model import write_byte_model
+
+    gguf_file = GGUFFile(write_byte_model(tmp_path / "bytes.gguf"))
+    requests = [Request(tokens=[256, 72, 105, 72], max_tokens=12, ignore_eos=True,
+                        sampling=SamplingParams(temperature=0.9, top_k=30, top_p=0.95, repeat_penalty=1.4,
+                                                frequency_penalty=0.3, seed=11)),
+                Request(tokens=[256, 97, 98, 97, 98], max_tokens=12, ignore_eos=True,
+                        sampling=SamplingParams(temperature=0.0, presence_penalty=2.5, repeat_last_n=6))]
+
+    def generate(on_device: bool) -> tuple[list[list[int]], list[str]]:
+        ops = GpuOps(rt)
+        ops.samples_on_device = on_device
+        launched = []
+        launch = ops.launch
+        ops.launch = lambda kernel, *a: launched.append(kernel) or launch(kernel, *a)
+        engine = Engine(model=load_model(gguf_file, ops), tokenizer=Tokenizer.from_gguf(gguf_file),
+                        chat_template=ChatTemplate.for_model(gguf_file.metadata), gguf_file=gguf_file,
+                        backend=ops.name, backend_reason="test", n_ctx=48, n_slots=2, max_queue=4, load_ms=0.0)
+
+        async def go():
+            async with engine:
+                return await asyncio.gather(*(collect(engine.submit(r)) for r in requests))
+        out = asyncio.run(asyncio.wait_for(go(), 300))
+        return [ids for _, ids, _ in out], launched
+
+    device, device_kernels = generate(True)
+    host, host_kernels = generate(False)
+    assert device == host and all(len(ids) == 12 for ids in device)
+    assert "penalize_f32" in device_kernels and "sample_topk_f32" in device_kernels
+    assert "penalize_f32" not in host_kernels

@@ -439,3 +439,33 @@ def test_device_sampling_matches_the_cpu_chain(ops, vocab, request):
                 assert step < 1e-5 and g in ids, (t, k, p, m, u, g, want)
             checked += 1
     assert checked == len(rows) * len(settings)
+
+
+def test_device_penalties_equal_the_cpu(ops, request):
+    """penalize_f32 changes the logits exactly as sampler.apply_penalties does (double precision on
+    both sides, the host's own float64 penalties): repeated ids counted once each, -1 padding and ids
+    outside the vocabulary ignored, negative logits multiplied, overflow and -inf clamped to float32's
+    range, a row whose penalties are off left alone."""
+    from rocmforge_core.sampler import apply_penalties
+
+    rng = rng_for(request)
+    vocab, width = 1000, 70
+    logits = (rng.standard_normal((5, vocab)) * 4).astype(np.float32)
+    logits[3, 5] = -np.inf
+    windows = [rng.integers(0, 40, width).tolist(),                       # many repeats
+               rng.integers(0, vocab, 50).tolist() + [vocab + 5, -7],     # out of range: ignored
+               rng.integers(0, vocab, width).tolist(),                    # penalties off
+               [5, 5, 6, 7] + rng.integers(0, vocab, 20).tolist(),        # -inf and huge penalties
+               [int(np.argmax(logits[4]))] * 3]
+    pens = [(1.1, 0.0, 0.0), (1.3, 0.25, 0.5), (1.0, 0.0, 0.0), (1e-39, 1e38, 0.0), (0.7, 0.0, -2.0)]
+    ids = np.full((5, width + 2), -1, np.int32)
+    for i, w in enumerate(windows):
+        ids[i, :len(w)] = w
+    x = ops.upload(logits)
+    ops.penalize(x, (ids, np.array(pens, np.float64)))
+    got = ops.to_host(x)
+    for i, (w, (rp, fp, pp)) in enumerate(zip(windows, pens)):
+        want = apply_penalties(logits[i], w, rp, -1, fp, pp)
+        assert np.array_equal(got[i], want), i
+    assert np.array_equal(got[2], logits[2])
+    assert np.isfinite(got[3]).all() and not np.array_equal(got[3], logits[3])

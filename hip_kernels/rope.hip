@@ -4,20 +4,21 @@
 // the original layout pairs (2i, 2i + 1). Dimensions past rot_dim pass through.
 #include "rf_prelude.h"
 
+// Element i of the rotated row x (one expression, so every kernel here rounds alike).
+RF_DEV float rf_rope_at(const float* __restrict__ x, const float* __restrict__ cs, const float* __restrict__ sn,
+                        int i, int rot_dim, int neox) {
+    if (i >= rot_dim) return x[i];
+    const int half = rot_dim / 2;
+    const int pair = neox ? (i < half ? i : i - half) : i / 2;
+    const int first = neox ? (i < half) : (i % 2 == 0);
+    const int other = neox ? (first ? i + half : i - half) : (first ? i + 1 : i - 1);
+    const float c = cs[pair], s = sn[pair];
+    return first ? x[i] * c - x[other] * s : x[i] * c + x[other] * s;
+}
+
 RF_DEV void rf_rope_row(const float* __restrict__ x, float* __restrict__ y, const float* __restrict__ cs,
                         const float* __restrict__ sn, int hd, int rot_dim, int neox) {
-    const int half = rot_dim / 2;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        if (i >= rot_dim) {
-            y[i] = x[i];
-            continue;
-        }
-        const int pair = neox ? (i < half ? i : i - half) : i / 2;
-        const int first = neox ? (i < half) : (i % 2 == 0);
-        const int other = neox ? (first ? i + half : i - half) : (first ? i + 1 : i - 1);
-        const float c = cs[pair], s = sn[pair];
-        y[i] = first ? x[i] * c - x[other] * s : x[i] * c + x[other] * s;
-    }
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) y[i] = rf_rope_at(x, cs, sn, i, rot_dim, neox);
 }
 
 // x: (T, heads, hd) with tokens ldx elements apart (a column slice of a fused projection is read in
@@ -78,20 +79,49 @@ RF_DEV void rf_kv_append(const float* __restrict__ k, long long ldk, const float
 RF_KV_APPEND(f32, rf_kv_f32)
 RF_KV_APPEND(f16, rf_kv_f16)
 
-// The fused form: rotate k and write it, with v, straight into the cache (one pass, no k copy).
-extern "C" __global__ void rope_kv_append_f32(const float* __restrict__ k, long long ldk,
-                                             const float* __restrict__ v, long long ldv,
-                                             float* __restrict__ kc, float* __restrict__ vc,
-                                             const float* __restrict__ cos_tab,
-                                             const float* __restrict__ sin_tab,
-                                             const int* __restrict__ row_slot,
-                                             const int* __restrict__ row_pos, int kv_heads, int hd,
-                                             int n_ctx, int rot_dim, int neox) {
-    const int n = blockIdx.x / kv_heads, h = blockIdx.x % kv_heads;
-    const float* vr = v + (long long)n * ldv + (long long)h * hd;
-    const long long dst = (((long long)row_slot[n] * kv_heads + h) * n_ctx + row_pos[n]) * hd;
-    const long long tab = (long long)row_pos[n] * (rot_dim / 2);
-    rf_rope_row(k + (long long)n * ldk + (long long)h * hd, kc + dst, cos_tab + tab, sin_tab + tab, hd,
-                rot_dim, neox);
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) vc[dst + i] = vr[i];
+// A layer's whole step before attention, in one launch: q rotated into yq (T, heads_q, hd), contiguous;
+// k rotated and written, with v, straight into the cache (layout as above; q, k, v rows ldq / ldk / ldv
+// elements apart, slices of a fused projection read in place). Rotation positions pos[n] (the tables'
+// rows), cache places (row_slot[n], row_pos[n]). Blocks (row, q head) then (row, kv head). The same
+// arithmetic as rope_qk_f32 followed by kv_append_<type>: the same bits.
+template <class KV>
+RF_DEV void rf_rope_qk_kv_append(const float* __restrict__ q, long long ldq, const float* __restrict__ k,
+                                 long long ldk, const float* __restrict__ v, long long ldv, float* __restrict__ yq,
+                                 typename KV::T* __restrict__ kc, typename KV::T* __restrict__ vc,
+                                 const float* __restrict__ cos_tab, const float* __restrict__ sin_tab,
+                                 const int* __restrict__ pos, const int* __restrict__ row_slot,
+                                 const int* __restrict__ row_pos, int heads_q, int kv_heads, int hd, int n_ctx,
+                                 int rot_dim, int neox) {
+    const int per_row = heads_q + kv_heads;
+    const int n = blockIdx.x / per_row, h = blockIdx.x % per_row;
+    const long long tab = (long long)pos[n] * (rot_dim / 2);
+    const float* cs = cos_tab + tab;
+    const float* sn = sin_tab + tab;
+    if (h < heads_q) {
+        rf_rope_row(q + (long long)n * ldq + (long long)h * hd, yq + ((long long)n * heads_q + h) * hd, cs, sn,
+                    hd, rot_dim, neox);
+        return;
+    }
+    const int kh = h - heads_q;
+    const float* kr = k + (long long)n * ldk + (long long)kh * hd;
+    const float* vr = v + (long long)n * ldv + (long long)kh * hd;
+    const long long dst = (((long long)row_slot[n] * kv_heads + kh) * n_ctx + row_pos[n]) * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        KV::put(kc, dst + i, rf_rope_at(kr, cs, sn, i, rot_dim, neox));
+        KV::put(vc, dst + i, vr[i]);
+    }
 }
+
+#define RF_ROPE_QK_KV_APPEND(S, KV)                                                                     \
+    extern "C" __global__ void rope_qk_kv_append_##S(                                                  \
+        const float* __restrict__ q, long long ldq, const float* __restrict__ k, long long ldk,         \
+        const float* __restrict__ v, long long ldv, float* __restrict__ yq, KV::T* __restrict__ kc,     \
+        KV::T* __restrict__ vc, const float* __restrict__ cos_tab, const float* __restrict__ sin_tab,   \
+        const int* __restrict__ pos, const int* __restrict__ row_slot, const int* __restrict__ row_pos, \
+        int heads_q, int kv_heads, int hd, int n_ctx, int rot_dim, int neox) {                          \
+        rf_rope_qk_kv_append<KV>(q, ldq, k, ldk, v, ldv, yq, kc, vc, cos_tab, sin_tab, pos, row_slot,   \
+                                 row_pos, heads_q, kv_heads, hd, n_ctx, rot_dim, neox);                 \
+    }
+
+RF_ROPE_QK_KV_APPEND(f32, rf_kv_f32)
+RF_ROPE_QK_KV_APPEND(f16, rf_kv_f16)

@@ -24,7 +24,8 @@ EXPECTED = {
     "geglu_f32": ("activation", ("p", "p", "i32", "i32")),
     "rope_f32": ("rope", ("p", "i64", "p", "p", "p", "p", "i32", "i32", "i32", "i32")),
     "kv_append_f32": ("rope", ("p", "i64", "p", "i64", "p", "p", "p", "p", "i32", "i32", "i32")),
-    "rope_kv_append_f32": ("rope", ("p", "i64", "p", "i64") + ("p",) * 6 + ("i32",) * 5),
+    **{f"rope_qk_kv_append_{t}": ("rope", ("p", "i64", "p", "i64", "p", "i64") + ("p",) * 8 + ("i32",) * 6)
+       for t in ("f32", "f16")},
     "attn_f32": ("attention", ("p",) * 6 + ("i32",) * 4 + ("f32", "i32", "p", "p")),
     "attn_split_f32": ("attention", ("p",) * 7 + ("i32",) * 4 + ("f32", "i32")),
     "attn_combine_f32": ("attention", ("p",) * 3 + ("i32",) * 3 + ("p", "p")),

@@ -187,6 +187,12 @@ class CpuBackend:
     def _cos_sin(self, spec: RopeSpec, size: int) -> tuple[np.ndarray, np.ndarray]:
         return cos_sin(spec, size)  # float64 angles, rounded once
 
+    def rope_attention(self, q, k, v, positions, spec: RopeSpec, cache, layer: int, slots: Sequence[int],
+                       starts: Sequence[int], counts: Sequence[int], scale: float, window: int | None):
+        """rope_qk(q, k), then attention: one op so that a backend may fuse the two (the GPU does)."""
+        q, k = self.rope_qk(q, k, positions, spec)
+        return self.attention(q, k, v, cache, layer, slots, starts, counts, scale, window)
+
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: KVCache, layer: int,
                   slots: Sequence[int], starts: Sequence[int], counts: Sequence[int],
                   scale: float, window: int | None) -> np.ndarray:

@@ -444,6 +444,29 @@ class GpuOps:
         block = self.threads(min(hd, 256))
         self.launch(f"kv_append_{cache.cache_type}", (n * kv_heads,), block, k.ptr, k.ld, v.ptr, v.ld, kc, vc, slot_d.ptr,
                     pos_d.ptr, kv_heads, hd, cache.n_ctx)
+        return self._attend(q, kv_heads, cache, layer, slots, slot_d, pos_d, scale, window)
+
+    def rope_attention(self, q: DeviceArray, k: DeviceArray, v: DeviceArray, positions, spec: RopeSpec,
+                       cache: GpuKVCache, layer: int, slots: Sequence[int], starts: Sequence[int],
+                       counts: Sequence[int], scale: float, window: int | None) -> DeviceArray:
+        """rope_qk then attention, the rotations and the cache append in one launch
+        (rope_qk_kv_append_<type>: q rotated into a contiguous copy, k rotated straight into the cache)."""
+        n, heads, hd = q.shape
+        kv_heads = k.shape[1]
+        cos_t, sin_t, pos = self._rope_inputs(positions, spec)
+        slot_d, pos_d = self._row_index(slots, starts, counts)
+        yq = self.empty(q.shape)
+        self.launch(f"rope_qk_kv_append_{cache.cache_type}", (n * (heads + kv_heads),), self.threads(min(hd, 256)),
+                    q.ptr, q.ld, k.ptr, k.ld, v.ptr, v.ld, yq.ptr, cache.k[layer], cache.v[layer], cos_t.ptr,
+                    sin_t.ptr, pos.ptr, slot_d.ptr, pos_d.ptr, heads, kv_heads, hd, cache.n_ctx, spec.dim,
+                    int(spec.neox))
+        return self._attend(yq, kv_heads, cache, layer, slots, slot_d, pos_d, scale, window)
+
+    def _attend(self, q: DeviceArray, kv_heads: int, cache: GpuKVCache, layer: int, slots, slot_d: DeviceArray,
+                pos_d: DeviceArray, scale: float, window: int | None) -> DeviceArray:
+        """Attention of contiguous q rows over the cache (their keys and values already in it)."""
+        n, heads, hd = q.shape
+        kc, vc = cache.k[layer], cache.v[layer]
         if self._flash_prefill(n, hd, slots):
             out = self.empty((n, heads * hd))
             block = FA_WARPS * self.warp if self.warp > 1 else 1  # the emulation's one thread plays both warps

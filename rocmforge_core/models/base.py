@@ -251,11 +251,12 @@ class Decoder:
         if a.qk_norm:
             q = ops.rms_norm(q, lw.q_norm, a.norm_eps)
             k = ops.rms_norm(k, lw.k_norm, a.norm_eps)
-        q, k = ops.rope_qk(q, k, positions, a.ropes[i])
-        scale = a.attn_scale
         if a.scale_queries:
-            q, scale = ops.scale(q, scale), 1.0
-        return ops.attention(q, k, v, cache, i, slots, starts, counts, scale, a.windows[i])
+            q, k = ops.rope_qk(q, k, positions, a.ropes[i])
+            return ops.attention(ops.scale(q, a.attn_scale), k, v, cache, i, slots, starts, counts, 1.0,
+                                 a.windows[i])
+        return ops.rope_attention(q, k, v, positions, a.ropes[i], cache, i, slots, starts, counts, a.attn_scale,
+                                  a.windows[i])
 
     def _check_tokens(self, tokens: np.ndarray) -> None:
         if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.args.vocab_size):

@@ -19,6 +19,7 @@ from gguf import GGMLQuantizationType as QT
 
 from gguf_factory import random_blocks
 from rocmforge_core.backends.cpu import CpuBackend
+from rocmforge_core.backends.gpu import GpuOps
 from rocmforge_core.rope import RopeSpec
 from rocmforge_core.gpu.kernels import weight_kernel
 from rocmforge_core.gpu.weights import GpuLinear, WeightPart
@@ -355,24 +356,54 @@ def test_attention_decode_and_prefill(ops, hd, window, request):
         assert np.array_equal(cache.values(0, slots[-1], 0, n_ctx), host.values(0, slots[-1], 0, n_ctx))
 
 
-def test_fused_rope_kv_append(ops, request):
+@pytest.mark.parametrize("neox", [True, False])
+def test_rope_attention_fuses_rotation_and_append(ops, neox, request):
+    """ops.rope_attention (q and k rotated, k and v appended to the cache, one launch, then attention)
+    equals the CPU's rope_qk + attention, for a decode batch of two sequences and a prompt chunk, with a
+    partial rotary dimension and q, k, v read in place from one fused projection's rows; and on an f16
+    cache it writes the same bits as the two-launch path (rope_qk, then attention's own append)."""
     rng = rng_for(request)
-    n_kv, hd, n_ctx = 3, 48, 20
-    cache, host = _gpu_cache(ops, 2, n_kv, n_ctx, hd, rng)
-    spec = RopeSpec(32, 10000.0, True)
-    k = rng.standard_normal((4, n_kv, hd)).astype(np.float32)
-    v = rng.standard_normal((4, n_kv, hd)).astype(np.float32)
-    row_slot, row_pos = np.array([1, 1, 1, 0]), np.array([4, 5, 6, 19])
-    cos_t, sin_t = ops._rope_table(spec, 19)
-    s, p = ops.upload(row_slot, np.int32), ops.upload(row_pos, np.int32)
-    dk, dv = ops.upload(k), ops.upload(v)  # held: a dropped DeviceArray's memory is reused at once
-    ops.launch("rope_kv_append_f32", (4 * n_kv,), ops.threads(hd), dk.ptr, dk.ld, dv.ptr, dv.ld, cache.k[0],
-               cache.v[0], cos_t.ptr, sin_t.ptr, s.ptr, p.ptr, n_kv, hd, n_ctx, spec.dim, 1)
-    for i, (slot, pos) in enumerate(zip(row_slot, row_pos)):
-        host.write(0, slot, pos, cpu.rope(k[i:i + 1], np.array([pos]), spec), v[i:i + 1])
+    heads, n_kv, hd, n_ctx = 6, 2, 48, 24
+    spec = RopeSpec(32, 10000.0, neox)
+    cache, host = _gpu_cache(ops, 3, n_kv, n_ctx, hd, rng)
+    for slots, starts, counts in (([2, 0], [17, 3], [1, 1]), ([1], [5], [9])):
+        n = sum(counts)
+        positions = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts)])
+        qkv = rng.standard_normal((n, (heads + 2 * n_kv) * hd)).astype(np.float32)
+        q, k, v = (qkv[:, :heads * hd].reshape(n, heads, hd), qkv[:, heads * hd:(heads + n_kv) * hd].reshape(n, n_kv, hd),
+                   qkv[:, (heads + n_kv) * hd:].reshape(n, n_kv, hd))
+        ref = cpu.rope_attention(q, k, v, positions, spec, host, 0, slots, starts, counts, 0.125, None)
+        d = ops.upload(qkv)
+        dq = d[:, :heads * hd].reshape(n, heads, hd)
+        dk = d[:, heads * hd:(heads + n_kv) * hd].reshape(n, n_kv, hd)
+        dv = d[:, (heads + n_kv) * hd:].reshape(n, n_kv, hd)
+        launched = []
+        launch = ops.launch
+        ops.launch = lambda kernel, *a: launched.append(kernel) or launch(kernel, *a)
+        try:
+            got = ops.rope_attention(dq, dk, dv, positions, spec, cache, 0, slots, starts, counts, 0.125, None)
+        finally:
+            ops.launch = launch
+        assert "rope_qk_kv_append_f32" in launched and not any(k.startswith(("rope_qk_f32", "kv_append")) for k in launched)
+        assert rel_err(ops.to_host(got), ref) < F32_BOUND
+        for slot in set(slots):
+            assert rel_err(cache.keys(0, slot, 0, n_ctx), host.keys(0, slot, 0, n_ctx)) < F32_BOUND
+            assert np.array_equal(cache.values(0, slot, 0, n_ctx), host.values(0, slot, 0, n_ctx))
+
+    f16_ops = GpuOps(ops.rt)
+    f16_ops.kv_cache_type = "f16"
+    caches = [f16_ops.make_cache(1, 2, n_ctx, n_kv, hd) for _ in range(2)]
+    q = f16_ops.upload(rng.standard_normal((2, heads, hd)).astype(np.float32))
+    k = f16_ops.upload(rng.standard_normal((2, n_kv, hd)).astype(np.float32))
+    v = f16_ops.upload(rng.standard_normal((2, n_kv, hd)).astype(np.float32))
+    args = (caches[0], 0, [0, 1], [7, 2], [1, 1], 0.125, None)
+    fused = f16_ops.rope_attention(q, k, v, np.array([7, 2]), spec, *args)
+    rq, rk = f16_ops.rope_qk(q, k, np.array([7, 2]), spec)
+    plain = f16_ops.attention(rq, rk, v, caches[1], *args[1:])
+    assert np.array_equal(f16_ops.to_host(fused), f16_ops.to_host(plain))
     for slot in (0, 1):
-        assert rel_err(cache.keys(0, slot, 0, n_ctx), host.keys(0, slot, 0, n_ctx)) < F32_BOUND
-        assert np.array_equal(cache.values(0, slot, 0, n_ctx), host.values(0, slot, 0, n_ctx))
+        assert np.array_equal(caches[0].keys(0, slot, 0, n_ctx), caches[1].keys(0, slot, 0, n_ctx))
+        assert np.array_equal(caches[0].values(0, slot, 0, n_ctx), caches[1].values(0, slot, 0, n_ctx))
 
 
 @pytest.mark.parametrize("n", [1, 67, 1000, 49152])

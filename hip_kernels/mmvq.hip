@@ -89,6 +89,43 @@ RF_DEV void rf_mvq(const uint8_t* __restrict__ w, int n_out, int n_in, const int
         rf_mvq<D, NC, R, U>(w, n_out, n_in, xq, xd, y, ldy, bias, res, n_rows, lpr);                          \
     }
 
+// RMSNorm of one activation row (as rms_norm_q8: y = x / rms(x) * nw, quantized in blocks of 32) in each
+// block's shared memory, then the mat-vec over it: for a short row (a small model's decode) the norm
+// costs a 2-4 KB read per block instead of a launch of its own. Variant r1u2 only.
+#define RF_MVQ_NORM_MAX 4096  // longest row (gpu/mvq.py NORM_MAX)
+template <class T>
+RF_DEV void rf_mvq_norm(const uint8_t* __restrict__ w, int n_out, int n_in, const float* __restrict__ x,
+                        const float* __restrict__ nw, float eps, float* __restrict__ y, int ldy,
+                        const float* __restrict__ bias, const float* __restrict__ res, int lpr) {
+    __shared__ int8_t s_xq[RF_MVQ_NORM_MAX];
+    __shared__ float s_xd[2 * RF_MVQ_NORM_MAX / RF_Q8];
+    __shared__ float scratch[RF_MAX_WARPS];
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n_in; i += blockDim.x) ss += x[i] * x[i];
+    ss = rf_block_sum(ss, scratch);
+    const float scale = 1.0f / sqrtf(ss / (float)n_in + eps);
+#if defined(RF_Q8_COOPERATIVE)
+    for (int i = threadIdx.x; i < n_in; i += blockDim.x) rf_quantize_lane(x[i] * scale * nw[i], i, s_xq, s_xd);
+#else
+    for (int b = threadIdx.x; b < n_in / RF_Q8; b += blockDim.x) {
+        float v[RF_Q8];
+        for (int i = 0; i < RF_Q8; ++i) v[i] = x[b * RF_Q8 + i] * scale * nw[b * RF_Q8 + i];
+        rf_quantize_serial(v, s_xq + b * RF_Q8, s_xd + 2 * b);
+    }
+#endif
+    __syncthreads();
+    rf_mvq<T, 1, 1, 2>(w, n_out, n_in, s_xq, s_xd, y, ldy, bias, res, 1, lpr);
+}
+
+#define RF_MVQ_NORM_KERNEL(T, D)                                                                         \
+    extern "C" __global__ void mvq_norm_##T(const uint8_t* __restrict__ w, int n_out, int n_in,         \
+                                            const float* __restrict__ x, const float* __restrict__ nw,  \
+                                            float eps, float* __restrict__ y, int ldy,                  \
+                                            const float* __restrict__ bias, const float* __restrict__ res, \
+                                            int lpr) {                                                  \
+        rf_mvq_norm<D>(w, n_out, n_in, x, nw, eps, y, ldy, bias, res, lpr);                            \
+    }
+
 // GGUF blocks -> [bulk of every block | meta of every block]: bulk = bytes [at, at + bulk_len) of a
 // block, meta = the others in order. One thread per block; block b's parts go to bulk + b * bulk_len
 // and meta + b * (block_bytes - bulk_len), so several tensors can fill one split array in turn.
@@ -139,6 +176,7 @@ RF_DEV void rf_get_rows_split(const uint8_t* __restrict__ w, int n_vocab, int n_
 
 // One line per instance (no macro calling another): gpu/kernels.py reads the kernel table from here.
 RF_SPLIT_GATHER(q4_0, MQ4_0)
+RF_MVQ_NORM_KERNEL(q4_0, MQ4_0)
 RF_MVQ_KERNEL(q4_0, MQ4_0, 1, 1, 2)
 RF_MVQ_KERNEL(q4_0, MQ4_0, 1, 2, 2)
 RF_MVQ_KERNEL(q4_0, MQ4_0, 1, 2, 1)
@@ -149,6 +187,7 @@ RF_MVQ_KERNEL(q4_0, MQ4_0, 4, 4, 1)
 RF_MVQ_KERNEL(q4_0, MQ4_0, 8, 2, 1)
 RF_MVQ_KERNEL(q4_0, MQ4_0, 8, 4, 1)
 RF_SPLIT_GATHER(q4_1, MQ4_1)
+RF_MVQ_NORM_KERNEL(q4_1, MQ4_1)
 RF_MVQ_KERNEL(q4_1, MQ4_1, 1, 1, 2)
 RF_MVQ_KERNEL(q4_1, MQ4_1, 1, 2, 2)
 RF_MVQ_KERNEL(q4_1, MQ4_1, 1, 2, 1)
@@ -159,6 +198,7 @@ RF_MVQ_KERNEL(q4_1, MQ4_1, 4, 4, 1)
 RF_MVQ_KERNEL(q4_1, MQ4_1, 8, 2, 1)
 RF_MVQ_KERNEL(q4_1, MQ4_1, 8, 4, 1)
 RF_SPLIT_GATHER(q5_0, MQ5_0)
+RF_MVQ_NORM_KERNEL(q5_0, MQ5_0)
 RF_MVQ_KERNEL(q5_0, MQ5_0, 1, 1, 2)
 RF_MVQ_KERNEL(q5_0, MQ5_0, 1, 2, 2)
 RF_MVQ_KERNEL(q5_0, MQ5_0, 1, 2, 1)
@@ -169,6 +209,7 @@ RF_MVQ_KERNEL(q5_0, MQ5_0, 4, 4, 1)
 RF_MVQ_KERNEL(q5_0, MQ5_0, 8, 2, 1)
 RF_MVQ_KERNEL(q5_0, MQ5_0, 8, 4, 1)
 RF_SPLIT_GATHER(q5_1, MQ5_1)
+RF_MVQ_NORM_KERNEL(q5_1, MQ5_1)
 RF_MVQ_KERNEL(q5_1, MQ5_1, 1, 1, 2)
 RF_MVQ_KERNEL(q5_1, MQ5_1, 1, 2, 2)
 RF_MVQ_KERNEL(q5_1, MQ5_1, 1, 2, 1)
@@ -179,6 +220,7 @@ RF_MVQ_KERNEL(q5_1, MQ5_1, 4, 4, 1)
 RF_MVQ_KERNEL(q5_1, MQ5_1, 8, 2, 1)
 RF_MVQ_KERNEL(q5_1, MQ5_1, 8, 4, 1)
 RF_SPLIT_GATHER(q8_0, MQ8_0)
+RF_MVQ_NORM_KERNEL(q8_0, MQ8_0)
 RF_MVQ_KERNEL(q8_0, MQ8_0, 1, 1, 2)
 RF_MVQ_KERNEL(q8_0, MQ8_0, 1, 2, 2)
 RF_MVQ_KERNEL(q8_0, MQ8_0, 1, 2, 1)
@@ -189,6 +231,7 @@ RF_MVQ_KERNEL(q8_0, MQ8_0, 4, 4, 1)
 RF_MVQ_KERNEL(q8_0, MQ8_0, 8, 2, 1)
 RF_MVQ_KERNEL(q8_0, MQ8_0, 8, 4, 1)
 RF_SPLIT_GATHER(q4_K, MQ4_K)
+RF_MVQ_NORM_KERNEL(q4_K, MQ4_K)
 RF_MVQ_KERNEL(q4_K, MQ4_K, 1, 1, 2)
 RF_MVQ_KERNEL(q4_K, MQ4_K, 1, 2, 2)
 RF_MVQ_KERNEL(q4_K, MQ4_K, 1, 2, 1)
@@ -199,6 +242,7 @@ RF_MVQ_KERNEL(q4_K, MQ4_K, 4, 4, 1)
 RF_MVQ_KERNEL(q4_K, MQ4_K, 8, 2, 1)
 RF_MVQ_KERNEL(q4_K, MQ4_K, 8, 4, 1)
 RF_SPLIT_GATHER(q5_K, MQ5_K)
+RF_MVQ_NORM_KERNEL(q5_K, MQ5_K)
 RF_MVQ_KERNEL(q5_K, MQ5_K, 1, 1, 2)
 RF_MVQ_KERNEL(q5_K, MQ5_K, 1, 2, 2)
 RF_MVQ_KERNEL(q5_K, MQ5_K, 1, 2, 1)
@@ -209,6 +253,7 @@ RF_MVQ_KERNEL(q5_K, MQ5_K, 4, 4, 1)
 RF_MVQ_KERNEL(q5_K, MQ5_K, 8, 2, 1)
 RF_MVQ_KERNEL(q5_K, MQ5_K, 8, 4, 1)
 RF_SPLIT_GATHER(q6_K, MQ6_K)
+RF_MVQ_NORM_KERNEL(q6_K, MQ6_K)
 RF_MVQ_KERNEL(q6_K, MQ6_K, 1, 1, 2)
 RF_MVQ_KERNEL(q6_K, MQ6_K, 1, 2, 2)
 RF_MVQ_KERNEL(q6_K, MQ6_K, 1, 2, 1)

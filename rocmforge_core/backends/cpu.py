@@ -187,6 +187,11 @@ class CpuBackend:
     def _cos_sin(self, spec: RopeSpec, size: int) -> tuple[np.ndarray, np.ndarray]:
         return cos_sin(spec, size)  # float64 angles, rounded once
 
+    def norm_matmul(self, x, weight, eps: float, lin):
+        """matmul(rms_norm(x, weight, eps), lin): one op so that a backend may fuse the two (the GPU
+        does for short rows)."""
+        return self.matmul(self.rms_norm(x, weight, eps), lin)
+
     def rope_attention(self, q, k, v, positions, spec: RopeSpec, cache, layer: int, slots: Sequence[int],
                        starts: Sequence[int], counts: Sequence[int], scale: float, window: int | None):
         """rope_qk(q, k), then attention: one op so that a backend may fuse the two (the GPU does)."""

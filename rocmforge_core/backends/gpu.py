@@ -83,6 +83,9 @@ class GpuOps:
         self.tune_matvec = os.environ.get("ROCMFORGE_GPU_MVQ_TUNE", "1") != "0" and rt.times_kernels
         self.matvec_tuning: list[str] = []  # what tuning chose, one line per shape
         self._untuned: list[GpuLinear] = []
+        # A norm before a projection runs inside the mat-vec's blocks for one row of at most this many
+        # values (norm_matmul); ROCMFORGE_GPU_NORM_FUSE=0 keeps its own launch.
+        self.norm_fuse_max = int(os.environ.get("ROCMFORGE_GPU_NORM_FUSE", "1024"))
         self._logits_into: DeviceArray | None = None  # set by step_scope
         self._capturing = False
         dev = rt.device
@@ -247,6 +250,25 @@ class GpuOps:
             self.launch(f"get_rows_{part.kernel}", (len(ids),), block, part.block.ptr, part.row_bytes, ids.ptr,
                         out.ptr, table.n_in, 1.0)
         return out
+
+    def norm_matmul(self, x: DeviceArray, weight: DeviceArray, eps: float, lin: GpuLinear):
+        """matmul(rms_norm(x, weight, eps), lin). One short activation row whose projection is all int8
+        mat-vec parts (a small model's decode): the norm runs in each mat-vec block's prologue
+        (mvq_norm_<type>), no launch of its own (rows up to norm_fuse_max values)."""
+        if not (self.q8_activations and x.ndim == 2 and x.shape[0] == 1 and x.contiguous and x.dtype == _F32
+                and lin.n_in <= min(self.norm_fuse_max, mvq.NORM_MAX) and lin.n_in % mvq.Q8_BLOCK == 0
+                and all(p.split for p in lin.parts)):
+            return self.matmul(self.rms_norm(x, weight, eps), lin)
+        into = lin.logits and self._logits_into is not None
+        y = self._logits_into if into else self.empty((1, lin.n_out))
+        if y.shape != (1, lin.n_out):
+            raise GpuError(f"the step's logits buffer is {y.shape}, the projection gives {(1, lin.n_out)}")
+        for p in lin.parts:
+            bias = lin.bias.ptr + 4 * p.col_off if lin.bias is not None else 0
+            mvq.launch_norm(self, p, x, weight, eps, y.ptr + 4 * p.col_off, lin.n_out, bias)
+        if into:
+            return np.zeros(y.shape, dtype=np.float32)
+        return self.to_host(y) if lin.logits else y
 
     def matmul(self, x: DeviceArray, lin: GpuLinear, residual: DeviceArray | None = None):
         """x @ W.T (+ bias) (+ residual, added in the int8 mat-vec's epilogue where it runs)."""

@@ -111,6 +111,20 @@ def launch(ops, part, q8: tuple[Any, Any], rows: int, y_ptr: int, ldy: int, bias
                xd.ptr, y_ptr, ldy, bias_ptr, res_ptr, rows, lpr)
 
 
+NORM_MAX = 4096  # longest activation row mvq_norm_<type> takes (RF_MVQ_NORM_MAX in mmvq.hip)
+
+
+def launch_norm(ops, part, x, weight, eps: float, y_ptr: int, ldy: int, bias_ptr: int = 0) -> None:
+    """y[0, col_off + i] = part[i, :] . rms_norm(x, weight, eps) for one activation row x (n_in f32),
+    the norm computed and quantized in every block's prologue (mvq_norm_<type>, variant r1u2)."""
+    qk = SPLIT_TYPES[part.type_name][0]
+    lpr = lanes_per_row(ops, part.n_in // qk * ITEMS_PER_BLOCK[qk])
+    block = ops.threads(THREADS)
+    per_block = block // lpr
+    ops.launch(f"mvq_norm_{part.kernel}", ((part.n_out + per_block - 1) // per_block,), block, part.block.ptr,
+               part.n_out, part.n_in, x.ptr, weight.ptr, float(eps), y_ptr, ldy, bias_ptr, 0, lpr)
+
+
 def tune(ops, linears: Sequence[Any], repeats: int = 3) -> list[str]:
     """Time every kernel variant of each split weight shape (type, rows, row length) for each row
     bucket, and give every part of that shape the fastest. A variant's time is one pass over all the

@@ -214,20 +214,18 @@ class Decoder:
             x = self._layer(i, layer, x, positions, cache, slots, starts, counts, last_keep)
         if keep is not None and not early:
             x = x[keep]
-        x = ops.rms_norm(x, w.output_norm, a.norm_eps)
-        logits = ops.matmul(x, w.output)  # (rows, vocab)
+        logits = ops.norm_matmul(x, w.output_norm, a.norm_eps, w.output)  # (rows, vocab)
         if a.final_softcap:
             logits = ops.softcap(logits, a.final_softcap)
         return logits
 
     def _layer(self, i, lw: LayerWeights, x, positions, cache, slots, starts, counts, keep):
         a, ops = self.args, self.ops
-        h = self._attention(i, lw, ops.rms_norm(x, lw.attn_norm, a.norm_eps),
-                            positions, cache, slots, starts, counts)
+        h = self._attention(i, lw, x, positions, cache, slots, starts, counts)
         if keep is not None:
             h, x = h[keep], x[keep]
         x = self._residual(x, h, lw.wo, lw.post_attn_norm)
-        f = ops.matmul(ops.rms_norm(x, lw.ffn_norm, a.norm_eps), lw.gate_up)
+        f = ops.norm_matmul(x, lw.ffn_norm, a.norm_eps, lw.gate_up)
         f = ops.swiglu(f) if a.activation == "silu" else ops.geglu(f)
         return self._residual(x, f, lw.down, lw.post_ffn_norm)
 
@@ -240,10 +238,11 @@ class Decoder:
         return ops.add(x, ops.rms_norm(ops.matmul(h, lin), post_norm, self.args.norm_eps))
 
     def _attention(self, i, lw: LayerWeights, x, positions, cache, slots, starts, counts):
-        """Attention output before the output projection: (N, n_heads * head_dim)."""
+        """Attention output before the output projection, from the layer's input x (normed here):
+        (N, n_heads * head_dim)."""
         a, ops = self.args, self.ops
         n, hd = x.shape[0], a.head_dim
-        qkv = ops.matmul(x, lw.qkv)  # (N, (n_heads + 2 n_kv) hd)
+        qkv = ops.norm_matmul(x, lw.attn_norm, a.norm_eps, lw.qkv)  # (N, (n_heads + 2 n_kv) hd)
         q_end, k_end = a.n_heads * hd, (a.n_heads + a.n_kv_heads) * hd
         q = qkv[:, :q_end].reshape(n, a.n_heads, hd)
         k = qkv[:, q_end:k_end].reshape(n, a.n_kv_heads, hd)

@@ -127,6 +127,34 @@ def test_tuning_gives_each_shape_a_variant_per_bucket(ops_q8, request, monkeypat
     assert f"mvq_q4_K_4_r{r}u{u}" in launched
 
 
+@pytest.mark.parametrize("qtype", [QT.Q4_1, QT.Q4_K, QT.Q6_K], ids=lambda q: q.name)
+def test_norm_runs_inside_the_matvec(ops_q8, qtype, request, monkeypatch):
+    """norm_matmul on one short row: the RMSNorm computed and quantized in each mat-vec block
+    (mvq_norm_<type>, no rms_norm launch) gives the product of the normed row within the 8-bit
+    activations' bound, bias included; a row longer than norm_fuse_max takes the two launches."""
+    ops = ops_q8
+    rng = rng_for(request)
+    qk = mvq.SPLIT_TYPES[qtype.name][0]
+    n_out, n_in = 37, qk * (18 if qk == 32 else 3)
+    lin, w = split_weight(ops_q8, qtype, n_out, n_in, rng)
+    lin.bias = ops.upload(rng.standard_normal(n_out).astype(np.float32))
+    x = (rng.standard_normal((1, n_in)) * 3).astype(np.float32)
+    nw = rng.standard_normal(n_in).astype(np.float32)
+    normed = (x.astype(np.float64) / np.sqrt(np.mean(x.astype(np.float64) ** 2) + 1e-5)) * nw
+    ref = normed @ w.T + ops.to_host(lin.bias)
+    launched = []
+    launch = ops.launch
+    monkeypatch.setattr(ops, "launch", lambda kernel, *a: launched.append(kernel) or launch(kernel, *a))
+    for fuse_max, want in ((4096, "mvq_norm_"), (0, "rms_norm_q8")):
+        monkeypatch.setattr(ops, "norm_fuse_max", fuse_max)
+        launched.clear()
+        got = ops.to_host(ops.norm_matmul(ops.upload(x), ops.upload(nw), 1e-5, lin))
+        assert any(k.startswith(want) for k in launched), (fuse_max, launched)
+        assert (want == "rms_norm_q8") == ("rms_norm_q8" in launched)
+        bound = q8_error_bound(normed.astype(np.float32), w) * 1.01 + 1e-4 * np.abs(ref).max()
+        assert np.all(np.abs(got - ref) <= bound), (qtype.name, fuse_max)
+
+
 def test_quantize_matches_numpy(ops_q8, request):
     ops = ops_q8
     rng = rng_for(request)

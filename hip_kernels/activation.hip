@@ -2,12 +2,7 @@
 // SwiGLU: silu(gate) * up; GeGLU: gelu_tanh(gate) * up. Formulas match the numpy reference.
 #include "rf_prelude.h"
 
-RF_DEV float rf_silu_mul(float g, float u) { return g * (0.5f + 0.5f * tanhf(0.5f * g)) * u; }  // sigmoid via tanh: no overflow
-
-RF_DEV float rf_gelu_mul(float g, float u) {
-    const float c0 = 0.7978845608028654f;  // sqrt(2 / pi)
-    return 0.5f * g * (1.0f + tanhf(c0 * (g + 0.044715f * g * g * g))) * u;
-}
+// rf_silu_mul and rf_gelu_mul are in the prelude (the int8 mat-vec's fused form uses them too).
 
 extern "C" __global__ void swiglu_f32(const float* __restrict__ gu, float* __restrict__ y, int rows, int f) {
     const long long n = (long long)rows * f;

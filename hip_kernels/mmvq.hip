@@ -126,6 +126,40 @@ RF_DEV void rf_mvq_norm(const uint8_t* __restrict__ w, int n_out, int n_in, cons
         rf_mvq_norm<D>(w, n_out, n_in, x, nw, eps, y, ldy, bias, res, lpr);                            \
     }
 
+// The gated activation (as swiglu_q8 / geglu_q8: y = act(gate) * up over gate|up (2 n_in values),
+// quantized in blocks of 32) in each block's shared memory, then the mat-vec over it with its residual:
+// the down projection of a small model's decode without the activation's launch. Variant r1u2.
+template <class T, bool GELU>
+RF_DEV void rf_mvq_glu(const uint8_t* __restrict__ w, int n_out, int n_in, const float* __restrict__ gu,
+                       float* __restrict__ y, int ldy, const float* __restrict__ bias, const float* __restrict__ res,
+                       int lpr) {
+    __shared__ int8_t s_xq[RF_MVQ_NORM_MAX];
+    __shared__ float s_xd[2 * RF_MVQ_NORM_MAX / RF_Q8];
+#if defined(RF_Q8_COOPERATIVE)
+    for (int i = threadIdx.x; i < n_in; i += blockDim.x)
+        rf_quantize_lane(GELU ? rf_gelu_mul(gu[i], gu[n_in + i]) : rf_silu_mul(gu[i], gu[n_in + i]), i, s_xq, s_xd);
+#else
+    for (int b = threadIdx.x; b < n_in / RF_Q8; b += blockDim.x) {
+        float v[RF_Q8];
+        for (int k = 0; k < RF_Q8; ++k) {
+            const int c = b * RF_Q8 + k;
+            v[k] = GELU ? rf_gelu_mul(gu[c], gu[n_in + c]) : rf_silu_mul(gu[c], gu[n_in + c]);
+        }
+        rf_quantize_serial(v, s_xq + b * RF_Q8, s_xd + 2 * b);
+    }
+#endif
+    __syncthreads();
+    rf_mvq<T, 1, 1, 2>(w, n_out, n_in, s_xq, s_xd, y, ldy, bias, res, 1, lpr);
+}
+
+#define RF_MVQ_GLU_KERNEL(T, D, ACT, GELU)                                                               \
+    extern "C" __global__ void mvq_##ACT##_##T(const uint8_t* __restrict__ w, int n_out, int n_in,      \
+                                               const float* __restrict__ gu, float* __restrict__ y,    \
+                                               int ldy, const float* __restrict__ bias,                 \
+                                               const float* __restrict__ res, int lpr) {               \
+        rf_mvq_glu<D, GELU>(w, n_out, n_in, gu, y, ldy, bias, res, lpr);                               \
+    }
+
 // GGUF blocks -> [bulk of every block | meta of every block]: bulk = bytes [at, at + bulk_len) of a
 // block, meta = the others in order. One thread per block; block b's parts go to bulk + b * bulk_len
 // and meta + b * (block_bytes - bulk_len), so several tensors can fill one split array in turn.
@@ -177,6 +211,8 @@ RF_DEV void rf_get_rows_split(const uint8_t* __restrict__ w, int n_vocab, int n_
 // One line per instance (no macro calling another): gpu/kernels.py reads the kernel table from here.
 RF_SPLIT_GATHER(q4_0, MQ4_0)
 RF_MVQ_NORM_KERNEL(q4_0, MQ4_0)
+RF_MVQ_GLU_KERNEL(q4_0, MQ4_0, swiglu, false)
+RF_MVQ_GLU_KERNEL(q4_0, MQ4_0, geglu, true)
 RF_MVQ_KERNEL(q4_0, MQ4_0, 1, 1, 2)
 RF_MVQ_KERNEL(q4_0, MQ4_0, 1, 2, 2)
 RF_MVQ_KERNEL(q4_0, MQ4_0, 1, 2, 1)
@@ -188,6 +224,8 @@ RF_MVQ_KERNEL(q4_0, MQ4_0, 8, 2, 1)
 RF_MVQ_KERNEL(q4_0, MQ4_0, 8, 4, 1)
 RF_SPLIT_GATHER(q4_1, MQ4_1)
 RF_MVQ_NORM_KERNEL(q4_1, MQ4_1)
+RF_MVQ_GLU_KERNEL(q4_1, MQ4_1, swiglu, false)
+RF_MVQ_GLU_KERNEL(q4_1, MQ4_1, geglu, true)
 RF_MVQ_KERNEL(q4_1, MQ4_1, 1, 1, 2)
 RF_MVQ_KERNEL(q4_1, MQ4_1, 1, 2, 2)
 RF_MVQ_KERNEL(q4_1, MQ4_1, 1, 2, 1)
@@ -199,6 +237,8 @@ RF_MVQ_KERNEL(q4_1, MQ4_1, 8, 2, 1)
 RF_MVQ_KERNEL(q4_1, MQ4_1, 8, 4, 1)
 RF_SPLIT_GATHER(q5_0, MQ5_0)
 RF_MVQ_NORM_KERNEL(q5_0, MQ5_0)
+RF_MVQ_GLU_KERNEL(q5_0, MQ5_0, swiglu, false)
+RF_MVQ_GLU_KERNEL(q5_0, MQ5_0, geglu, true)
 RF_MVQ_KERNEL(q5_0, MQ5_0, 1, 1, 2)
 RF_MVQ_KERNEL(q5_0, MQ5_0, 1, 2, 2)
 RF_MVQ_KERNEL(q5_0, MQ5_0, 1, 2, 1)
@@ -210,6 +250,8 @@ RF_MVQ_KERNEL(q5_0, MQ5_0, 8, 2, 1)
 RF_MVQ_KERNEL(q5_0, MQ5_0, 8, 4, 1)
 RF_SPLIT_GATHER(q5_1, MQ5_1)
 RF_MVQ_NORM_KERNEL(q5_1, MQ5_1)
+RF_MVQ_GLU_KERNEL(q5_1, MQ5_1, swiglu, false)
+RF_MVQ_GLU_KERNEL(q5_1, MQ5_1, geglu, true)
 RF_MVQ_KERNEL(q5_1, MQ5_1, 1, 1, 2)
 RF_MVQ_KERNEL(q5_1, MQ5_1, 1, 2, 2)
 RF_MVQ_KERNEL(q5_1, MQ5_1, 1, 2, 1)
@@ -221,6 +263,8 @@ RF_MVQ_KERNEL(q5_1, MQ5_1, 8, 2, 1)
 RF_MVQ_KERNEL(q5_1, MQ5_1, 8, 4, 1)
 RF_SPLIT_GATHER(q8_0, MQ8_0)
 RF_MVQ_NORM_KERNEL(q8_0, MQ8_0)
+RF_MVQ_GLU_KERNEL(q8_0, MQ8_0, swiglu, false)
+RF_MVQ_GLU_KERNEL(q8_0, MQ8_0, geglu, true)
 RF_MVQ_KERNEL(q8_0, MQ8_0, 1, 1, 2)
 RF_MVQ_KERNEL(q8_0, MQ8_0, 1, 2, 2)
 RF_MVQ_KERNEL(q8_0, MQ8_0, 1, 2, 1)
@@ -232,6 +276,8 @@ RF_MVQ_KERNEL(q8_0, MQ8_0, 8, 2, 1)
 RF_MVQ_KERNEL(q8_0, MQ8_0, 8, 4, 1)
 RF_SPLIT_GATHER(q4_K, MQ4_K)
 RF_MVQ_NORM_KERNEL(q4_K, MQ4_K)
+RF_MVQ_GLU_KERNEL(q4_K, MQ4_K, swiglu, false)
+RF_MVQ_GLU_KERNEL(q4_K, MQ4_K, geglu, true)
 RF_MVQ_KERNEL(q4_K, MQ4_K, 1, 1, 2)
 RF_MVQ_KERNEL(q4_K, MQ4_K, 1, 2, 2)
 RF_MVQ_KERNEL(q4_K, MQ4_K, 1, 2, 1)
@@ -243,6 +289,8 @@ RF_MVQ_KERNEL(q4_K, MQ4_K, 8, 2, 1)
 RF_MVQ_KERNEL(q4_K, MQ4_K, 8, 4, 1)
 RF_SPLIT_GATHER(q5_K, MQ5_K)
 RF_MVQ_NORM_KERNEL(q5_K, MQ5_K)
+RF_MVQ_GLU_KERNEL(q5_K, MQ5_K, swiglu, false)
+RF_MVQ_GLU_KERNEL(q5_K, MQ5_K, geglu, true)
 RF_MVQ_KERNEL(q5_K, MQ5_K, 1, 1, 2)
 RF_MVQ_KERNEL(q5_K, MQ5_K, 1, 2, 2)
 RF_MVQ_KERNEL(q5_K, MQ5_K, 1, 2, 1)
@@ -254,6 +302,8 @@ RF_MVQ_KERNEL(q5_K, MQ5_K, 8, 2, 1)
 RF_MVQ_KERNEL(q5_K, MQ5_K, 8, 4, 1)
 RF_SPLIT_GATHER(q6_K, MQ6_K)
 RF_MVQ_NORM_KERNEL(q6_K, MQ6_K)
+RF_MVQ_GLU_KERNEL(q6_K, MQ6_K, swiglu, false)
+RF_MVQ_GLU_KERNEL(q6_K, MQ6_K, geglu, true)
 RF_MVQ_KERNEL(q6_K, MQ6_K, 1, 1, 2)
 RF_MVQ_KERNEL(q6_K, MQ6_K, 1, 2, 2)
 RF_MVQ_KERNEL(q6_K, MQ6_K, 1, 2, 1)

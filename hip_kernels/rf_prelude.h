@@ -407,6 +407,14 @@ RF_DEV void rf_quantize_lane(float v, long long i, int8_t* q, float* ds) {
 }
 #endif
 
+// ---------------------------------------------------------------- gated activations (value of one output)
+RF_DEV float rf_silu_mul(float g, float u) { return g * (0.5f + 0.5f * tanhf(0.5f * g)) * u; }  // sigmoid via tanh: no overflow
+
+RF_DEV float rf_gelu_mul(float g, float u) {
+    const float c0 = 0.7978845608028654f;  // sqrt(2 / pi)
+    return 0.5f * g * (1.0f + tanhf(c0 * (g + 0.044715f * g * g * g))) * u;
+}
+
 // ---------------------------------------------------------------- KV cache element types
 // The cache stores keys and values as float32 or as f16 (half the bytes a long context streams per
 // token); kernels that read or write it take one of these as a template parameter.

@@ -187,6 +187,12 @@ class CpuBackend:
     def _cos_sin(self, spec: RopeSpec, size: int) -> tuple[np.ndarray, np.ndarray]:
         return cos_sin(spec, size)  # float64 angles, rounded once
 
+    def glu_matmul(self, gate_up, activation: str, lin, residual=None):
+        """matmul(swiglu(gate_up) ("silu") or geglu(gate_up), lin, residual): one op so that a backend
+        may fuse the two (the GPU does for short rows)."""
+        h = self.swiglu(gate_up) if activation == "silu" else self.geglu(gate_up)
+        return self.matmul(h, lin, residual=residual)
+
     def norm_matmul(self, x, weight, eps: float, lin):
         """matmul(rms_norm(x, weight, eps), lin): one op so that a backend may fuse the two (the GPU
         does for short rows)."""

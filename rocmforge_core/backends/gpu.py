@@ -270,6 +270,24 @@ class GpuOps:
             return np.zeros(y.shape, dtype=np.float32)
         return self.to_host(y) if lin.logits else y
 
+    def glu_matmul(self, gate_up: DeviceArray, activation: str, lin: GpuLinear,
+                   residual: DeviceArray | None = None):
+        """matmul(swiglu(gate_up) or geglu(...), lin, residual). One short row whose projection is all
+        int8 mat-vec parts: the activation runs in each mat-vec block's prologue (mvq_<act>_<type>), no
+        launch of its own (rows up to norm_fuse_max * 2 values)."""
+        act = "swiglu" if activation == "silu" else "geglu"
+        n = lin.n_in
+        if not (self.q8_activations and gate_up.ndim == 2 and gate_up.shape == (1, 2 * n) and gate_up.contiguous
+                and n <= min(2 * self.norm_fuse_max, mvq.NORM_MAX) and n % mvq.Q8_BLOCK == 0
+                and all(p.split for p in lin.parts) and (residual is None or residual.contiguous)):
+            return self.matmul(getattr(self, act)(gate_up), lin, residual=residual)
+        y = self.empty((1, lin.n_out))
+        for p in lin.parts:
+            bias = lin.bias.ptr + 4 * p.col_off if lin.bias is not None else 0
+            res = residual.ptr + 4 * p.col_off if residual is not None else 0
+            mvq.launch_glu(self, p, gate_up, act, y.ptr + 4 * p.col_off, lin.n_out, bias, res)
+        return y
+
     def matmul(self, x: DeviceArray, lin: GpuLinear, residual: DeviceArray | None = None):
         """x @ W.T (+ bias) (+ residual, added in the int8 mat-vec's epilogue where it runs)."""
         rows = x.size // lin.n_in

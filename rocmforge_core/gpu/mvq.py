@@ -125,6 +125,17 @@ def launch_norm(ops, part, x, weight, eps: float, y_ptr: int, ldy: int, bias_ptr
                part.n_out, part.n_in, x.ptr, weight.ptr, float(eps), y_ptr, ldy, bias_ptr, 0, lpr)
 
 
+def launch_glu(ops, part, gate_up, act: str, y_ptr: int, ldy: int, bias_ptr: int = 0, res_ptr: int = 0) -> None:
+    """y[0, col_off + i] = part[i, :] . act(gate) * up (+ bias) (+ res) for one row gate|up (2 n_in f32),
+    the activation computed and quantized in every block's prologue (mvq_<swiglu|geglu>_<type>, r1u2)."""
+    qk = SPLIT_TYPES[part.type_name][0]
+    lpr = lanes_per_row(ops, part.n_in // qk * ITEMS_PER_BLOCK[qk])
+    block = ops.threads(THREADS)
+    per_block = block // lpr
+    ops.launch(f"mvq_{act}_{part.kernel}", ((part.n_out + per_block - 1) // per_block,), block, part.block.ptr,
+               part.n_out, part.n_in, gate_up.ptr, y_ptr, ldy, bias_ptr, res_ptr, lpr)
+
+
 def tune(ops, linears: Sequence[Any], repeats: int = 3) -> list[str]:
     """Time every kernel variant of each split weight shape (type, rows, row length) for each row
     bucket, and give every part of that shape the fastest. A variant's time is one pass over all the

@@ -226,16 +226,21 @@ class Decoder:
             h, x = h[keep], x[keep]
         x = self._residual(x, h, lw.wo, lw.post_attn_norm)
         f = ops.norm_matmul(x, lw.ffn_norm, a.norm_eps, lw.gate_up)
-        f = ops.swiglu(f) if a.activation == "silu" else ops.geglu(f)
-        return self._residual(x, f, lw.down, lw.post_ffn_norm)
+        return self._residual(x, f, lw.down, lw.post_ffn_norm, glu=a.activation)
 
-    def _residual(self, x, h, lin, post_norm):
+    def _residual(self, x, h, lin, post_norm, glu: str | None = None):
         """x + h @ lin (with gemma3's norm on the product first): the add in the projection's epilogue
-        when nothing comes between."""
+        when nothing comes between. With `glu` (the activation's name), h is gate|up and the product
+        is of its gated activation."""
         ops = self.ops
+
+        def product(residual=None):
+            if glu is None:
+                return ops.matmul(h, lin, residual=residual)
+            return ops.glu_matmul(h, glu, lin, residual=residual)
         if not self.args.post_norms:
-            return ops.matmul(h, lin, residual=x)
-        return ops.add(x, ops.rms_norm(ops.matmul(h, lin), post_norm, self.args.norm_eps))
+            return product(residual=x)
+        return ops.add(x, ops.rms_norm(product(), post_norm, self.args.norm_eps))
 
     def _attention(self, i, lw: LayerWeights, x, positions, cache, slots, starts, counts):
         """Attention output before the output projection, from the layer's input x (normed here):

@@ -155,6 +155,32 @@ def test_norm_runs_inside_the_matvec(ops_q8, qtype, request, monkeypatch):
         assert np.all(np.abs(got - ref) <= bound), (qtype.name, fuse_max)
 
 
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+def test_gated_activation_runs_inside_the_matvec(ops_q8, activation, request, monkeypatch):
+    """glu_matmul on one short gate|up row: the activation computed and quantized in each mat-vec block
+    (mvq_<swiglu|geglu>_<type>, no activation launch), with the residual in the epilogue, gives the
+    same bits as the two launches (the same functions, the same quantization, variants summing alike);
+    a row longer than the limit takes the two launches."""
+    ops = ops_q8
+    rng = rng_for(request)
+    n_out, f = 37, 96
+    lin, w = split_weight(ops_q8, QT.Q4_1, n_out, f, rng)
+    gu = ops.upload((rng.standard_normal((1, 2 * f)) * 2).astype(np.float32))
+    res = ops.upload(rng.standard_normal((1, n_out)).astype(np.float32))
+    launched = []
+    launch = ops.launch
+    monkeypatch.setattr(ops, "launch", lambda kernel, *a: launched.append(kernel) or launch(kernel, *a))
+    act = "swiglu" if activation == "silu" else "geglu"
+    fused = ops.to_host(ops.glu_matmul(gu, activation, lin, residual=res))
+    assert f"mvq_{act}_q4_1" in launched and f"{act}_q8" not in launched
+    plain = ops.to_host(ops.matmul(getattr(ops, act)(gu), lin, residual=res))
+    assert np.array_equal(fused, plain)
+    monkeypatch.setattr(ops, "norm_fuse_max", 0)
+    launched.clear()
+    again = ops.to_host(ops.glu_matmul(gu, activation, lin, residual=res))
+    assert f"{act}_q8" in launched and np.array_equal(again, plain)
+
+
 def test_quantize_matches_numpy(ops_q8, request):
     ops = ops_q8
     rng = rng_for(request)

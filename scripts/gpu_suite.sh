@@ -171,8 +171,8 @@ for stage in $stages; do
                 run_pytest shaped_hip hip tests/gpu/test_model_gpu.py -m slow -k shaped -s ;;
         launch) launch_stage ;;
         real) if assemble_model; then
-                  run_pytest real_cuda cuda tests/gpu/test_model_gpu.py -m slow -k "smollm2 and not shaped" -s
-                  run_pytest real_hip hip tests/gpu/test_model_gpu.py -m slow -k "smollm2 and not shaped" -s
+                  run_pytest real_cuda cuda tests/gpu/test_model_gpu.py -m slow -k "(smollm2 or real_model) and not shaped" -s
+                  run_pytest real_hip hip tests/gpu/test_model_gpu.py -m slow -k "(smollm2 or real_model) and not shaped" -s
               else
                   note "real: skipped (SmolLM2 not complete yet)"
               fi ;;

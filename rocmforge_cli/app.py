@@ -284,6 +284,14 @@ def bench(
     n_gpu_layers: Optional[int] = NglOpt,
     threads: Optional[int] = ThreadsOpt,
     numerics: Numerics = NumericsOpt,
+    temperature: float = typer.Option(0.0, "--temperature", "--temp",
+                                      help="tg sampling: 0 (the default, as llama-bench) is greedy."),
+    top_k: int = Sampling.top_k,
+    top_p: float = Sampling.top_p,
+    min_p: float = Sampling.min_p,
+    repeat_penalty: float = Sampling.repeat_penalty,
+    repeat_last_n: int = Sampling.repeat_last_n,
+    seed: Optional[int] = Sampling.seed,
     json_out: bool = typer.Option(False, "--json", help="One JSON object."),
 ) -> None:
     """Measure prompt processing (pp) and generation (tg) speed in tokens/s, like llama-bench."""
@@ -293,7 +301,8 @@ def bench(
     backend_name = run_flags(threads, n_gpu_layers, backend.value)  # first: BLAS reads -t as it loads
     bench_cmd.run(model=pick_model(model, model_opt), n_prompt=n_prompt, n_gen=n_gen,
                   repetitions=repetitions, backend=backend_name, json_out=json_out, numerics=_value(numerics),
-                  depth=depth, cache_type=cache_type)
+                  depth=depth, cache_type=cache_type,
+                  sampling=_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed))
 
 
 @app.command()

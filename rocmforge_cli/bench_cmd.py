@@ -8,12 +8,14 @@ Both go through the same engine as chat and generate; the median of the repetiti
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import platform
 import statistics
 import sys
 
 from rocmforge_core.errors import BadInputError
+from rocmforge_core.sampler import SamplingParams
 
 
 def cpu_name() -> str:
@@ -54,11 +56,14 @@ async def _run(engine, request) -> object:
     return final
 
 
-async def measure(engine, n_prompt: int, n_gen: int, repetitions: int, depth: int = 0) -> dict:
+async def measure(engine, n_prompt: int, n_gen: int, repetitions: int, depth: int = 0,
+                  sampling: SamplingParams | None = None) -> dict:
+    """pp and tg medians over `repetitions` (after one warm-up round); tg draws with `sampling` (greedy
+    if None), the prompt test's one token greedily."""
     from rocmforge_core.engine import Request
-    from rocmforge_core.sampler import SamplingParams
 
     greedy = SamplingParams(temperature=0.0)
+    sampling = sampling or greedy
     start = engine.tokenizer.bos_id if engine.tokenizer.bos_id is not None else 0
     pp, tg = [], []
     async with engine:
@@ -70,7 +75,7 @@ async def measure(engine, n_prompt: int, n_gen: int, repetitions: int, depth: in
                     pp.append(final.timings.prompt_tokens_per_s)
             if n_gen:
                 context = [start] + random_prompt(engine.tokenizer, depth, seed=1000 + rep) if depth else [start]
-                final = await _run(engine, Request(tokens=context, max_tokens=n_gen + 1, sampling=greedy,
+                final = await _run(engine, Request(tokens=context, max_tokens=n_gen + 1, sampling=sampling,
                                                    ignore_eos=True))
                 if rep:
                     tg.append(final.timings.gen_tokens_per_s)
@@ -78,7 +83,7 @@ async def measure(engine, n_prompt: int, n_gen: int, repetitions: int, depth: in
 
 
 def run(*, model, n_prompt, n_gen, repetitions, backend, json_out, numerics=None, depth=0,
-        cache_type=None) -> None:
+        cache_type=None, sampling: dict | None = None) -> None:
     if n_prompt < 0 or n_gen < 0 or (n_prompt == 0 and n_gen == 0):
         raise BadInputError("-p and -n must be >= 0 and not both 0")
     if depth < 0:
@@ -88,19 +93,22 @@ def run(*, model, n_prompt, n_gen, repetitions, backend, json_out, numerics=None
     from rocmforge_cli.common import resolve_model_path
     from rocmforge_core.engine import create_engine
 
+    params = SamplingParams(**(sampling or {"temperature": 0.0})).validate()  # bad flags fail before the load
     path = resolve_model_path(model)
     engine = create_engine(path, backend=backend, n_ctx=max(n_prompt + 8, depth + n_gen + 8, 64), n_slots=1,
                            numerics=numerics, cache_type=cache_type)
     device = cpu_name() if engine.backend == "cpu" else engine.model.ops.device.name
     numerics = engine.model.ops.numerics if engine.backend == "cpu" else numerics
-    result = asyncio.run(measure(engine, n_prompt, n_gen, repetitions, depth))
+    result = asyncio.run(measure(engine, n_prompt, n_gen, repetitions, depth, params))
     cache_kind, args = getattr(engine.model.ops, "kv_cache_type", "f32"), engine.model.args
     report = {
         "model": str(path), "backend": engine.backend, "device": device, "numerics": numerics,
         "cache_type": cache_kind, "load_ms": round(engine.load_ms),
         "kv_bytes_per_token": 2 * args.n_layers * args.n_kv_heads * args.head_dim * (2 if cache_kind == "f16" else 4),
         "pp": {"n_tokens": n_prompt, "tokens_per_s": round(result["pp"] or 0.0, 2)},
-        "tg": {"n_tokens": n_gen, "tokens_per_s": round(result["tg"] or 0.0, 2), "depth": depth},
+        "tg": {"n_tokens": n_gen, "tokens_per_s": round(result["tg"] or 0.0, 2), "depth": depth,
+               "sampling": "greedy" if params.greedy else {k: v for k, v in dataclasses.asdict(params).items()
+                                                            if k != "seed"}},
     }
     if json_out:
         print(json.dumps(report))

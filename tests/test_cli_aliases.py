@@ -207,6 +207,20 @@ def test_bench_depth_fills_the_context_before_tg(files):
     assert_one_line_error(run_main("bench", files["model"], "-d", "-1"), "-d must be >= 0")
 
 
+def test_bench_can_sample_its_tg(files):
+    """tg is greedy by default (as llama-bench); --temp and the other sampling flags time the sampled
+    path instead, and the report says which; a bad flag is one line before any load."""
+    result = run_main("bench", files["model"], "-p", "0", "-n", "3", "-r", "1", "--json")
+    assert json.loads(result.stdout)["tg"]["sampling"] == "greedy"
+    result = run_main("bench", files["model"], "-p", "0", "-n", "3", "-r", "1", "--temp", "0.7", "--top-k", "5",
+                      "--repeat-penalty", "1.2", "--seed", "3", "--json")
+    assert result.code == 0, result.stderr
+    tg = json.loads(result.stdout)["tg"]
+    assert tg["tokens_per_s"] > 0 and tg["sampling"]["temperature"] == 0.7 and tg["sampling"]["top_k"] == 5
+    assert tg["sampling"]["repeat_penalty"] == 1.2
+    assert_one_line_error(run_main("bench", files["model"], "--top-p", "0"), "--top-p must be in (0, 1]")
+
+
 def test_cache_type_f16_is_for_the_gpu(files):
     assert_one_line_error(run_main("generate", files["model"], "-p", "hi", "--cache-type", "f16", "--backend", "cpu"),
                           "float32")

@@ -181,6 +181,20 @@ def test_gated_activation_runs_inside_the_matvec(ops_q8, activation, request, mo
     assert f"{act}_q8" in launched and np.array_equal(again, plain)
 
 
+def test_tuning_that_cannot_capture_keeps_the_defaults(ops_q8, request, monkeypatch):
+    """A runtime whose graph capture fails does not fail the model's load: every part keeps the
+    default variants and the tuning says why."""
+    ops = ops_q8
+    lin = split_weight(ops_q8, QT.Q4_0, 37, 64, rng_for(request))[0]
+
+    def refuse(stream):
+        raise RuntimeError("no capture here")
+    monkeypatch.setattr(ops.rt, "capture_begin", refuse)
+    lines = mvq.tune(ops, [lin], repeats=1)
+    assert "tuning failed" in lines[0] and "no capture here" in lines[0]
+    assert lin.parts[0].mvq == {}
+
+
 def test_quantize_matches_numpy(ops_q8, request):
     ops = ops_q8
     rng = rng_for(request)

@@ -30,6 +30,7 @@ from rocmforge_core.gpu.cache import GpuKVCache
 from rocmforge_core.gpu.kernels import KernelLoader
 from rocmforge_core.gpu.memory import BufferPool, DeviceArray
 from rocmforge_core.gpu.runtime import GpuError, GpuRuntime, PackedArgs
+from rocmforge_core.gpu.staging import Stager
 from rocmforge_core.gpu.weights import GpuLinear, load_linear
 from rocmforge_core.rope import RopeSpec, cos_sin, table_size
 
@@ -83,6 +84,7 @@ class GpuOps:
         self.tune_matvec = os.environ.get("ROCMFORGE_GPU_MVQ_TUNE", "1") != "0" and rt.times_kernels
         self.matvec_tuning: list[str] = []  # what tuning chose, one line per shape
         self._untuned: list[GpuLinear] = []
+        self._stager: Stager | None = None  # weight uploads through pinned buffers while a model loads
         # A norm before a projection runs inside the mat-vec's blocks for one row of at most this many
         # values (norm_matmul); ROCMFORGE_GPU_NORM_FUSE=0 keeps its own launch.
         self.norm_fuse_max = int(os.environ.get("ROCMFORGE_GPU_NORM_FUSE", "1024"))
@@ -176,6 +178,9 @@ class GpuOps:
             self.pool, self._logits_into, self._capturing = saved, None, False
 
     def close(self) -> None:
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
         self._uploads.clear()
         self._untuned.clear()
         self._row_key = self._row_arrays = None
@@ -189,8 +194,21 @@ class GpuOps:
             self._untuned.append(lin)
         return lin
 
+    def stage(self, dst: int, raw: np.ndarray) -> None:
+        """Copy a weight's bytes to device address dst through the pinned double buffer
+        (gpu/staging.py): asynchronous, the host already reading the next chunk of the file."""
+        if self._capturing:
+            raise GpuError("host upload inside a decode graph capture")
+        if self._stager is None:
+            self._stager = Stager(self.rt, self.stream)
+        self._stager.copy(dst, raw)
+
     def weights_loaded(self) -> None:
-        """A model's weights are all up: time the mat-vec variants on them (see tune_matvec)."""
+        """A model's weights are all up: the staging buffers go back, then the mat-vec variants are
+        timed on the weights (see tune_matvec)."""
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
         untuned, self._untuned = self._untuned, []
         if self.tune_matvec and untuned:
             self.matvec_tuning += mvq.tune(self, untuned)

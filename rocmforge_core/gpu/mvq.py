@@ -39,7 +39,8 @@ def splits(type_name: str, n_in: int) -> bool:
 def split_on_device(ops, raws: Sequence[np.ndarray], type_name: str) -> Any:
     """Upload the raw GGUF blocks of one or more tensors of one type (stacked rows, e.g. Q|K|V) and split
     them into one [bulk | meta] array on the device; returns the new array. Each raw copy lives in a
-    staging allocation of its own, freed at once, so loading leaves nothing but the split weights."""
+    staging allocation of its own, freed at once, so loading leaves nothing but the split weights; the
+    bytes go through ops.stage (pinned, overlapped with reading the file)."""
     qk, block_bytes, at, bulk = SPLIT_TYPES[type_name]
     total = sum(r.nbytes for r in raws)
     out = ops.empty((total,), np.uint8)
@@ -48,7 +49,7 @@ def split_on_device(ops, raws: Sequence[np.ndarray], type_name: str) -> Any:
     for raw in raws:
         staged = rt.alloc(raw.nbytes)
         try:
-            rt.copy_htod(staged, raw, raw.nbytes, ops.stream)
+            ops.stage(staged, raw)
             n_blocks = raw.nbytes // block_bytes
             t = ops.threads(256)
             ops.launch("repack_blocks", ((n_blocks + t - 1) // t,), t, staged, out.ptr + done * bulk,

@@ -79,7 +79,9 @@ def load_linear(ops, gguf_file, names: Sequence[str], bias_names: Sequence[str] 
             off += n_out
             continue
         flush()
-        parts.append(WeightPart(ops.upload(raw), kernel, n_out, k, raw.nbytes // n_out, off, info.qtype.name))
+        block = ops.empty(raw.shape, np.uint8)
+        ops.stage(block.ptr, raw)  # pinned and overlapped with reading the file (gpu/staging.py)
+        parts.append(WeightPart(block, kernel, n_out, k, raw.nbytes // n_out, off, info.qtype.name))
         off += n_out
     flush()
     bias = None

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 numba.config.SLP_VECTORIZE = 1  # read when each function is compiled (see the module docstring)
 # OpenMP first: a parallel region costs ~3 us there against ~190 us in numba's own workqueue pool
@@ -715,26 +717,70 @@ def rms_norm_rows(x, w, eps, out):
             out[r, j] = x[r, j] * scale * w[j]
 
 
+@intrinsic
+def _float_from_bits(typingctx, bits):
+    """The float32 whose IEEE bits are the int32 `bits` (one LLVM bitcast)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@njit(inline="always", **_OPTS)
+def _exp(x):
+    """exp(x) for float32 in plain arithmetic, so that LLVM vectorizes the loops that call it (numba
+    calls libm's scalar expf/tanhf: ~20 ns each, a quarter of Gemma-3's prompt time went to tanh).
+    x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, so r is exact), e^r by its degree-7
+    minimax polynomial (the Cephes expf coefficients), 2^n through the exponent bits. Relative error
+    <= 1.2e-7 on [-87, 88] (measured against float64 exp); inputs outside are clamped to it, which
+    leaves exp(x) for x < -87 at 1.6e-38 instead of 0 and for x > 88 at 1.7e38 instead of inf:
+    both give the same silu, sigmoid and tanh as the exact values at float32 precision."""
+    x = min(max(x, np.float32(-87.0)), np.float32(88.0))
+    n = np.float32(np.rint(x * np.float32(1.4426950408889634)))
+    r = x - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * _float_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+
+
+# The gated activations take two passes per row, the exponentials into a row buffer and then the
+# products: LLVM vectorizes both (2.1 ms for 512 x 2048 against 7.0 ms with libm's expf); the same
+# work as one loop measured 5.6 ms (not vectorized).
+
 @njit(**_OPTS)
 def swiglu_rows(gate_up, out):
     """out = silu(gate) * up for gate|up side by side in each row."""
     rows, half = out.shape
+    e = np.empty(half, np.float32)
     for r in range(rows):
+        gu = gate_up[r]
         for j in range(half):
-            g = gate_up[r, j]
-            out[r, j] = g / (np.float32(1.0) + np.exp(-g)) * gate_up[r, half + j]
+            e[j] = _exp(-gu[j])
+        o = out[r]
+        for j in range(half):
+            o[j] = gu[j] / (np.float32(1.0) + e[j]) * gu[half + j]
 
 
 @njit(**_OPTS)
 def geglu_rows(gate_up, out):
-    """out = gelu_tanh(gate) * up (0.5 g (1 + tanh(c (g + 0.044715 g^3)))), gate|up side by side."""
+    """out = gelu_tanh(gate) * up, gate|up side by side: 0.5 g (1 + tanh u), u = c (g + 0.044715 g^3),
+    computed as g - g / (exp(2u) + 1), the same value."""
     rows, half = out.shape
-    c = np.float32(0.7978845608028654)
+    c2 = np.float32(2.0 * 0.7978845608028654)
+    e = np.empty(half, np.float32)
     for r in range(rows):
+        gu = gate_up[r]
         for j in range(half):
-            g = gate_up[r, j]
-            t = np.tanh(c * (g + np.float32(0.044715) * g * g * g))
-            out[r, j] = np.float32(0.5) * g * (np.float32(1.0) + t) * gate_up[r, half + j]
+            g = gu[j]
+            e[j] = _exp(c2 * (g + np.float32(0.044715) * g * g * g))
+        o = out[r]
+        for j in range(half):
+            g = gu[j]
+            o[j] = (g - g / (e[j] + np.float32(1.0))) * gu[half + j]
 
 
 @njit(inline="always", **_OPTS)

@@ -28,14 +28,25 @@ from rocmforge_core.stops import StopMatcher
 from rocmforge_core.validate import check_int
 
 PREFILL_CHUNK = 512  # tokens per prefill batch, like llama.cpp's default micro-batch
-# stop() and a cancel wait for the prefill chunk in flight. On the CPU a 512-token chunk deep into a
-# long prompt takes seconds; 64 tokens bound that wait at about the same total speed (measured on
-# SmolLM2: 4,000 tokens in 21-24 s either way) for the float32 reference. The packed backend takes
-# 64 too (tests/test_engine.py holds the CPU to 64), although each chunk dequantizes every weight once
-# more: ~0.75x llama.cpp's pp512 against ~1.5x with 512-token chunks (BENCHMARKS.md). llama.cpp numerics keep 512.
+# stop() and a cancel wait for the unit of prefill work in flight. On the CPU a 512-token chunk run
+# through every layer deep into a long prompt takes seconds, so a CPU prompt runs layer-major: a chunk
+# of up to 512 tokens goes through a few layers per unit (Decoder.prefill_layers), and a unit never
+# holds more token-layers than CPU_PREFILL_CHUNK tokens through the whole model (tests/test_engine.py
+# holds the CPU to that). Each weight then serves the whole chunk at once: the packed backend
+# dequantizes it once per 512 tokens, where 64-token chunks through all layers dequantized it eight
+# times (~0.75x llama.cpp's pp512; BENCHMARKS.md, packed CPU). See prefill_shape.
 CPU_PREFILL_CHUNK = 64
 DEVICE_SAMPLE_MAX_K = 256  # the largest top_k a backend's device sampler takes (gpu.SAMPLE_MAX_K)
 DEVICE_PENALTY_WINDOW = 1024  # longest penalty window (repeat_last_n, or the history for -1) it takes
+
+
+def prefill_shape(backend: str, numerics: str, n_layers: int) -> tuple[int, int | None]:
+    """(tokens per prefill chunk, token-layers per unit of work: None = a whole chunk per unit)."""
+    if backend != "cpu":
+        return PREFILL_CHUNK, None  # a GPU runs a 512-token chunk through every layer in ms
+    budget = CPU_PREFILL_CHUNK * n_layers  # one 64-token chunk's worth
+    # llama.cpp numerics reproduce llama.cpp's 512-token batches, whatever the unit
+    return (PREFILL_CHUNK if numerics == "llama.cpp" else min(PREFILL_CHUNK, budget)), budget
 
 
 class EngineBusyError(RocmforgeError):
@@ -192,6 +203,7 @@ class _Active:
     timings: Timings = field(default_factory=Timings)
     prefill_start: float = 0.0
     gen_start: float = 0.0
+    job: Any = None  # the prompt chunk part way through the model (models.base.PrefillJob)
 
 
 class Engine:
@@ -199,7 +211,7 @@ class Engine:
 
     def __init__(self, *, model, tokenizer, chat_template, gguf_file, backend: str, backend_reason: str,
                  n_ctx: int, n_slots: int, max_queue: int, load_ms: float,
-                 prefill_chunk: int = PREFILL_CHUNK):
+                 prefill_chunk: int = PREFILL_CHUNK, prefill_budget: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.chat_template = chat_template
@@ -211,6 +223,8 @@ class Engine:
         self.max_queue = max_queue
         self.load_ms = load_ms
         self.prefill_chunk = prefill_chunk
+        # token-layers of prefill per turn of the loop (and per wait of stop()); None = a whole chunk
+        self.prefill_budget = prefill_budget
         # The embedding's rows bound the ids a prompt may hold; the tokenizer's list can be longer.
         self.n_vocab = int(model.args.vocab_size)
         self.ctx_reason = ""  # why n_ctx is what it is (create_engine fills it in)
@@ -492,15 +506,29 @@ class Engine:
         state.timings.reused_tokens = reuse
         state.fed = state.prompt[:reuse]
 
+    def prefill_layers(self, n_tokens: int) -> int:
+        """Layers of an n_tokens chunk per unit of work: as many as the budget allows, at least one."""
+        n_layers = int(self.model.args.n_layers)
+        if self.prefill_budget is None:
+            return n_layers
+        return min(n_layers, max(1, self.prefill_budget // n_tokens))
+
     async def _prefill_chunk(self, state: _Active) -> None:
-        """Feed the next chunk of the prompt; after the last one, sample the first token (which sets
-        state.position). A cancelled request is left alone: the loop ends it between chunks."""
+        """Run the next few layers of the prompt's current chunk (starting the next chunk if none is
+        part way); after the last chunk's last layer, sample the first token (which sets
+        state.position). A cancelled request is left alone: the loop ends it between units."""
         if state.cancelled:
             return
-        lo = len(state.fed)
-        chunk = state.prompt[lo:lo + self.prefill_chunk]
-        logits = await self._run(self.model.prefill, chunk, self._cache, state.slot, lo)
-        state.fed.extend(chunk)
+        if state.job is None:
+            lo = len(state.fed)
+            chunk = state.prompt[lo:lo + self.prefill_chunk]
+            state.job = self.model.begin_prefill(chunk, self._cache, state.slot, lo)
+        layers = self.prefill_layers(len(state.job.tokens))
+        logits = await self._run(self.model.prefill_layers, state.job, layers)
+        if logits is None:
+            return
+        state.fed.extend(state.job.tokens.tolist())
+        state.job = None
         if len(state.fed) < len(state.prompt):
             return
         token, logprobs = await self._run(self._sample, state, logits)
@@ -763,10 +791,10 @@ def create_engine(model: str | Path | None = None, backend: str = "auto", *, n_c
         free = (context.host_free_bytes() if name == "cpu"
                 else context.device_free_bytes(loaded, need.weights))
         footprint.check_cache_fits(need, free, "memory" if name == "cpu" else "device memory")
+    chunk, budget = prefill_shape(name, numerics, int(loaded.args.n_layers))
     engine = Engine(model=loaded, tokenizer=tokenizer, chat_template=template, gguf_file=gguf_file,
                     backend=name, backend_reason=reason, n_ctx=ctx, n_slots=n_slots, max_queue=max_queue,
-                    load_ms=(time.perf_counter() - t0) * 1e3,
-                    prefill_chunk=CPU_PREFILL_CHUNK if name == "cpu" and numerics != "llama.cpp" else PREFILL_CHUNK)
+                    load_ms=(time.perf_counter() - t0) * 1e3, prefill_chunk=chunk, prefill_budget=budget)
     engine.ctx_reason = ctx_reason
     engine.footprint = need
     return engine

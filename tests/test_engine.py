@@ -424,14 +424,14 @@ def test_a_failure_inside_the_loop_ends_only_its_request(tiny_path, monkeypatch,
     async def go():
         async with create_engine(tiny_path, backend="cpu", n_slots=4, n_ctx=512) as engine:
             model = engine.model
-            real_prefill, real_decode, real_sample = model.prefill, model.decode, Sampler.sample
+            real_prefill, real_decode, real_sample = model.prefill_layers, model.decode, Sampler.sample
 
-            def prefill(tokens, cache, slot, start, *args):
-                if tokens[0] == POISON:
-                    poisoned_slots.add(slot)
+            def prefill_layers(job, n_layers):
+                if job.tokens[0] == POISON:
+                    poisoned_slots.add(job.slot)
                     if where == "prefill":
                         raise RuntimeError("planted failure")
-                return real_prefill(tokens, cache, slot, start, *args)
+                return real_prefill(job, n_layers)
 
             def decode(tokens, cache, slots, positions):
                 if where == "decode" and poisoned_slots & set(slots.tolist()):
@@ -443,7 +443,7 @@ def test_a_failure_inside_the_loop_ends_only_its_request(tiny_path, monkeypatch,
                     raise FloatingPointError("planted failure")
                 return real_sample(self, logits, history)
 
-            model.prefill, model.decode = prefill, decode  # instance attributes, removed below
+            model.prefill_layers, model.decode = prefill_layers, decode  # instance attributes, removed below
             monkeypatch.setattr(Sampler, "sample", sample)
             try:
                 bad = engine.submit(Request(tokens=[POISON, 1, 2], max_tokens=6,
@@ -451,7 +451,7 @@ def test_a_failure_inside_the_loop_ends_only_its_request(tiny_path, monkeypatch,
                 good = [engine.submit(r) for r in GOOD]
                 results = await asyncio.gather(collect(bad), *[collect(s) for s in good])
             finally:
-                del model.prefill, model.decode
+                del model.prefill_layers, model.decode
                 monkeypatch.undo()
             assert engine.running and engine.free_slot_count == 4
             after = summary(await collect(engine.submit(GOOD[0])))
@@ -464,30 +464,31 @@ def test_a_failure_inside_the_loop_ends_only_its_request(tiny_path, monkeypatch,
 
 
 def test_stop_during_a_long_prefill_is_prompt(tmp_path):
-    """stop() waits only for the prefill chunk in flight: no chunk starts once stop() is called, and
-    the CPU's chunks are 64 tokens (so the wait is one 64-token chunk at most, ~60 ms on this model;
-    the issue measured 8.6 s with whole-prompt prefill). Counted, not timed: a loaded machine slows
-    every chunk alike, and a count does not care."""
+    """stop() waits only for the unit of prefill work in flight: no unit starts once stop() is called,
+    and a CPU unit holds at most 64 tokens' worth of work through the whole model (a chunk of T
+    tokens through L' layers: T * L' <= 64 * n_layers), so the wait is one 64-token chunk's at most,
+    ~60 ms on this model; the issue measured 8.6 s with whole-prompt prefill. Counted, not timed: a
+    loaded machine slows every unit alike, and a count does not care."""
     path = random_llama(tmp_path / "deep.gguf", d=256, n_heads=16, n_kv=4, hd=64, ffn=256, n_layers=4)
     prompt = np.random.default_rng(1).integers(0, VOCAB, 4000).tolist()
     deep = threading.Event()
     stopping = threading.Event()
-    chunks_after_stop, sizes = [], []
+    units_after_stop, units = [], []
 
     async def go():
         engine = create_engine(path, backend="cpu", n_slots=1, n_ctx=4096)
         await engine.start()
-        real_prefill = engine.model.prefill
+        real_prefill = engine.model.prefill_layers
 
-        def prefill(tokens, cache, slot, start, *args):
-            sizes.append(len(tokens))
+        def prefill_layers(job, n_layers):
+            units.append((len(job.tokens), min(n_layers, engine.model.args.n_layers - job.layer)))
             if stopping.is_set():
-                chunks_after_stop.append(start)
-            if start >= 2560:
-                deep.set()  # a chunk deep into the prompt has just begun
-            return real_prefill(tokens, cache, slot, start, *args)
+                units_after_stop.append((job.start, job.layer))
+            if job.start >= 2560:
+                deep.set()  # a unit deep into the prompt has just begun
+            return real_prefill(job, n_layers)
 
-        engine.model.prefill = prefill
+        engine.model.prefill_layers = prefill_layers
         try:
             stream = engine.submit(Request(tokens=prompt, max_tokens=4, sampling=GREEDY))
             while not deep.is_set():
@@ -497,34 +498,34 @@ def test_stop_during_a_long_prefill_is_prompt(tmp_path):
             await engine.stop()
             t2 = time.perf_counter()
         finally:
-            del engine.model.prefill
+            del engine.model.prefill_layers
         return t2 - t1, [e async for e in stream]
 
     latency, events = run(go())
     print(f"\nstop() during a 4,000-token prefill took {latency * 1e3:.0f} ms")
     assert events[-1].finish_reason == "cancelled"
-    assert chunks_after_stop == [], f"prefill chunks started after stop(): {chunks_after_stop}"
-    assert max(sizes) <= 64
+    assert units_after_stop == [], f"prefill units started after stop(): {units_after_stop}"
+    assert max(tokens * layers for tokens, layers in units) <= 64 * 4, units
 
 
-def test_a_long_prompt_is_prefilled_in_chunks_between_the_others_decode_steps(tmp_path):
-    """While one request's 1,500-token prompt is prefilled (64-token chunks on the CPU), a request
-    that is already generating keeps streaming: its tokens arrive between the long prompt's chunks,
-    not only after the last one. Counted in the order things happened, not timed."""
+def test_a_long_prompt_is_prefilled_in_units_between_the_others_decode_steps(tmp_path):
+    """While one request's 1,500-token prompt is prefilled (CPU units of 64 tokens' worth, see
+    above), a request that is already generating keeps streaming: its tokens arrive between the long
+    prompt's units, not only after the last one. Counted in the order things happened, not timed."""
     path = random_llama(tmp_path / "chunks.gguf", n_layers=2)
     long_prompt = np.random.default_rng(2).integers(0, VOCAB - 1, 1500).tolist()
     order: list[str] = []
 
     async def go():
         async with create_engine(path, backend="cpu", n_slots=2, n_ctx=2048) as engine:
-            real_prefill = engine.model.prefill
+            real_prefill = engine.model.prefill_layers
 
-            def prefill(tokens, cache, slot, start, *args):
-                if len(tokens) > 3 or start > 0:  # the long prompt's chunks (the other prompt is 3 tokens)
-                    order.append("chunk")
-                return real_prefill(tokens, cache, slot, start, *args)
+            def prefill_layers(job, n_layers):
+                if len(job.tokens) > 3 or job.start > 0:  # the long prompt's units (the other prompt is 3 tokens)
+                    order.append("unit")
+                return real_prefill(job, n_layers)
 
-            engine.model.prefill = prefill
+            engine.model.prefill_layers = prefill_layers
             streaming = engine.submit(Request(tokens=[5, 6, 7], max_tokens=60, sampling=GREEDY, ignore_eos=True))
             first = await streaming.__anext__()
             assert first.finish_reason is None
@@ -532,13 +533,16 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_the_others_decode_steps(tm
             async for event in streaming:
                 if event.token_id is not None:
                     order.append("token")
-            return [e async for e in long]
+            chunk = engine.prefill_chunk
+            sizes = [min(chunk, 1500 - lo) for lo in range(0, 1500, chunk)]
+            return [e async for e in long], [(n, engine.prefill_layers(n)) for n in sizes]
 
-    events = run(go())
+    events, chunks = run(go())
     assert events[-1].finish_reason in ("length", "stop")
-    chunks = [i for i, what in enumerate(order) if what == "chunk"]
-    assert len(chunks) == -(-1500 // 64), order
-    between = order[chunks[0]:chunks[-1]].count("token")
+    assert max(n * layers for n, layers in chunks) <= 64 * 2, chunks
+    units = [i for i, what in enumerate(order) if what == "unit"]
+    assert len(units) == sum(-(-2 // layers) for _, layers in chunks), order
+    between = order[units[0]:units[-1]].count("token")
     assert between >= 10, f"only {between} tokens of the other stream arrived during the long prefill"
 
 

@@ -98,6 +98,19 @@ def _load_layer(gguf_file, args: DecoderArgs, ops, p: str) -> LayerWeights:
     return layer
 
 
+@dataclass
+class PrefillJob:
+    """A prompt chunk part way through the model: the hidden states after the first `layer` layers."""
+
+    tokens: np.ndarray  # (T,) int64, already checked
+    cache: Any
+    slot: int
+    start: int
+    all_logits: bool = False
+    x: Any = None  # (T, d) after `layer` layers; None before the embedding
+    layer: int = 0
+
+
 class Decoder:
     """A loaded model: `prefill` a prompt into a cache slot, then `decode` batches of slots."""
 
@@ -128,23 +141,48 @@ class Decoder:
 
         Returns the logits of the last position (vocab,), or of every position (T, vocab).
         """
+        job = self.begin_prefill(tokens, cache, slot, start, all_logits)
+        return self.prefill_layers(job, self.args.n_layers)
+
+    def begin_prefill(self, tokens: Sequence[int], cache, slot: int, start: int,
+                      all_logits: bool = False) -> "PrefillJob":
+        """A prompt chunk checked and ready to run layer by layer (`prefill_layers`); nothing computed."""
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         n = len(tokens)
         if n == 0:
             raise BadInputError("cannot prefill an empty prompt")
         cache.check(slot, start, n)
         self._check_tokens(tokens)
-        if not all_logits:
-            # The hook of a backend that runs a chunk its own way (the GPU's captured prompt chunks);
-            # it calls _forward over the same network, or returns None for the op-by-op path.
+        return PrefillJob(tokens, cache, slot, start, all_logits)
+
+    def prefill_layers(self, job: "PrefillJob", n_layers: int) -> np.ndarray | None:
+        """Run the next n_layers layers of the job (the embedding before the first); after the last
+        layer, the logits as `prefill` returns them, else None. The engine runs a CPU prompt this
+        way: each weight serves the whole chunk at once, and stop() waits for a few layers only."""
+        a, n = self.args, len(job.tokens)
+        if job.layer == 0 and n_layers >= a.n_layers and not job.all_logits:
+            # The hook of a backend that runs a whole chunk its own way (the GPU's captured prompt
+            # chunks); it calls _forward over the same network, or returns None for the op-by-op path.
             hook = getattr(self.ops, "prefill_step", None)
-            out = hook(self, tokens, cache, slot, start) if hook is not None else None
+            out = hook(self, job.tokens, job.cache, job.slot, job.start) if hook is not None else None
             if out is not None:
+                job.layer = a.n_layers
                 return out
-        positions = np.arange(start, start + n)
-        keep = None if all_logits else np.array([n - 1])
-        logits = self._forward(tokens, positions, cache, [slot], [start], [n], keep)
-        return logits if all_logits else logits[0]
+        positions = np.arange(job.start, job.start + n)
+        keep = None if job.all_logits else np.array([n - 1])
+        if job.x is None:
+            job.x = self._embed(job.tokens)
+        stop = min(a.n_layers, job.layer + n_layers)
+        for i in range(job.layer, stop):
+            last_keep = keep if self._early(keep) and i == a.n_layers - 1 else None
+            job.x = self._layer(i, self.weights.layers[i], job.x, positions, job.cache, [job.slot],
+                                [job.start], [n], last_keep)
+        job.layer = stop
+        if stop < a.n_layers:
+            return None
+        logits = self._head(job.x, keep)
+        job.x = None
+        return logits if job.all_logits else logits[0]
 
     def decode(self, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """One new token for each of B sequences (own slot, own position), batched as one (B, d) matrix.
@@ -201,18 +239,29 @@ class Decoder:
 
     def _forward(self, tokens, positions, cache, slots, starts, counts, keep) -> np.ndarray:
         """tokens (N,) at positions (N,) -> logits of the rows `keep` (all rows when None)."""
-        a, ops, w = self.args, self.ops, self.weights
-        x = ops.embedding(w.embed, tokens)  # (N, d)
-        if a.embed_scale != 1.0:
-            x = ops.scale(x, a.embed_scale)
-        # Only the kept rows matter after the last attention (its K/V are already cached), so the
-        # last layer drops the others early, unless the backend reproduces a run that computes
-        # every row (llama.cpp numerics: its kernels round differently for one row than for many).
-        early = keep is not None and not getattr(ops, "keeps_all_rows", False)
-        for i, layer in enumerate(w.layers):
-            last_keep = keep if early and i == a.n_layers - 1 else None
+        x = self._embed(tokens)  # (N, d)
+        early = self._early(keep)
+        for i, layer in enumerate(self.weights.layers):
+            last_keep = keep if early and i == self.args.n_layers - 1 else None
             x = self._layer(i, layer, x, positions, cache, slots, starts, counts, last_keep)
-        if keep is not None and not early:
+        return self._head(x, keep)
+
+    def _embed(self, tokens):
+        x = self.ops.embedding(self.weights.embed, tokens)  # (N, d)
+        if self.args.embed_scale != 1.0:
+            x = self.ops.scale(x, self.args.embed_scale)
+        return x
+
+    def _early(self, keep) -> bool:
+        """Only the kept rows matter after the last attention (its K/V are already cached), so the
+        last layer drops the others early, unless the backend reproduces a run that computes
+        every row (llama.cpp numerics: its kernels round differently for one row than for many)."""
+        return keep is not None and not getattr(self.ops, "keeps_all_rows", False)
+
+    def _head(self, x, keep):
+        """The final norm and output projection of the rows `keep` (x holds only those if dropped early)."""
+        a, ops, w = self.args, self.ops, self.weights
+        if keep is not None and not self._early(keep):
             x = x[keep]
         logits = ops.norm_matmul(x, w.output_norm, a.norm_eps, w.output)  # (rows, vocab)
         if a.final_softcap:

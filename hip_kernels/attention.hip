@@ -204,19 +204,34 @@ RF_DEV void rf_attn_split(const float* __restrict__ q, const typename KV::T* __r
 RF_ATTN_KERNELS(f32, rf_kv_f32)
 RF_ATTN_KERNELS(f16, rf_kv_f16)
 
+// How many of a launch's `splits` key ranges a row of `len` keys fills when no range is to hold fewer
+// than `split_keys` keys (0: every split is live): the grid is fixed when a decode step is captured,
+// the row's length is not, so a short row leaves the extra blocks idle and needs no merge.
+RF_DEV int rf_live_splits(int len, int splits, int split_keys) {
+    if (split_keys <= 0) return splits;
+    const int want = (len + split_keys - 1) / split_keys;
+    return want < 1 ? 1 : want < splits ? want : splits;
+}
+
 // Merge the partial results of split attention (attn_split_<S>, attn_gqa_f16_<hd>): one block per
-// (head, row). Each split's weight exp(m_z - m) is computed once into shared memory; the sum over
+// (head, row), over the row's live splits (rf_live_splits; with one, the attention kernel wrote the
+// output itself). Each split's weight exp(m_z - m) is computed once into shared memory; the sum over
 // splits of each output value keeps RF_ATT_COMBINE_ILP independent loads in flight (a plain loop over
 // 32 splits waited for each L2 load in turn: ~25 us per launch), in a fixed order.
 #define RF_ATT_MAX_SPLITS 32
 #define RF_ATT_COMBINE_ILP 8
 extern "C" __global__ void attn_combine_f32(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
-                                           float* __restrict__ out, int heads, int hd, int splits,
-                                           int8_t* __restrict__ xq, float* __restrict__ xd) {
+                                           float* __restrict__ out, int heads, int hd, int n_splits,
+                                           int8_t* __restrict__ xq, float* __restrict__ xd,
+                                           const int* __restrict__ row_pos, int window, int split_keys) {
     __shared__ float s_out[RF_ATT_MAX_HD];
     __shared__ float s_w[RF_ATT_MAX_SPLITS], s_l[RF_ATT_MAX_SPLITS];
     const int h = blockIdx.x, n = blockIdx.y;
-    const long long base = ((long long)n * heads + h) * splits;
+    const int p = row_pos[n];
+    const int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+    const int splits = rf_live_splits(p - lo + 1, n_splits, split_keys);
+    if (splits == 1 && split_keys > 0) return;
+    const long long base = ((long long)n * heads + h) * n_splits;
     for (int z = threadIdx.x; z < splits; z += blockDim.x) {
         s_w[z] = part_ml[2 * (base + z)];
         s_l[z] = part_ml[2 * (base + z) + 1];
@@ -253,8 +268,9 @@ extern "C" __global__ void attn_combine_f32(const float* __restrict__ part_acc, 
 // warp load covers RF_GQA_KPW keys, and every lane has RF_GQA_KI keys' and values' loads in flight
 // before it uses the first. Scores are joined across a key's lanes by xor-shuffles; the running max
 // is per warp and head; each lane adds the values of its own keys, and the lanes of different keys
-// are joined once at the end, then the warps through shared memory. gridDim.z == 1 writes the
-// normalized output (and its 8-bit copy); more splits leave partial results for attn_combine_f32.
+// are joined once at the end, then the warps through shared memory. A row with one live split
+// (rf_live_splits) writes the normalized output (and its 8-bit copy); more leave partial results
+// for attn_combine_f32.
 #define RF_GQA_G 4
 #define RF_GQA_KI 4
 #define RF_GQA_WARPS 4
@@ -279,11 +295,28 @@ RF_DEV void rf_gqa_unpack(const rf_u32x4& v, float* out) {
 
 // q: (N, heads, HD); kc, vc: one layer's f16 cache (n_slots, kv_heads, n_ctx, HD);
 // grid = (kv_heads * ceil(group / RF_GQA_G), N, splits), RF_GQA_WARPS warps (one thread in emulation).
-template <int HD>
-RF_DEV void rf_attn_gqa(const float* __restrict__ q, const rf_half* __restrict__ kc, const rf_half* __restrict__ vc,
+// With ROPE (attn_gqa_rope_f16_<hd>: decode rows, one per sequence) the layer's step before attention
+// is done here too, as rope_qk_kv_append_f16 does it: q is read unrotated (rows ldq apart, a slice of
+// the fused projection) and rotated at pos[n] as it is loaded; the block whose keys include the row's
+// own position rotates that k and writes it and v into the cache before it reads keys (blocks of
+// other query-head groups of the same KV head write the same bits).
+struct rf_gqa_rope {
+    const float* k;
+    long long ldq, ldk;
+    const float* v;
+    long long ldv;
+    const float* cos_tab;
+    const float* sin_tab;
+    const int* pos;
+    int rot_dim, neox;
+};
+
+template <int HD, bool ROPE>
+RF_DEV void rf_attn_gqa(const float* __restrict__ q, const rf_half* kc, const rf_half* vc,
                         float* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
                         const int* __restrict__ row_slot, const int* __restrict__ row_pos, int heads, int kv_heads,
-                        int n_ctx, float scale, int window, int8_t* __restrict__ xq, float* __restrict__ xd) {
+                        int n_ctx, float scale, int window, int8_t* __restrict__ xq, float* __restrict__ xd,
+                        int split_keys, const rf_gqa_rope& rp) {
     typedef rf_gqa_shape<HD> S;
     __shared__ float s_m[RF_GQA_WARPS][RF_GQA_G], s_l[RF_GQA_WARPS][RF_GQA_G], s_tot[RF_GQA_G];
     __shared__ float s_acc[RF_GQA_WARPS][RF_GQA_G][HD];
@@ -291,9 +324,11 @@ RF_DEV void rf_attn_gqa(const float* __restrict__ q, const rf_half* __restrict__
     const int group = heads / kv_heads, tiles = (group + RF_GQA_G - 1) / RF_GQA_G;
     const int kh = blockIdx.x / tiles, h0 = kh * group + (blockIdx.x % tiles) * RF_GQA_G;
     const int ng = kh * group + group - h0 < RF_GQA_G ? kh * group + group - h0 : RF_GQA_G;
-    const int n = blockIdx.y, z = blockIdx.z, splits = gridDim.z;
+    const int n = blockIdx.y, z = blockIdx.z;
     const int p = row_pos[n];
     const int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+    const int splits = rf_live_splits(p - lo + 1, gridDim.z, split_keys);
+    if (z >= splits) return;  // the whole block: no barrier below is reached
     const int chunk = (p - lo + 1 + splits - 1) / splits;
     const int a = lo + z * chunk, b = a + chunk - 1 < p ? a + chunk - 1 : p;
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
@@ -302,6 +337,24 @@ RF_DEV void rf_attn_gqa(const float* __restrict__ q, const rf_half* __restrict__
     const long long head_off = ((long long)row_slot[n] * kv_heads + kh) * n_ctx * HD;
     const rf_half* kb = kc + head_off;
     const rf_half* vb = vc + head_off;
+    const float* cs = nullptr;
+    const float* sn = nullptr;
+    if (ROPE) {
+        const long long tab = (long long)rp.pos[n] * (rp.rot_dim / 2);
+        cs = rp.cos_tab + tab;
+        sn = rp.sin_tab + tab;
+        if (a <= p && p <= b) {  // block-uniform
+            const float* kr = rp.k + (long long)n * rp.ldk + (long long)kh * HD;
+            const float* vr = rp.v + (long long)n * rp.ldv + (long long)kh * HD;
+            rf_half* kw = (rf_half*)kb + (long long)p * HD;
+            rf_half* vw = (rf_half*)vb + (long long)p * HD;
+            for (int i = threadIdx.x; i < HD; i += blockDim.x) {
+                rf_kv_f16::put(kw, i, rf_rope_at(kr, cs, sn, i, rp.rot_dim, rp.neox));
+                rf_kv_f16::put(vw, i, vr[i]);
+            }
+            __syncthreads();  // the block's own reads of position p below see these writes
+        }
+    }
 
     float qf[RF_GQA_G][S::VALS], acc[RF_GQA_G][S::VALS], m[RF_GQA_G], l[RF_GQA_G];
     RF_UNROLL for (int g = 0; g < RF_GQA_G; ++g) {
@@ -310,7 +363,13 @@ RF_DEV void rf_attn_gqa(const float* __restrict__ q, const rf_half* __restrict__
         RF_UNROLL for (int j = 0; j < S::DPL; ++j) {
             RF_UNROLL for (int e = 0; e < 8; ++e) {
                 const int d = (c + S::LPK * j) * 8 + e;
-                qf[g][j * 8 + e] = g < ng ? q[((long long)n * heads + h0 + g) * HD + d] * scale : 0.0f;
+                float qv = 0.0f;
+                if (g < ng) {
+                    qv = ROPE ? rf_rope_at(q + (long long)n * rp.ldq + (long long)(h0 + g) * HD, cs, sn, d, rp.rot_dim,
+                                           rp.neox)
+                              : q[((long long)n * heads + h0 + g) * HD + d];
+                }
+                qf[g][j * 8 + e] = qv * scale;
                 acc[g][j * 8 + e] = 0.0f;
             }
         }
@@ -389,7 +448,7 @@ RF_DEV void rf_attn_gqa(const float* __restrict__ q, const rf_half* __restrict__
             s_out[g][d] = v;
             if (d == 0) s_tot[g] = tot;
         } else {
-            const long long part = ((long long)n * heads + h0 + g) * splits + z;
+            const long long part = ((long long)n * heads + h0 + g) * gridDim.z + z;
             part_acc[part * HD + d] = v;
             if (d == 0) {
                 part_ml[2 * part] = mg;
@@ -409,9 +468,22 @@ RF_DEV void rf_attn_gqa(const float* __restrict__ q, const rf_half* __restrict__
                                                 float* __restrict__ part_acc, float* __restrict__ part_ml, \
                                                 const int* __restrict__ row_slot, const int* __restrict__ row_pos, \
                                                 int heads, int kv_heads, int n_ctx, float scale, int window, \
-                                                int8_t* __restrict__ xq, float* __restrict__ xd) {      \
-        rf_attn_gqa<HD>(q, kc, vc, out, part_acc, part_ml, row_slot, row_pos, heads, kv_heads, n_ctx, scale, \
-                        window, xq, xd);                                                                \
+                                                int8_t* __restrict__ xq, float* __restrict__ xd,        \
+                                                int split_keys) {                                       \
+        const rf_gqa_rope none = {nullptr, 0, 0, nullptr, 0, nullptr, nullptr, nullptr, 0, 0};         \
+        rf_attn_gqa<HD, false>(q, kc, vc, out, part_acc, part_ml, row_slot, row_pos, heads, kv_heads, n_ctx, \
+                               scale, window, xq, xd, split_keys, none);                                \
+    }                                                                                                   \
+    extern "C" __global__ void attn_gqa_rope_f16_##HD(                                                  \
+        const float* __restrict__ q, long long ldq, const float* __restrict__ k, long long ldk,         \
+        const float* __restrict__ v, long long ldv, rf_half* kc, rf_half* vc, float* __restrict__ out,  \
+        float* __restrict__ part_acc, float* __restrict__ part_ml, const float* __restrict__ cos_tab,   \
+        const float* __restrict__ sin_tab, const int* __restrict__ pos, const int* __restrict__ row_slot, \
+        const int* __restrict__ row_pos, int heads, int kv_heads, int n_ctx, float scale, int window,   \
+        int8_t* __restrict__ xq, float* __restrict__ xd, int split_keys, int rot_dim, int neox) {       \
+        const rf_gqa_rope rp = {k, ldq, ldk, v, ldv, cos_tab, sin_tab, pos, rot_dim, neox};             \
+        rf_attn_gqa<HD, true>(q, kc, vc, out, part_acc, part_ml, row_slot, row_pos, heads, kv_heads, n_ctx, \
+                              scale, window, xq, xd, split_keys, rp);                                   \
     }
 
 RF_ATTN_GQA_KERNEL(64)

@@ -407,6 +407,20 @@ RF_DEV void rf_quantize_lane(float v, long long i, int8_t* q, float* ds) {
 }
 #endif
 
+// ---------------------------------------------------------------- rotary position embedding
+// Element i of the rotated row x (rope.hip's kernels and the decode attention's fused rotation: one
+// expression, so all of them round alike). cs / sn: the position's row of the cos / sin tables.
+RF_DEV float rf_rope_at(const float* __restrict__ x, const float* __restrict__ cs, const float* __restrict__ sn,
+                        int i, int rot_dim, int neox) {
+    if (i >= rot_dim) return x[i];
+    const int half = rot_dim / 2;
+    const int pair = neox ? (i < half ? i : i - half) : i / 2;
+    const int first = neox ? (i < half) : (i % 2 == 0);
+    const int other = neox ? (first ? i + half : i - half) : (first ? i + 1 : i - 1);
+    const float c = cs[pair], s = sn[pair];
+    return first ? x[i] * c - x[other] * s : x[i] * c + x[other] * s;
+}
+
 // ---------------------------------------------------------------- gated activations (value of one output)
 RF_DEV float rf_silu_mul(float g, float u) { return g * (0.5f + 0.5f * tanhf(0.5f * g)) * u; }  // sigmoid via tanh: no overflow
 

@@ -1,20 +1,9 @@
 // Rotary position embedding, and the K/V append into the preallocated cache.
 // Angles come from host-built cos/sin tables (tab[pos * half + i], float64 math rounded once) so the
 // rotation matches the numpy reference bit-for-bit in its inputs. NeoX layout pairs (i, i + dim/2);
-// the original layout pairs (2i, 2i + 1). Dimensions past rot_dim pass through.
+// the original layout pairs (2i, 2i + 1). Dimensions past rot_dim pass through (rf_rope_at, in the
+// prelude: attention.hip rotates decode queries and keys with it too).
 #include "rf_prelude.h"
-
-// Element i of the rotated row x (one expression, so every kernel here rounds alike).
-RF_DEV float rf_rope_at(const float* __restrict__ x, const float* __restrict__ cs, const float* __restrict__ sn,
-                        int i, int rot_dim, int neox) {
-    if (i >= rot_dim) return x[i];
-    const int half = rot_dim / 2;
-    const int pair = neox ? (i < half ? i : i - half) : i / 2;
-    const int first = neox ? (i < half) : (i % 2 == 0);
-    const int other = neox ? (first ? i + half : i - half) : (first ? i + 1 : i - 1);
-    const float c = cs[pair], s = sn[pair];
-    return first ? x[i] * c - x[other] * s : x[i] * c + x[other] * s;
-}
 
 RF_DEV void rf_rope_row(const float* __restrict__ x, float* __restrict__ y, const float* __restrict__ cs,
                         const float* __restrict__ sn, int hd, int rot_dim, int neox) {

@@ -57,6 +57,9 @@ class _Truncated(Exception):
     """The header ended before a value we were reading."""
 
 
+_U64 = struct.Struct("<Q")
+
+
 class _Cursor:
     """Reads little-endian values from a byte buffer, raising _Truncated instead of reading past it."""
 
@@ -91,12 +94,29 @@ class _Cursor:
         self.pos += n
         return raw.decode("utf-8", errors=errors)
 
+    def strings(self, count: int, errors: str) -> list[str]:
+        """`count` strings in a row: string() inlined, as a vocabulary holds 100k+ of them (1.1 s for a
+        Llama-3 file's tokens and merges through string(), a fifth of that here)."""
+        buf, pos, end, unpack = self.buf, self.pos, len(self.buf), _U64.unpack_from
+        out = [""] * count
+        for i in range(count):
+            if end - pos < 8:
+                raise _Truncated
+            (n,) = unpack(buf, pos)
+            pos += 8
+            if n > end - pos:
+                raise _Truncated
+            out[i] = str(buf[pos:pos + n], "utf-8", errors)
+            pos += n
+        self.pos = pos
+        return out
+
     def array(self, key: str) -> Any:
         itype, count = self.u32(), self.u64()
         if itype == VT.STRING:
             self.need(count * 8)  # every string has at least its 8-byte length
             # Vocabularies may hold byte pieces that are not valid UTF-8 alone: keep them recoverable.
-            return [self.string("surrogateescape") for _ in range(count)]
+            return self.strings(count, "surrogateescape")
         if itype == VT.ARRAY:
             raise ValueError("nested arrays are not supported")
         if itype not in _SCALARS:

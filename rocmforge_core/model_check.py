@@ -9,7 +9,9 @@ and block scales. Every failure is one BadInputError line.
 
 from __future__ import annotations
 
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from gguf import GGMLQuantizationType as QT
@@ -126,16 +128,27 @@ def _check_float_matrices(gguf_file) -> None:
 
 
 def _check_finite(gguf_file) -> None:
-    """NaN/Inf in a norm, a bias or a block scale poisons every token that passes through it."""
-    for info in gguf_file.tensors.values():
+    """NaN/Inf in a norm, a bias or a block scale poisons every token that passes through it. The
+    tensors are read on several threads (numpy lets go of the GIL): reading one byte of every block
+    touches nearly every page of the file, ~0.5 s for an 8B model on one thread; the first bad tensor
+    in the file's order is the one reported."""
+    def first_bad(info):
         if info.qtype in quants.FLOAT_TYPES:
             if len(info.shape) != 1:
-                continue  # float matrices: reading every weight at each load costs too much
+                return None  # float matrices: reading every weight at each load costs too much
             bad = quants.first_nonfinite_value(info.data, info.qtype)
-            what = f"element {bad}"
-        else:
-            bad = quants.first_nonfinite_scale(info.data, info.qtype)
-            what = f"the scale of block {bad}"
-        if bad is not None:
+            return None if bad is None else f"element {bad}"
+        bad = quants.first_nonfinite_scale(info.data, info.qtype)
+        return None if bad is None else f"the scale of block {bad}"
+
+    tensors = list(gguf_file.tensors.values())
+    workers = min(8, os.cpu_count() or 1, len(tensors))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            found = list(pool.map(first_bad, tensors))
+    else:
+        found = [first_bad(info) for info in tensors]
+    for info, what in zip(tensors, found):
+        if what is not None:
             raise BadInputError(f"tensor '{info.name}' holds NaN or Inf ({what})",
                                 hint="the file's weights are corrupt")

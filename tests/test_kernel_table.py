@@ -28,7 +28,7 @@ EXPECTED = {
        for t in ("f32", "f16")},
     "attn_f32": ("attention", ("p",) * 6 + ("i32",) * 4 + ("f32", "i32", "p", "p")),
     "attn_split_f32": ("attention", ("p",) * 7 + ("i32",) * 4 + ("f32", "i32")),
-    "attn_combine_f32": ("attention", ("p",) * 3 + ("i32",) * 3 + ("p", "p")),
+    "attn_combine_f32": ("attention", ("p",) * 3 + ("i32",) * 3 + ("p",) * 3 + ("i32", "i32")),
     "rope_qk_f32": ("rope", ("p", "i64", "p", "i64") + ("p",) * 5 + ("i32",) * 5),
     "softmax_f32": ("softmax", ("p", "p", "i32")),
     "argmax_f32": ("softmax", ("p", "p", "i32")),

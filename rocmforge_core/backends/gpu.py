@@ -72,6 +72,10 @@ class GpuOps:
         self.gqa_attention = os.environ.get("ROCMFORGE_GPU_GQA", "1") != "0"
         self.gqa_min_keys = int(os.environ.get("ROCMFORGE_GPU_GQA_MIN_KEYS", "128"))  # see _gqa_splits
         self.gqa_blocks_per_sm = int(os.environ.get("ROCMFORGE_GPU_GQA_BLOCKS", "2"))
+        # ... of which a row uses only as many as give each at least this many of its current keys (a
+        # short row: one block, no merge; 0: all of them); see rf_live_splits in attention.hip.
+        self.gqa_split_keys = int(os.environ.get("ROCMFORGE_GPU_GQA_SPLIT_KEYS", "64"))
+        self.rope_in_attention = os.environ.get("ROCMFORGE_GPU_ROPE_FUSE", "1") != "0"  # _fused_rope_decode
         self.kv_cache_type = "f16"  # new caches store keys and values in f16 (or "f32")
         # Projections read 8-bit activations (gpu/mvq.py) for the weight types that have the int8
         # mat-vec; ROCMFORGE_GPU_Q8=0 keeps every product in float32 (the CPU's arithmetic, to 1e-5).
@@ -85,9 +89,10 @@ class GpuOps:
         self.matvec_tuning: list[str] = []  # what tuning chose, one line per shape
         self._untuned: list[GpuLinear] = []
         self._stager: Stager | None = None  # weight uploads through pinned buffers while a model loads
-        # A norm before a projection runs inside the mat-vec's blocks for one row of at most this many
-        # values (norm_matmul); ROCMFORGE_GPU_NORM_FUSE=0 keeps its own launch.
-        self.norm_fuse_max = int(os.environ.get("ROCMFORGE_GPU_NORM_FUSE", "1024"))
+        # A norm before a projection can run inside the mat-vec's blocks for one row of at most this many
+        # values (norm_matmul, and the gated activation before the down projection); off by default:
+        # measured slower than the two launches on an H200 (SmolLM2 step 1.029 vs 0.762 ms, BENCHMARKS.md).
+        self.norm_fuse_max = int(os.environ.get("ROCMFORGE_GPU_NORM_FUSE", "0"))
         self._logits_into: DeviceArray | None = None  # set by step_scope
         self._capturing = False
         dev = rt.device
@@ -513,6 +518,9 @@ class GpuOps:
         kv_heads = k.shape[1]
         cos_t, sin_t, pos = self._rope_inputs(positions, spec)
         slot_d, pos_d = self._row_index(slots, starts, counts)
+        if self._fused_rope_decode(n, hd, cache, slots):
+            return self._attend(q, kv_heads, cache, layer, slots, slot_d, pos_d, scale, window,
+                                rope=(k, v, cos_t, sin_t, pos, spec))
         yq = self.empty(q.shape)
         self.launch(f"rope_qk_kv_append_{cache.cache_type}", (n * (heads + kv_heads),), self.threads(min(hd, 256)),
                     q.ptr, q.ld, k.ptr, k.ld, v.ptr, v.ld, yq.ptr, cache.k[layer], cache.v[layer], cos_t.ptr,
@@ -520,9 +528,19 @@ class GpuOps:
                     int(spec.neox))
         return self._attend(yq, kv_heads, cache, layer, slots, slot_d, pos_d, scale, window)
 
+    def _fused_rope_decode(self, n: int, hd: int, cache: GpuKVCache, slots) -> bool:
+        """Decode rows (one per sequence) over an f16 cache: the rotations and the cache append run inside
+        the attention's blocks (attn_gqa_rope_f16_<hd>), no launch of their own; ROCMFORGE_GPU_ROPE_FUSE=0
+        keeps rope_qk_kv_append."""
+        if not self.rope_in_attention or self._flash_prefill(n, hd, slots) or not self._gqa_decode(cache, hd):
+            return False
+        return isinstance(slots, DeviceArray) or len(set(map(int, slots))) == n
+
     def _attend(self, q: DeviceArray, kv_heads: int, cache: GpuKVCache, layer: int, slots, slot_d: DeviceArray,
-                pos_d: DeviceArray, scale: float, window: int | None) -> DeviceArray:
-        """Attention of contiguous q rows over the cache (their keys and values already in it)."""
+                pos_d: DeviceArray, scale: float, window: int | None, rope=None) -> DeviceArray:
+        """Attention of q rows over the cache: contiguous and their keys and values already in it, or, with
+        `rope` = (k, v, cos, sin, positions, spec), q a slice to rotate and k / v still to append
+        (_fused_rope_decode)."""
         n, heads, hd = q.shape
         kc, vc = cache.k[layer], cache.v[layer]
         if self._flash_prefill(n, hd, slots):
@@ -542,12 +560,20 @@ class GpuOps:
             part_acc = part_ml = None
             if splits > 1:
                 part_acc, part_ml = self.empty((n, heads, splits, hd)), self.empty((n, heads, splits, 2))
-            self.launch(f"attn_gqa_f16_{hd}", (kv_blocks, n, splits), att_block, q.ptr, kc, vc, out.ptr,
-                        part_acc.ptr if part_acc else 0, part_ml.ptr if part_ml else 0, slot_d.ptr, pos_d.ptr,
-                        heads, kv_heads, cache.n_ctx, float(scale), int(window or 0), xq, xd)
+            parts = (part_acc.ptr if part_acc else 0, part_ml.ptr if part_ml else 0)
+            if rope is None:
+                self.launch(f"attn_gqa_f16_{hd}", (kv_blocks, n, splits), att_block, q.ptr, kc, vc, out.ptr, *parts,
+                            slot_d.ptr, pos_d.ptr, heads, kv_heads, cache.n_ctx, float(scale), int(window or 0), xq,
+                            xd, self.gqa_split_keys)
+            else:
+                k, v, cos_t, sin_t, pos, spec = rope
+                self.launch(f"attn_gqa_rope_f16_{hd}", (kv_blocks, n, splits), att_block, q.ptr, q.ld, k.ptr, k.ld,
+                            v.ptr, v.ld, kc, vc, out.ptr, *parts, cos_t.ptr, sin_t.ptr, pos.ptr, slot_d.ptr,
+                            pos_d.ptr, heads, kv_heads, cache.n_ctx, float(scale), int(window or 0), xq, xd,
+                            self.gqa_split_keys, spec.dim, int(spec.neox))
             if splits > 1:
                 self.launch("attn_combine_f32", (heads, n), self.threads(min(hd, 256)), part_acc.ptr, part_ml.ptr,
-                            out.ptr, heads, hd, splits, xq, xd)
+                            out.ptr, heads, hd, splits, xq, xd, pos_d.ptr, int(window or 0), self.gqa_split_keys)
             return out
         splits = self._attention_splits(n, cache.n_ctx)
         if splits == 1:
@@ -558,7 +584,7 @@ class GpuOps:
         self.launch(f"attn_split_{cache.cache_type}", (heads, n, splits), att_block, q.ptr, kc, vc, part_acc.ptr, part_ml.ptr,
                     slot_d.ptr, pos_d.ptr, heads, kv_heads, hd, cache.n_ctx, float(scale), int(window or 0))
         self.launch("attn_combine_f32", (heads, n), self.threads(min(hd, 256)), part_acc.ptr, part_ml.ptr, out.ptr,
-                    heads, hd, splits, xq, xd)
+                    heads, hd, splits, xq, xd, pos_d.ptr, int(window or 0), 0)
         return out
 
     def _flash_prefill(self, rows: int, hd: int, slots) -> bool:

@@ -279,17 +279,21 @@ def _f16_values(rng, shape):
 @pytest.mark.parametrize("hd,heads,n_kv", [(64, 9, 3), (128, 32, 4), (256, 4, 1), (128, 10, 2), (64, 8, 8)],
                          ids=["hd64-gqa3", "hd128-gqa8", "hd256-gqa4", "hd128-gqa5", "hd64-mha"])
 @pytest.mark.parametrize("window", [None, 7])
-@pytest.mark.parametrize("split", [False, True], ids=["one-block", "split"])
-def test_attention_per_kv_head(ops, hd, heads, n_kv, window, split, request):
+@pytest.mark.parametrize("split,split_keys", [(False, 0), (True, 0), (True, 8)],
+                         ids=["one-block", "split", "live-splits"])
+def test_attention_per_kv_head(ops, hd, heads, n_kv, window, split, split_keys, request):
     """attn_gqa_f16_<hd> (decode rows over an f16 cache, one block per KV head and split): GQA ratios 1,
     3, 4, 5 (a group of 4 heads plus one) and 8, rows shorter than the number of splits, windows shorter
-    than the rows, against the CPU on the same f16-exact keys and values."""
+    than the rows, against the CPU on the same f16-exact keys and values. live-splits: of the 8
+    splits, a row takes one per 8 of its keys (62 keys: all 8, 34: 5, 3 and a window of 7: one, which
+    writes the output without the merge)."""
     rng = rng_for(request)
     n_ctx, lengths = 70, (61, 2, 33)
-    saved = (ops.kv_cache_type, ops.gqa_blocks_per_sm, ops.gqa_min_keys)
+    saved = (ops.kv_cache_type, ops.gqa_blocks_per_sm, ops.gqa_min_keys, ops.gqa_split_keys)
     try:
         ops.kv_cache_type = "f16"
         ops.gqa_blocks_per_sm, ops.gqa_min_keys = (10**4, 8) if split else (0, 10**9)
+        ops.gqa_split_keys = split_keys
         cache = ops.make_cache(1, 3, n_ctx, n_kv, hd)
         host = KVCache(1, 3, n_ctx, n_kv, hd)
         scale = hd ** -0.5
@@ -306,7 +310,7 @@ def test_attention_per_kv_head(ops, hd, heads, n_kv, window, split, request):
         kv_blocks = n_kv * -(-(heads // n_kv) // 4)
         assert ops._gqa_splits(3, n_ctx, kv_blocks) == (8 if split else 1)
     finally:
-        ops.kv_cache_type, ops.gqa_blocks_per_sm, ops.gqa_min_keys = saved
+        ops.kv_cache_type, ops.gqa_blocks_per_sm, ops.gqa_min_keys, ops.gqa_split_keys = saved
 
 
 def test_rope_qk_in_one_launch(ops, request):
@@ -404,6 +408,74 @@ def test_rope_attention_fuses_rotation_and_append(ops, neox, request):
     for slot in (0, 1):
         assert np.array_equal(caches[0].keys(0, slot, 0, n_ctx), caches[1].keys(0, slot, 0, n_ctx))
         assert np.array_equal(caches[0].values(0, slot, 0, n_ctx), caches[1].values(0, slot, 0, n_ctx))
+
+
+@pytest.mark.parametrize("hd,heads,n_kv", [(64, 9, 3), (128, 16, 2), (256, 4, 1)], ids=["hd64-gqa3", "hd128-gqa8", "hd256-gqa4"])
+@pytest.mark.parametrize("neox", [True, False])
+@pytest.mark.parametrize("splits", ["one-block", "live-splits"])
+def test_rope_inside_decode_attention(ops, hd, heads, n_kv, neox, splits, request):
+    """Decode rows over an f16 cache (one per sequence) take attn_gqa_rope_f16_<hd>: q rotated as the
+    attention loads it, k rotated and k / v appended by the attention's blocks, no launch of their own.
+    The same bits as rope_qk_kv_append then attn_gqa (outputs and both caches), and close to the CPU,
+    for GQA groups of 3, 8 (two blocks of heads write the same key) and 4, a partial rotary dimension,
+    rows whose own key falls in the first, a middle or the last live split, and a window."""
+    rng = rng_for(request)
+    n_ctx, spec = 80, RopeSpec(hd // 2, 10000.0, neox)
+    saved = (ops.kv_cache_type, ops.gqa_blocks_per_sm, ops.gqa_min_keys, ops.gqa_split_keys, ops.rope_in_attention)
+    try:
+        ops.kv_cache_type = "f16"
+        if splits == "live-splits":  # 10 splits of 8 keys at most
+            ops.gqa_blocks_per_sm, ops.gqa_min_keys, ops.gqa_split_keys = 10**4, 8, 8
+        else:
+            ops.gqa_blocks_per_sm, ops.gqa_min_keys = 0, 10**9
+        caches = [ops.make_cache(1, 4, n_ctx, n_kv, hd) for _ in range(2)]
+        host = KVCache(1, 4, n_ctx, n_kv, hd)
+        hist_k = _f16_values(rng, host.k[0].shape)  # the same f16-exact history in all three caches
+        hist_v = _f16_values(rng, host.v[0].shape)
+        host.k[0][:], host.v[0][:] = hist_k, hist_v
+        for c in caches:
+            ops.rt.copy_htod(c.k[0], hist_k.astype(np.float16), hist_k.size * 2, ops.stream)
+            ops.rt.copy_htod(c.v[0], hist_v.astype(np.float16), hist_v.size * 2, ops.stream)
+        ops.sync()
+        for window in (None, 11):
+            slots, starts = [3, 0, 1, 2], [0, 7, 40, 79]
+            n = len(slots)
+            positions = np.array(starts)
+            qkv = rng.standard_normal((n, (heads + 2 * n_kv) * hd)).astype(np.float32)
+            k_h = _f16_values(rng, (n, n_kv, hd))
+            v_h = _f16_values(rng, (n, n_kv, hd))
+            qkv[:, heads * hd:(heads + n_kv) * hd] = k_h.reshape(n, -1)
+            qkv[:, (heads + n_kv) * hd:] = v_h.reshape(n, -1)
+            q_h = qkv[:, :heads * hd].reshape(n, heads, hd)
+            ref = cpu.rope_attention(q_h, qkv[:, heads * hd:(heads + n_kv) * hd].reshape(n, n_kv, hd),
+                                     qkv[:, (heads + n_kv) * hd:].reshape(n, n_kv, hd), positions, spec, host, 0,
+                                     slots, starts, [1] * n, hd ** -0.5, window)
+            outs = []
+            for fused, cache in zip((True, False), caches):
+                ops.rope_in_attention = fused
+                d = ops.upload(qkv)
+                dq = d[:, :heads * hd].reshape(n, heads, hd)
+                dk = d[:, heads * hd:(heads + n_kv) * hd].reshape(n, n_kv, hd)
+                dv = d[:, (heads + n_kv) * hd:].reshape(n, n_kv, hd)
+                launched = []
+                launch = ops.launch
+                ops.launch = lambda kernel, *a: launched.append(kernel) or launch(kernel, *a)
+                try:
+                    outs.append(ops.to_host(ops.rope_attention(dq, dk, dv, positions, spec, cache, 0, slots, starts,
+                                                               [1] * n, hd ** -0.5, window)))
+                finally:
+                    ops.launch = launch
+                assert (f"attn_gqa_rope_f16_{hd}" in launched) == fused, launched
+                assert ("rope_qk_kv_append_f16" in launched) != fused, launched
+            assert np.array_equal(outs[0], outs[1]), window
+            assert rel_err(outs[0], ref) < 1e-3, window  # the rotated new keys are cached in f16, the CPU's in float32
+            for slot in range(4):
+                assert np.array_equal(caches[0].keys(0, slot, 0, n_ctx), caches[1].keys(0, slot, 0, n_ctx))
+                assert np.array_equal(caches[0].values(0, slot, 0, n_ctx), caches[1].values(0, slot, 0, n_ctx))
+            assert rel_err(caches[0].keys(0, 2, 0, n_ctx), host.keys(0, 2, 0, n_ctx)) < 1e-3
+    finally:
+        (ops.kv_cache_type, ops.gqa_blocks_per_sm, ops.gqa_min_keys, ops.gqa_split_keys,
+         ops.rope_in_attention) = saved
 
 
 @pytest.mark.parametrize("n", [1, 67, 1000, 49152])

@@ -41,6 +41,7 @@ FA_MAX_HD, FA_ROWS, FA_WARPS = 128, 32, 2  # RF_FA_MAX_HD, RF_FA_ROWS, RF_FA_WAR
 GQA_HEADS, GQA_HEAD_DIMS = 4, (64, 128, 256)  # RF_GQA_G and the attn_gqa_f16_<hd> instances in attention.hip
 FA_MIN_ROWS = 16  # shorter prompt chunks keep the row-per-block kernel
 SAMPLE_MAX_K = 256  # RF_SAMPLE_MAX_K in sample.hip: the largest top_k the device sampler takes
+SAMPLE_SLICE = 2048  # ids per block of sample_slices_f32 (>= SAMPLE_MAX_K); rows up to twice this take one block
 _F32 = np.dtype(np.float32)
 
 
@@ -653,7 +654,17 @@ class GpuOps:
         temperature, top_k (1..SAMPLE_MAX_K), top_p, min_p and the row's uniform draw u in [0, 1)."""
         rows, n = logits.shape[0], logits.shape[-1]
         ld = logits.ld if not logits.contiguous else n
-        self.launch("sample_topk_f32", (rows,), self.threads(256), logits.ptr, n, ld, params.ptr, out.ptr)
+        if n <= 2 * SAMPLE_SLICE:
+            self.launch("sample_topk_f32", (rows,), self.threads(256), logits.ptr, n, ld, params.ptr, out.ptr)
+            return
+        # Many blocks keep the k best of a slice each, then one block a row draws from those.
+        n_slices = -(-n // SAMPLE_SLICE)
+        cand_v = self.empty((rows, n_slices * SAMPLE_MAX_K))
+        cand_i = self.empty((rows, n_slices * SAMPLE_MAX_K), np.int32)
+        self.launch("sample_slices_f32", (n_slices, rows), self.threads(256), logits.ptr, n, ld, params.ptr,
+                    SAMPLE_SLICE, cand_v.ptr, cand_i.ptr)
+        self.launch("sample_pick_f32", (rows,), self.threads(256), cand_v.ptr, cand_i.ptr, n, SAMPLE_SLICE, n_slices,
+                    params.ptr, out.ptr)
 
     def penalize(self, logits: DeviceArray, penalties: tuple[np.ndarray, np.ndarray]) -> None:
         """The CPU chain's penalties on the device, in place (hip_kernels/sample.hip penalize_f32):

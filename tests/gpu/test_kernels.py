@@ -513,11 +513,13 @@ def _cpu_draw(row: np.ndarray, params, u: float) -> tuple[int, np.ndarray, np.nd
     return int(ids[pick]), ids, cdf
 
 
-@pytest.mark.parametrize("vocab", [1000, 49157])
+@pytest.mark.parametrize("vocab", [1000, 6244, 49157])
 def test_device_sampling_matches_the_cpu_chain(ops, vocab, request):
-    """sample_topk_f32 draws what the CPU sampler draws with the same uniform: top-k (ties to the lowest
-    id), top-p, min-p, temperature, inverse CDF; settings across the chain's corners, rows with equal
-    logits at the k-th place and a flat row."""
+    """The device sampler draws what the CPU sampler draws with the same uniform: top-k (ties to the
+    lowest id), top-p, min-p, temperature, inverse CDF; settings across the chain's corners, rows with
+    equal logits at the k-th place (spread over the slices of the two-launch path) and a flat row. 1000
+    ids: one block a row (sample_topk_f32); 6244: four slices of 2048, the last of 100 (fewer than k =
+    256) then sample_pick_f32; 49157: 25 slices."""
     from rocmforge_core.sampler import SamplingParams
 
     rng = rng_for(request)

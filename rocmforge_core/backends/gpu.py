@@ -73,10 +73,15 @@ class GpuOps:
         self.gqa_attention = os.environ.get("ROCMFORGE_GPU_GQA", "1") != "0"
         self.gqa_min_keys = int(os.environ.get("ROCMFORGE_GPU_GQA_MIN_KEYS", "128"))  # see _gqa_splits
         self.gqa_blocks_per_sm = int(os.environ.get("ROCMFORGE_GPU_GQA_BLOCKS", "2"))
-        # ... of which a row uses only as many as give each at least this many of its current keys (a
-        # short row: one block, no merge; 0: all of them); see rf_live_splits in attention.hip.
-        self.gqa_split_keys = int(os.environ.get("ROCMFORGE_GPU_GQA_SPLIT_KEYS", "64"))
-        self.rope_in_attention = os.environ.get("ROCMFORGE_GPU_ROPE_FUSE", "1") != "0"  # _fused_rope_decode
+        # ... of which a row uses only as many as give each at least this many of its current keys (0: all
+        # of them; see rf_live_splits in attention.hip). Measured on an H200 (BENCHMARKS.md): 64 keys made
+        # the 8B step at depth 64 2.5 % slower (fewer blocks for a latency-bound pass), 16 is neutral to
+        # 1.3 % faster (8B, depth 64 of a 4160-key cache).
+        self.gqa_split_keys = int(os.environ.get("ROCMFORGE_GPU_GQA_SPLIT_KEYS", "16"))
+        # Rope and the KV append inside the decode attention (_fused_rope_decode): off unless
+        # ROCMFORGE_GPU_ROPE_FUSE=1. Measured on an H200: 3-5 % faster steps at depth 16,384, 2-4 % slower
+        # at depth 64 (its loads sit on the latency-bound short pass; the launch it saves costs less).
+        self.rope_in_attention = os.environ.get("ROCMFORGE_GPU_ROPE_FUSE", "0") == "1"
         self.kv_cache_type = "f16"  # new caches store keys and values in f16 (or "f32")
         # Projections read 8-bit activations (gpu/mvq.py) for the weight types that have the int8
         # mat-vec; ROCMFORGE_GPU_Q8=0 keeps every product in float32 (the CPU's arithmetic, to 1e-5).
@@ -90,6 +95,7 @@ class GpuOps:
         self.matvec_tuning: list[str] = []  # what tuning chose, one line per shape
         self._untuned: list[GpuLinear] = []
         self._stager: Stager | None = None  # weight uploads through pinned buffers while a model loads
+        self._raw_scratch: tuple[int, int] | None = None  # (device address, bytes): raw blocks before their split
         # A norm before a projection can run inside the mat-vec's blocks for one row of at most this many
         # values (norm_matmul, and the gated activation before the down projection); off by default:
         # measured slower than the two launches on an H200 (SmolLM2 step 1.029 vs 0.762 ms, BENCHMARKS.md).
@@ -184,9 +190,7 @@ class GpuOps:
             self.pool, self._logits_into, self._capturing = saved, None, False
 
     def close(self) -> None:
-        if self._stager is not None:
-            self._stager.close()
-            self._stager = None
+        self._end_staging()
         self._uploads.clear()
         self._untuned.clear()
         self._row_key = self._row_arrays = None
@@ -209,12 +213,33 @@ class GpuOps:
             self._stager = Stager(self.rt, self.stream)
         self._stager.copy(dst, raw)
 
-    def weights_loaded(self) -> None:
-        """A model's weights are all up: the staging buffers go back, then the mat-vec variants are
-        timed on the weights (see tune_matvec)."""
+    def raw_scratch(self, nbytes: int) -> int:
+        """A device buffer of at least nbytes for a weight's raw blocks on their way to its split layout
+        (mvq.split_on_device), kept from one weight to the next while a model loads: the copies and the
+        split kernels queue on the one stream, which orders each reuse after the last reader, with no
+        allocation, free or host wait per weight."""
+        if self._raw_scratch is None or self._raw_scratch[1] < nbytes:
+            if self._raw_scratch is not None:
+                self.rt.stream_synchronize(self.stream)
+                self.rt.free(self._raw_scratch[0])
+                self._raw_scratch = None
+            self._raw_scratch = (self.rt.alloc(nbytes), nbytes)
+        return self._raw_scratch[0]
+
+    def _end_staging(self) -> None:
+        """The pinned buffers and the raw scratch go back (after the copies that read them)."""
         if self._stager is not None:
             self._stager.close()
             self._stager = None
+        if self._raw_scratch is not None:
+            self.rt.stream_synchronize(self.stream)
+            self.rt.free(self._raw_scratch[0])
+            self._raw_scratch = None
+
+    def weights_loaded(self) -> None:
+        """A model's weights are all up: the staging buffers go back, then the mat-vec variants are
+        timed on the weights (see tune_matvec)."""
+        self._end_staging()
         untuned, self._untuned = self._untuned, []
         if self.tune_matvec and untuned:
             self.matvec_tuning += mvq.tune(self, untuned)
@@ -530,9 +555,9 @@ class GpuOps:
         return self._attend(yq, kv_heads, cache, layer, slots, slot_d, pos_d, scale, window)
 
     def _fused_rope_decode(self, n: int, hd: int, cache: GpuKVCache, slots) -> bool:
-        """Decode rows (one per sequence) over an f16 cache: the rotations and the cache append run inside
-        the attention's blocks (attn_gqa_rope_f16_<hd>), no launch of their own; ROCMFORGE_GPU_ROPE_FUSE=0
-        keeps rope_qk_kv_append."""
+        """Decode rows (one per sequence) over an f16 cache, when rope_in_attention: the rotations and the
+        cache append run inside the attention's blocks (attn_gqa_rope_f16_<hd>), no launch of their own
+        (otherwise rope_qk_kv_append first)."""
         if not self.rope_in_attention or self._flash_prefill(n, hd, slots) or not self._gqa_decode(cache, hd):
             return False
         return isinstance(slots, DeviceArray) or len(set(map(int, slots))) == n

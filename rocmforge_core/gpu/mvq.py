@@ -38,25 +38,21 @@ def splits(type_name: str, n_in: int) -> bool:
 
 def split_on_device(ops, raws: Sequence[np.ndarray], type_name: str) -> Any:
     """Upload the raw GGUF blocks of one or more tensors of one type (stacked rows, e.g. Q|K|V) and split
-    them into one [bulk | meta] array on the device; returns the new array. Each raw copy lives in a
-    staging allocation of its own, freed at once, so loading leaves nothing but the split weights; the
-    bytes go through ops.stage (pinned, overlapped with reading the file)."""
+    them into one [bulk | meta] array on the device; returns the new array. The raw copies pass through
+    one reused device scratch (ops.raw_scratch, freed when the weights are all up, so loading leaves
+    nothing but the split weights); the bytes go through ops.stage (pinned, overlapped with reading the
+    file), and nothing here waits for the device."""
     qk, block_bytes, at, bulk = SPLIT_TYPES[type_name]
     total = sum(r.nbytes for r in raws)
     out = ops.empty((total,), np.uint8)
     n_total, done = total // block_bytes, 0
-    rt = ops.rt
     for raw in raws:
-        staged = rt.alloc(raw.nbytes)
-        try:
-            ops.stage(staged, raw)
-            n_blocks = raw.nbytes // block_bytes
-            t = ops.threads(256)
-            ops.launch("repack_blocks", ((n_blocks + t - 1) // t,), t, staged, out.ptr + done * bulk,
-                       out.ptr + n_total * bulk + done * (block_bytes - bulk), n_blocks, block_bytes, at, bulk)
-            rt.stream_synchronize(ops.stream)
-        finally:
-            rt.free(staged)
+        staged = ops.raw_scratch(raw.nbytes)
+        ops.stage(staged, raw)
+        n_blocks = raw.nbytes // block_bytes
+        t = ops.threads(256)
+        ops.launch("repack_blocks", ((n_blocks + t - 1) // t,), t, staged, out.ptr + done * bulk,
+                   out.ptr + n_total * bulk + done * (block_bytes - bulk), n_blocks, block_bytes, at, bulk)
         done += n_blocks
     return out
 

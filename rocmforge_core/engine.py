@@ -718,11 +718,16 @@ def _load(path: Path, backend: str, numerics: str = "packed"):
         _LOADED.clear()  # free the previous model before loading another
         gguf_file = GGUFFile(path)
         config = check_model(gguf_file)  # the same checks as `rocmforge inspect`
-        tokenizer = Tokenizer.from_gguf(gguf_file)
         free, where = _free_memory(backend)
         footprint.check_weights_fit(gguf_file, backend, numerics, free, where)  # before allocating
         ops = cpu.make_ops("cpu", numerics) if backend == "cpu" else backend
-        _LOADED[key] = (gguf_file, config, tokenizer, load_model(gguf_file, backend=ops))
+        # The tokenizer (pure Python, ~0.4 s for a 128k vocabulary) is built while the weights load: their
+        # copies out of the mapped file run without the GIL. Its metadata passed check_model already.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rocmforge-tokenizer") as pool:
+            pending = pool.submit(Tokenizer.from_gguf, gguf_file)
+            model = load_model(gguf_file, backend=ops)
+            tokenizer = pending.result()
+        _LOADED[key] = (gguf_file, config, tokenizer, model)
     return _LOADED[key]
 
 

@@ -90,7 +90,8 @@ class GpuOps:
         # keeps them on the mat-vec.
         self.matrix_tiles = os.environ.get("ROCMFORGE_GPU_MMA", "1") != "0"
         # Each split weight shape's mat-vec variant is picked by timing when a model's weights are up
-        # (mvq.tune, weights_loaded); ROCMFORGE_GPU_MVQ_TUNE=0 keeps the defaults.
+        # (mvq.tune, weights_loaded; the choices kept on disk for the next load, mvq.TuningCache);
+        # ROCMFORGE_GPU_MVQ_TUNE=0 keeps the defaults.
         self.tune_matvec = os.environ.get("ROCMFORGE_GPU_MVQ_TUNE", "1") != "0" and rt.times_kernels
         self.matvec_tuning: list[str] = []  # what tuning chose, one line per shape
         self._untuned: list[GpuLinear] = []
@@ -242,7 +243,7 @@ class GpuOps:
         self._end_staging()
         untuned, self._untuned = self._untuned, []
         if self.tune_matvec and untuned:
-            self.matvec_tuning += mvq.tune(self, untuned)
+            self.matvec_tuning += mvq.tune(self, untuned, cache=True)
 
     def vector(self, gguf_file, name: str) -> DeviceArray:
         return self.upload(gguf_file.dequant(name).reshape(-1), np.float32)

@@ -133,12 +133,13 @@ def launch_glu(ops, part, gate_up, act: str, y_ptr: int, ldy: int, bias_ptr: int
                part.n_out, part.n_in, gate_up.ptr, y_ptr, ldy, bias_ptr, res_ptr, lpr)
 
 
-def tune(ops, linears: Sequence[Any], repeats: int = 3) -> list[str]:
+def tune(ops, linears: Sequence[Any], repeats: int = 3, cache: bool = False) -> list[str]:
     """Time every kernel variant of each split weight shape (type, rows, row length) for each row
     bucket, and give every part of that shape the fastest. A variant's time is one pass over all the
     model's weights of that shape (so the bytes come from memory, not the L2 cache), captured as one
     graph (no host launch cost in it), the median of `repeats` replays. Returns one line per shape and
-    one with the time tuning took (part of the model's load time)."""
+    one with the time tuning took (part of the model's load time). With `cache`, choices made before
+    on the same device, kernels and shape are reused from disk (TuningCache) and new ones kept there."""
     t0 = time.perf_counter()
     rt = ops.rt
     shapes: dict[tuple, list] = {}
@@ -148,23 +149,104 @@ def tune(ops, linears: Sequence[Any], repeats: int = 3) -> list[str]:
                 shapes.setdefault((part.kernel, part.n_out, part.n_in), []).append(part)
     if not shapes:
         return []
+    known = TuningCache(ops) if cache else None
+    lines = []
+    if known is not None:
+        for shape in list(shapes):
+            parts = shapes[shape]
+            chosen = known.get(shape, len(parts))
+            if chosen is not None:
+                for part in parts:
+                    part.mvq.update(chosen)
+                del shapes[shape]
+                lines.append(_chosen_line(shape, len(parts), chosen) + " (cached)")
+    if not shapes:
+        lines.append(f"{len(lines)} shapes from the tuning cache in {(time.perf_counter() - t0) * 1e3:.0f} ms")
+        return lines
     rows = COLUMN_BUCKETS[-1]
     n_out = max(k[1] for k in shapes)
     y = ops.empty((rows, n_out))
     acts = {}
     rng = np.random.default_rng(0)
     start, stop = rt.event_create(), rt.event_create()
-    lines = []
     try:
         _tune_shapes(ops, shapes, acts, rng, y, n_out, rows, start, stop, repeats, lines)
+        if known is not None:
+            known.store({(shape, len(parts)): dict(parts[0].mvq) for shape, parts in shapes.items()})
     except Exception as exc:  # a runtime that cannot capture or time this: the defaults, and why
         for parts in shapes.values():
             for part in parts:
                 part.mvq.clear()
         lines.append(f"tuning failed, default variants: {type(exc).__name__}: {exc}")
+    finally:
+        rt.event_destroy(start)
+        rt.event_destroy(stop)
     ops.sync()
     lines.append(f"{len(shapes)} shapes tuned in {(time.perf_counter() - t0) * 1e3:.0f} ms")
     return lines
+
+
+def _chosen_line(shape: tuple, count: int, chosen: dict) -> str:
+    kernel, n, k = shape
+    return f"{kernel} {n}x{k} (x{count}): " + ", ".join(f"{nc} rows r{r}u{u}" for nc, (r, u) in chosen.items())
+
+
+class TuningCache:
+    """tune's choices on disk (mvq-tuning.json beside the compiled kernels), one entry per device,
+    mat-vec source, variant table and weight shape, so a model loaded again skips the timing (~0.25 s
+    for an 8B file on an H200). A file that cannot be read or written only costs a new timing."""
+
+    def __init__(self, ops):
+        import hashlib
+
+        from rocmforge_core.gpu.runtime import cache_dir, kernel_source
+
+        dev = ops.rt.device
+        h = hashlib.sha256()
+        for part in (ops.rt.name, dev.name, dev.arch, repr(VARIANTS), repr(COLUMN_BUCKETS), kernel_source("mmvq")):
+            h.update(str(part).encode())
+            h.update(b"\x01")
+        self.prefix = h.hexdigest()[:24]
+        self.path = cache_dir() / "mvq-tuning.json"
+
+    def _read(self) -> dict:
+        import json
+
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _key(self, shape: tuple, count: int) -> str:
+        kernel, n, k = shape
+        return f"{self.prefix}:{kernel}:{n}x{k}:x{count}"
+
+    def get(self, shape: tuple, count: int) -> dict | None:
+        entry = self._read().get(self._key(shape, count))
+        try:
+            chosen = {int(nc): tuple(int(v) for v in rv) for nc, rv in entry.items()}
+        except (AttributeError, TypeError, ValueError):
+            return None
+        if set(chosen) != set(COLUMN_BUCKETS) or any(chosen[nc] not in VARIANTS[nc] for nc in chosen):
+            return None
+        return chosen
+
+    def store(self, choices: dict) -> None:
+        import json
+        import os
+
+        data = self._read()
+        for (shape, count), chosen in choices.items():
+            if set(chosen) == set(COLUMN_BUCKETS):
+                data[self._key(shape, count)] = {str(nc): list(rv) for nc, rv in chosen.items()}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
 
 
 def _tune_shapes(ops, shapes, acts, rng, y, n_out, rows, start, stop, repeats, lines) -> None:
@@ -197,5 +279,4 @@ def _tune_shapes(ops, shapes, acts, rng, y, n_out, rows, start, stop, repeats, l
             chosen[nc] = min(times, key=times.get)
             for part in parts:
                 part.mvq[nc] = chosen[nc]
-        lines.append(f"{kernel} {n}x{k} (x{len(parts)}): " + ", ".join(
-            f"{nc} rows r{r}u{u}" for nc, (r, u) in chosen.items()))
+        lines.append(_chosen_line((kernel, n, k), len(parts), chosen))

@@ -182,6 +182,30 @@ def test_gated_activation_runs_inside_the_matvec(ops_q8, activation, request, mo
     assert f"{act}_q8" in launched and np.array_equal(again, plain)
 
 
+def test_tuning_choices_are_kept_for_the_next_load(ops_q8, request, monkeypatch, tmp_path):
+    """With the cache (as weights_loaded tunes), a shape tuned once is not timed again: a second model's
+    parts of that shape get the same variants from disk even where capture would fail; another shape,
+    or a file that is not JSON, is timed as before."""
+    ops = ops_q8
+    rng = rng_for(request)
+    monkeypatch.setenv("ROCMFORGE_HOME", str(tmp_path))
+    first = [split_weight(ops, QT.Q4_K, 37, 512, rng)[0] for _ in range(2)]
+    lines = mvq.tune(ops, first, repeats=1, cache=True)
+    assert "1 shapes tuned in" in lines[-1] and (tmp_path / "kernels" / "mvq-tuning.json").is_file()
+    again = [split_weight(ops, QT.Q4_K, 37, 512, rng)[0] for _ in range(2)]
+
+    def refuse(stream):
+        raise RuntimeError("no capture here")
+    monkeypatch.setattr(ops.rt, "capture_begin", refuse)
+    lines = mvq.tune(ops, again, repeats=1, cache=True)
+    assert lines[0].endswith("(cached)") and "from the tuning cache" in lines[-1], lines
+    assert all(lin.parts[0].mvq == first[0].parts[0].mvq for lin in again)
+    other = split_weight(ops, QT.Q4_K, 41, 512, rng)[0]  # a shape not seen: timed (and here it fails)
+    assert "tuning failed" in mvq.tune(ops, [other], repeats=1, cache=True)[0]
+    (tmp_path / "kernels" / "mvq-tuning.json").write_text("not json")
+    assert "tuning failed" in mvq.tune(ops, again[:1] + again[1:], repeats=1, cache=True)[0]
+
+
 def test_tuning_that_cannot_capture_keeps_the_defaults(ops_q8, request, monkeypatch):
     """A runtime whose graph capture fails does not fail the model's load: every part keeps the
     default variants and the tuning says why."""

@@ -569,10 +569,16 @@ class Engine:
             ids = self.model.decode_greedy(tokens, self._cache, slots, positions)
             return [(int(t), None) for t in ids]
         if getattr(self.model.ops, "samples_on_device", False) and all(self._device_samplable(s) for s in batch):
-            # Each request's own generator draws its uniform here, as its CPU draw would.
+            # Each request's own generator draws its uniform here, as its CPU draw would. Without
+            # penalties (whose window the next token changes) the next step's table is drawn too, so
+            # the device can run that step before this one's tokens are streamed; a draw made for a
+            # step that does not happen is the request's next one all the same (Sampler.peek_uniform).
             table = np.array([self._device_row(s) for s in batch], dtype=np.float32)
-            ids = self.model.decode_sampled(tokens, self._cache, slots, positions, table,
-                                            self._device_penalties(batch))
+            penalties = self._device_penalties(batch)
+            ahead = None
+            if penalties is None:
+                ahead = np.array([self._device_row(s, ahead=True) for s in batch], dtype=np.float32)
+            ids = self.model.decode_sampled(tokens, self._cache, slots, positions, table, penalties, ahead)
             return [(int(t), None) for t in ids]
         logits = self.model.decode(tokens, self._cache, slots, positions)
         results = []
@@ -599,13 +605,15 @@ class Engine:
                 and len(self._penalty_window(state)) <= DEVICE_PENALTY_WINDOW)
 
     @staticmethod
-    def _device_row(state: _Active) -> list[float]:
-        """temperature, top_k, top_p, min_p, u. Greedy is top_k = 1 (the best logit, equal ones to the
-        lowest id, as argmax) and draws no uniform, as the CPU's greedy path draws none."""
+    def _device_row(state: _Active, ahead: bool = False) -> list[float]:
+        """temperature, top_k, top_p, min_p, u (with `ahead`, the next token's u, drawn in advance).
+        Greedy is top_k = 1 (the best logit, equal ones to the lowest id, as argmax) and draws no
+        uniform, as the CPU's greedy path draws none."""
         p = state.sampler.params
         if p.greedy:
             return [1.0, 1, 1.0, 0.0, 0.0]
-        return [p.temperature, p.top_k, p.top_p, p.min_p, state.sampler.rng.random()]
+        u = state.sampler.peek_uniform() if ahead else state.sampler.uniform()
+        return [p.temperature, p.top_k, p.top_p, p.min_p, u]
 
     @staticmethod
     def _penalty_window(state: _Active) -> Sequence[int]:

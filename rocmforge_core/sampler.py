@@ -263,6 +263,17 @@ class Sampler:
         # llama.cpp's seeds are 32-bit and -1 asks for a random one; keep the same range to report.
         self.seed = secrets.randbits(32) if seed is None or seed == -1 else int(seed)
         self.rng = np.random.default_rng(self.seed)
+        self._ahead: list[float] = []  # uniforms drawn in advance (peek_uniform), used first
+
+    def uniform(self) -> float:
+        """The next uniform of this sampler's sequence (one per sampled token)."""
+        return self._ahead.pop(0) if self._ahead else float(self.rng.random())
+
+    def peek_uniform(self) -> float:
+        """The uniform the next token will use, drawn now (a step computed ahead needs it); the
+        sequence is unchanged: uniform() returns it next."""
+        self._ahead.append(float(self.rng.random()))
+        return self._ahead[-1]
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         """One token id from logits (vocab,)."""
@@ -287,7 +298,7 @@ class Sampler:
     def _draw(self, ids: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Inverse-CDF draw per row: the first candidate whose cumulative probability exceeds u."""
         cdf = np.cumsum(probs, axis=-1)  # (B, K)
-        u = self.rng.random((probs.shape[0], 1)) * cdf[:, -1:]
+        u = np.array([[self.uniform()] for _ in range(probs.shape[0])]) * cdf[:, -1:]
         pick = np.sum(cdf <= u, axis=-1)
         # Rounding can leave u at the very top of the cdf; fall back to the last token with mass.
         last = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)

@@ -275,17 +275,19 @@ class GpuOps:
 
     def decode_step(self, model: Any, tokens: np.ndarray, cache: GpuKVCache, slots: np.ndarray,
                     positions: np.ndarray, greedy: bool = False, sample: np.ndarray | None = None,
-                    penalties: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                    penalties: tuple[np.ndarray, np.ndarray] | None = None,
+                    next_sample: np.ndarray | None = None) -> np.ndarray:
         """Decoder.decode's hook: the step through a captured graph, or op by op. With `greedy`, the
         rows' argmax token ids (picked on the device); with a `sample` table (rows of temperature,
         top_k, top_p, min_p, u), the rows' tokens drawn on the device, after the `penalties` (see
-        penalize) if given; else the logits."""
+        penalize) if given; else the logits. `next_sample`: the next step's table, for a step queued
+        ahead (decode_step.py)."""
         if not self.use_graphs or not isinstance(cache, GpuKVCache):
             logits = model.forward_decode(tokens, cache, slots, positions)
             if sample is not None:
                 return self.sample_rows(self.upload(np.ascontiguousarray(logits, np.float32)), sample, penalties)
             return np.argmax(logits, axis=-1).astype(np.int64) if greedy else logits
-        return decode_step.run(self, model, tokens, cache, slots, positions, greedy, sample, penalties)
+        return decode_step.run(self, model, tokens, cache, slots, positions, greedy, sample, penalties, next_sample)
 
     # ---- ops
     def embedding(self, table: GpuLinear, tokens) -> DeviceArray:

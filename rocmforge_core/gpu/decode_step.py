@@ -13,7 +13,9 @@ Greedy steps run one ahead. The argmax of a greedy step is written straight into
 input, so the step after it (same slots, positions + 1) can be queued on the device before the host
 has even read this step's ids: while the engine streams a token, the GPU already computes the next.
 When the engine's next call is exactly that step, it only waits for it; anything else (another
-batch, other tokens, any other launch on the stream) drops the speculation. A dropped step wrote the
+batch, other tokens, any other launch on the stream) drops the speculation. Sampled steps without
+penalties run one ahead the same way when the caller gives the next step's sampling table (its
+uniform draws made in advance: the engine keeps a dropped step's draws for the real one). A dropped step wrote the
 keys and values of one position past each sequence's end, which no attention reads before the real
 step at that position writes them again.
 """
@@ -29,11 +31,12 @@ from rocmforge_core.gpu.runtime import PinnedArray
 
 
 def run(ops, model, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.ndarray,
-        greedy: bool = False, sample: np.ndarray | None = None, penalties=None) -> np.ndarray:
+        greedy: bool = False, sample: np.ndarray | None = None, penalties=None,
+        next_sample: np.ndarray | None = None) -> np.ndarray:
     """One checked decode step of `model` on `cache`: a replay, or the first run and its capture.
     Returns the logits, or with `greedy` each row's argmax token id, or with a `sample` table each
     row's token drawn on the device after the `penalties` if any (ops.penalize; only the ids are
-    downloaded)."""
+    downloaded); `next_sample`: the table of the step after this one, which is then queued ahead."""
     key = (id(model), len(tokens))
 
     def host_logits(logits):
@@ -47,7 +50,7 @@ def run(ops, model, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.
     if graph is None:  # capture failed once for this step: op by op from now on
         return host_logits(model.forward_decode(tokens, cache, slots, positions))
     if sample is not None:
-        return graph.step_sample(tokens, slots, positions, sample, penalties)
+        return graph.step_sample(tokens, slots, positions, sample, penalties, next_sample, cache.n_ctx)
     if greedy:
         return graph.step_greedy(tokens, slots, positions, cache.n_ctx)
     return graph.replay(tokens, slots, positions)
@@ -100,9 +103,15 @@ class DecodeGraph:
         # and ids, one event per queued step, and the step queued ahead (see the module docstring).
         self.pinned_in = [PinnedArray(ops.rt, (3 * batch,), np.int32) for _ in range(2)]
         self.pinned_ids = [PinnedArray(ops.rt, (batch,), np.int32) for _ in range(2)]
+        # Sampled steps: their tables (B, 5) the same way, pinned and on the device, one per turn.
+        self.pinned_table = [PinnedArray(ops.rt, (batch, 5), np.float32) for _ in range(2)]
+        table_block = self.pool.get(2 * batch * 5 * 4)
+        self.tables = [DeviceArray(ops, table_block.ptr + t * batch * 20, (batch, 5), block=table_block)
+                       for t in range(2)]
         self.events = [ops.rt.event_create() for _ in range(2)]
         self.turn = 0
-        self.ahead: tuple | None = None  # (slots, positions, launch count, turn) of the queued step
+        # (slots, positions, launch count, turn, sampling table or None for greedy) of the queued step
+        self.ahead: tuple | None = None
         self.served_ahead = 0  # steps that were already queued when asked for
 
     def warm_up(self, tokens, cache, slots, positions) -> np.ndarray:
@@ -129,32 +138,35 @@ class DecodeGraph:
         del host
         return out
 
-    def step_sample(self, tokens, slots, positions, table: np.ndarray, penalties=None) -> np.ndarray:
+    def step_sample(self, tokens, slots, positions, table: np.ndarray, penalties=None,
+                    next_table: np.ndarray | None = None, n_ctx: int = 0) -> np.ndarray:
         """This step's tokens drawn on the device (ops.sample_into over the step's logits, soft-capped
-        there first where the model caps them, then penalized if asked): only B int32 come back."""
-        ops = self.ops
-        self.drop_ahead()
-        host = self._upload_inputs(tokens, slots, positions)
-        ops.launches += 1
-        ops.rt.graph_launch(self.exe, ops.stream)
-        logits = self.logits
-        cap = self.model.args.final_softcap
-        if cap:
-            logits = ops.softcap(logits, cap)
-        if penalties is not None:
-            ops.penalize(logits, penalties)  # in place: the next replay writes the logits anew
-        params = ops.upload(np.ascontiguousarray(table, np.float32))
-        ops.sample_into(logits, params, self.tokens)  # the token input is free until the next step
-        ids = ops.to_host(self.tokens).astype(np.int64)  # synchronises: `host` was read by then
-        del host
-        return ids
+        there first where the model caps them, then penalized if asked): only B int32 come back. With
+        `next_table` (no penalties), the step after it is queued behind it, as step_greedy does."""
+        slots, positions = np.asarray(slots), np.asarray(positions)
+        table = np.ascontiguousarray(table, np.float32)
+        ahead, self.ahead = self.ahead, None
+        if (ahead is not None and penalties is None and ahead[4] is not None
+                and np.array_equal(ahead[4], table) and self._is_ahead(ahead, tokens, slots, positions)):
+            turn = ahead[3]
+            self.served_ahead += 1
+        else:
+            if ahead is not None:
+                self.ops.rt.event_synchronize(self.events[ahead[3]])
+            turn = self._queue(slots, positions, tokens, table, penalties)
+        if next_table is not None and penalties is None and int(positions.max()) + 1 < n_ctx:
+            next_table = np.ascontiguousarray(next_table, np.float32)
+            queued = self._queue(slots, positions + 1, None, next_table)
+            self.ahead = (slots, positions + 1, self.ops.launches, queued, next_table)
+        self.ops.rt.event_synchronize(self.events[turn])
+        return self.pinned_ids[turn].array.astype(np.int64)
 
     def step_greedy(self, tokens, slots, positions, n_ctx: int) -> np.ndarray:
         """This step's argmax ids (only B int32 come back), with the next step queued behind it. (The
         logit soft-cap is monotonic, so the raw logits' argmax is the capped one's.)"""
         slots, positions = np.asarray(slots), np.asarray(positions)
         ahead, self.ahead = self.ahead, None
-        if ahead is not None and self._is_ahead(ahead, tokens, slots, positions):
+        if ahead is not None and ahead[4] is None and self._is_ahead(ahead, tokens, slots, positions):
             turn = ahead[3]
             self.served_ahead += 1
         else:
@@ -163,22 +175,23 @@ class DecodeGraph:
             turn = self._queue(slots, positions, tokens)
         if int(positions.max()) + 1 < n_ctx:
             queued = self._queue(slots, positions + 1, None)
-            self.ahead = (slots, positions + 1, self.ops.launches, queued)
+            self.ahead = (slots, positions + 1, self.ops.launches, queued, None)
         self.ops.rt.event_synchronize(self.events[turn])
         return self.pinned_ids[turn].array.astype(np.int64)
 
     def _is_ahead(self, ahead, tokens, slots, positions) -> bool:
         """Is the queued step exactly this call (nothing else launched since, same inputs)?"""
-        a_slots, a_positions, launches, turn = ahead
+        a_slots, a_positions, launches, turn = ahead[:4]
         if launches != self.ops.launches:
             return False
         same = np.array_equal(a_slots, slots) and np.array_equal(a_positions, positions)
         # its tokens are the argmax of the step before it, whose ids sit in the other pinned buffer
         return same and np.array_equal(self.pinned_ids[turn ^ 1].array, np.asarray(tokens))
 
-    def _queue(self, slots, positions, tokens) -> int:
-        """Queue one greedy step: inputs up (tokens too unless they are the last step's argmax, already
-        in place on the device), replay, argmax into the token input, ids down, an event. -> its turn"""
+    def _queue(self, slots, positions, tokens, table: np.ndarray | None = None, penalties=None) -> int:
+        """Queue one step: inputs up (tokens too unless they are the last step's ids, already in place on
+        the device), replay, the argmax (or with a sampling `table` the device draw, after the soft-cap
+        and the penalties if any) into the token input, ids down, an event. -> its turn"""
         ops, turn = self.ops, self.turn
         self.turn ^= 1
         b = self.batch
@@ -191,7 +204,18 @@ class DecodeGraph:
             ops.rt.copy_htod(self.inputs.ptr, host, 12 * b, ops.stream)
         ops.launches += 1
         ops.rt.graph_launch(self.exe, ops.stream)
-        ops.argmax_into(self.logits, self.tokens)
+        if table is None:
+            ops.argmax_into(self.logits, self.tokens)
+        else:
+            logits = self.logits
+            cap = self.model.args.final_softcap
+            if cap:
+                logits = ops.softcap(logits, cap)
+            if penalties is not None:
+                ops.penalize(logits, penalties)  # in place: the next replay writes the logits anew
+            self.pinned_table[turn].array[:] = table
+            ops.rt.copy_htod(self.tables[turn].ptr, self.pinned_table[turn].array, table.nbytes, ops.stream)
+            ops.sample_into(logits, self.tables[turn], self.tokens)  # the token input is free until the next step
         ops.rt.copy_dtoh(self.pinned_ids[turn].array, self.tokens.ptr, 4 * b, ops.stream)
         ops.rt.event_record(self.events[turn], ops.stream)
         return turn
@@ -224,11 +248,11 @@ class DecodeGraph:
 
     def close(self) -> None:
         self.drop_ahead()
-        for p in self.pinned_in + self.pinned_ids:
+        for p in self.pinned_in + self.pinned_ids + self.pinned_table:
             p.close()
         for e in self.events:
             self.ops.rt.event_destroy(e)
-        self.pinned_in, self.pinned_ids, self.events = [], [], []
+        self.pinned_in, self.pinned_ids, self.pinned_table, self.events = [], [], [], []
         if self.exe is not None:
             exe, self.exe = self.exe, None
             self.ops.rt.synchronize()

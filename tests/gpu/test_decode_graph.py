@@ -324,3 +324,43 @@ def test_engine_samples_with_penalties_on_the_device(rt, tmp_path):
     assert device == host and all(len(ids) == 12 for ids in device)
     assert "penalize_f32" in device_kernels and "sample_topk_f32" in device_kernels
     assert "penalize_f32" not in host_kernels
+
+
+def test_engine_queues_sampled_steps_ahead(rt, tmp_path):
+    """Sampled requests without penalties: the device queues each step's successor before the host has
+    read the step's ids (with the next uniforms drawn in advance), and the tokens are still those of
+    the host path with the same seeds - also when a request ends early (max_tokens 5 of 14): its
+    batch changes, the step queued for the old batch is dropped, and the draws made for it are the
+    next real steps' draws."""
+    import asyncio
+
+    from rocmforge_core.chat_template import ChatTemplate
+    from rocmforge_core.engine import Engine, Request, collect
+    from rocmforge_core.sampler import SamplingParams
+    from rocmforge_core.tokenizer import Tokenizer
+    from tiny_byte_model import write_byte_model
+
+    gguf_file = GGUFFile(write_byte_model(tmp_path / "bytes.gguf"))
+    requests = [Request(tokens=[256, 72, 105, 72], max_tokens=14, ignore_eos=True,
+                        sampling=SamplingParams(temperature=0.9, top_k=30, top_p=0.95, seed=11)),
+                Request(tokens=[256, 97, 98, 97, 98], max_tokens=5, ignore_eos=True,
+                        sampling=SamplingParams(temperature=1.3, top_k=50, min_p=0.02, seed=5))]
+
+    def generate(on_device: bool):
+        ops = GpuOps(rt)
+        ops.samples_on_device = on_device
+        engine = Engine(model=load_model(gguf_file, ops), tokenizer=Tokenizer.from_gguf(gguf_file),
+                        chat_template=ChatTemplate.for_model(gguf_file.metadata), gguf_file=gguf_file,
+                        backend=ops.name, backend_reason="test", n_ctx=48, n_slots=2, max_queue=4, load_ms=0.0)
+
+        async def go():
+            async with engine:
+                out = await asyncio.gather(*(collect(engine.submit(r)) for r in requests))
+                return out, sum(g.served_ahead for g in engine._cache.graphs.values() if g is not None)
+        out, served = asyncio.run(asyncio.wait_for(go(), 300))
+        return [ids for _, ids, _ in out], served
+
+    device, served = generate(True)
+    host, _ = generate(False)
+    assert device == host and [len(ids) for ids in device] == [14, 5]
+    assert served >= 5, served

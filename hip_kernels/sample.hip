@@ -253,3 +253,14 @@ extern "C" __global__ void penalize_f32(float* __restrict__ logits, int n_vocab,
         x[v] = (float)s;
     }
 }
+
+// A penalty window built before its last id was known (a sampled step queued ahead of the host: the
+// newest history id is the previous step's draw, still on the device): every RF_WINDOW_PENDING entry
+// of row r becomes tokens[r]. ids: (rows, width) int32. grid = (rows), any block size.
+#define RF_WINDOW_PENDING (-2)
+extern "C" __global__ void fill_window_i32(int* __restrict__ ids, int width, const int* __restrict__ tokens) {
+    const long long r = blockIdx.x;
+    for (int j = threadIdx.x; j < width; j += blockDim.x) {
+        if (ids[r * width + j] == RF_WINDOW_PENDING) ids[r * width + j] = tokens[r];
+    }
+}

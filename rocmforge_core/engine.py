@@ -23,7 +23,7 @@ import numpy as np
 from rocmforge_core import context, footprint
 from rocmforge_core.context import DEFAULT_CAP as DEFAULT_CTX  # noqa: F401  (context.py picks n_ctx)
 from rocmforge_core.errors import BadInputError, RocmforgeError
-from rocmforge_core.sampler import Sampler, SamplingParams, token_logprobs
+from rocmforge_core.sampler import WINDOW_PENDING, Sampler, SamplingParams, token_logprobs
 from rocmforge_core.stops import StopMatcher
 from rocmforge_core.validate import check_int
 
@@ -569,16 +569,19 @@ class Engine:
             ids = self.model.decode_greedy(tokens, self._cache, slots, positions)
             return [(int(t), None) for t in ids]
         if getattr(self.model.ops, "samples_on_device", False) and all(self._device_samplable(s) for s in batch):
-            # Each request's own generator draws its uniform here, as its CPU draw would. Without
-            # penalties (whose window the next token changes) the next step's table is drawn too, so
-            # the device can run that step before this one's tokens are streamed; a draw made for a
-            # step that does not happen is the request's next one all the same (Sampler.peek_uniform).
+            # Each request's own generator draws its uniform here, as its CPU draw would. The next
+            # step's table is drawn too (and its penalty windows, their newest id left for the device
+            # to fill in), so the device can run that step before this one's tokens are streamed; a
+            # draw made for a step that does not happen is the request's next one all the same
+            # (Sampler.peek_uniform).
             table = np.array([self._device_row(s) for s in batch], dtype=np.float32)
             penalties = self._device_penalties(batch)
+            next_penalties = None if penalties is None else self._device_penalties(batch, ahead=True)
             ahead = None
-            if penalties is None:
+            if penalties is None or next_penalties is not None:
                 ahead = np.array([self._device_row(s, ahead=True) for s in batch], dtype=np.float32)
-            ids = self.model.decode_sampled(tokens, self._cache, slots, positions, table, penalties, ahead)
+            ids = self.model.decode_sampled(tokens, self._cache, slots, positions, table, penalties, ahead,
+                                            next_penalties)
             return [(int(t), None) for t in ids]
         logits = self.model.decode(tokens, self._cache, slots, positions)
         results = []
@@ -616,20 +619,26 @@ class Engine:
         return [p.temperature, p.top_k, p.top_p, p.min_p, u]
 
     @staticmethod
-    def _penalty_window(state: _Active) -> Sequence[int]:
-        """The history ids the row's penalties read (sampler.apply_penalties), [] when they are off."""
+    def _penalty_window(state: _Active, ahead: bool = False) -> Sequence[int]:
+        """The history ids the row's penalties read (sampler.apply_penalties), [] when they are off;
+        with `ahead`, those of the next step, its newest id (this step's draw) WINDOW_PENDING."""
         p = state.sampler.params
         off = p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0
         if off or p.repeat_last_n == 0:
             return []
-        return state.history[-p.repeat_last_n:] if p.repeat_last_n > 0 else state.history
+        n = p.repeat_last_n
+        if not ahead:
+            return state.history[-n:] if n > 0 else state.history
+        kept = (state.history[-(n - 1):] if n > 1 else []) if n > 0 else state.history
+        return list(kept) + [WINDOW_PENDING]
 
-    def _device_penalties(self, batch: list[_Active]) -> tuple[np.ndarray, np.ndarray] | None:
+    def _device_penalties(self, batch: list[_Active], ahead: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
         """(window (B, W) int32, -1 padded; (B, 3) float64 repeat, frequency, presence) for
-        decode_sampled, or None when no row has penalties."""
-        windows = [self._penalty_window(s) for s in batch]
+        decode_sampled, or None when no row has penalties (or, `ahead`, for the next step, when a
+        window would be too long for the device)."""
+        windows = [self._penalty_window(s, ahead) for s in batch]
         width = max(len(w) for w in windows)
-        if width == 0:
+        if width == 0 or (ahead and width > DEVICE_PENALTY_WINDOW):
             return None
         ids = np.full((len(batch), width), -1, np.int32)
         pen = np.zeros((len(batch), 3), np.float64)

@@ -39,6 +39,12 @@ _FLAGS = {"temperature": "--temperature", "top_p": "--top-p", "min_p": "--min-p"
           "seed": "--seed"}
 
 
+# In a penalty window handed to a device sampler: the history's newest id, not known on the host yet
+# (a step queued ahead; the device fills it in from the previous step's draw: sample.hip
+# RF_WINDOW_PENDING). -1 pads a window.
+WINDOW_PENDING = -2
+
+
 def _fmt(value) -> str:
     return f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
 

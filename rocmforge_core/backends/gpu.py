@@ -276,18 +276,19 @@ class GpuOps:
     def decode_step(self, model: Any, tokens: np.ndarray, cache: GpuKVCache, slots: np.ndarray,
                     positions: np.ndarray, greedy: bool = False, sample: np.ndarray | None = None,
                     penalties: tuple[np.ndarray, np.ndarray] | None = None,
-                    next_sample: np.ndarray | None = None) -> np.ndarray:
+                    next_sample: np.ndarray | None = None, next_penalties=None) -> np.ndarray:
         """Decoder.decode's hook: the step through a captured graph, or op by op. With `greedy`, the
         rows' argmax token ids (picked on the device); with a `sample` table (rows of temperature,
         top_k, top_p, min_p, u), the rows' tokens drawn on the device, after the `penalties` (see
-        penalize) if given; else the logits. `next_sample`: the next step's table, for a step queued
-        ahead (decode_step.py)."""
+        penalize) if given; else the logits. `next_sample` (and `next_penalties`): the next step's
+        table (and windows), for a step queued ahead (decode_step.py)."""
         if not self.use_graphs or not isinstance(cache, GpuKVCache):
             logits = model.forward_decode(tokens, cache, slots, positions)
             if sample is not None:
                 return self.sample_rows(self.upload(np.ascontiguousarray(logits, np.float32)), sample, penalties)
             return np.argmax(logits, axis=-1).astype(np.int64) if greedy else logits
-        return decode_step.run(self, model, tokens, cache, slots, positions, greedy, sample, penalties, next_sample)
+        return decode_step.run(self, model, tokens, cache, slots, positions, greedy, sample, penalties, next_sample,
+                               next_penalties)
 
     # ---- ops
     def embedding(self, table: GpuLinear, tokens) -> DeviceArray:
@@ -694,10 +695,13 @@ class GpuOps:
         self.launch("sample_pick_f32", (rows,), self.threads(256), cand_v.ptr, cand_i.ptr, n, SAMPLE_SLICE, n_slices,
                     params.ptr, out.ptr)
 
-    def penalize(self, logits: DeviceArray, penalties: tuple[np.ndarray, np.ndarray]) -> None:
+    def penalize(self, logits: DeviceArray, penalties: tuple[np.ndarray, np.ndarray],
+                 pending: DeviceArray | None = None) -> None:
         """The CPU chain's penalties on the device, in place (hip_kernels/sample.hip penalize_f32):
         penalties = (window (rows, W) int32 ids of each row's recent history, -1 padded; (rows, 3)
-        float64 repeat, frequency and presence penalties)."""
+        float64 repeat, frequency and presence penalties). With `pending` (rows,) int32 on the device,
+        window entries sampler.WINDOW_PENDING are that row's id (fill_window_i32: the newest history id of a
+        step queued before the host knew it)."""
         window, pen = penalties
         window = np.ascontiguousarray(window, np.int32)
         rows, n = logits.shape[0], logits.shape[-1]
@@ -705,6 +709,8 @@ class GpuOps:
             return
         ld = logits.ld if not logits.contiguous else n
         ids, params = self.upload(window), self.upload(np.ascontiguousarray(pen, np.float64))  # held past the launch
+        if pending is not None:
+            self.launch("fill_window_i32", (rows,), self.threads(128), ids.ptr, window.shape[1], pending.ptr)
         self.launch("penalize_f32", (rows,), self.threads(128), logits.ptr, n, ld, ids.ptr, window.shape[1],
                     params.ptr)
 

@@ -13,9 +13,10 @@ Greedy steps run one ahead. The argmax of a greedy step is written straight into
 input, so the step after it (same slots, positions + 1) can be queued on the device before the host
 has even read this step's ids: while the engine streams a token, the GPU already computes the next.
 When the engine's next call is exactly that step, it only waits for it; anything else (another
-batch, other tokens, any other launch on the stream) drops the speculation. Sampled steps without
-penalties run one ahead the same way when the caller gives the next step's sampling table (its
-uniform draws made in advance: the engine keeps a dropped step's draws for the real one). A dropped step wrote the
+batch, other tokens, any other launch on the stream) drops the speculation. Sampled steps run one
+ahead the same way when the caller gives the next step's sampling table (its uniform draws made in
+advance: the engine keeps a dropped step's draws for the real one) and, with penalties, the next
+step's history window with its newest id left pending (filled on the device from this step's draw). A dropped step wrote the
 keys and values of one position past each sequence's end, which no attention reads before the real
 step at that position writes them again.
 """
@@ -28,15 +29,17 @@ import numpy as np
 
 from rocmforge_core.gpu.memory import BufferPool, DeviceArray
 from rocmforge_core.gpu.runtime import PinnedArray
+from rocmforge_core.sampler import WINDOW_PENDING
 
 
 def run(ops, model, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.ndarray,
         greedy: bool = False, sample: np.ndarray | None = None, penalties=None,
-        next_sample: np.ndarray | None = None) -> np.ndarray:
+        next_sample: np.ndarray | None = None, next_penalties=None) -> np.ndarray:
     """One checked decode step of `model` on `cache`: a replay, or the first run and its capture.
     Returns the logits, or with `greedy` each row's argmax token id, or with a `sample` table each
     row's token drawn on the device after the `penalties` if any (ops.penalize; only the ids are
-    downloaded); `next_sample`: the table of the step after this one, which is then queued ahead."""
+    downloaded); `next_sample` (and `next_penalties`, its window's newest ids sampler.WINDOW_PENDING):
+    the table of the step after this one, which is then queued ahead."""
     key = (id(model), len(tokens))
 
     def host_logits(logits):
@@ -50,7 +53,8 @@ def run(ops, model, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.
     if graph is None:  # capture failed once for this step: op by op from now on
         return host_logits(model.forward_decode(tokens, cache, slots, positions))
     if sample is not None:
-        return graph.step_sample(tokens, slots, positions, sample, penalties, next_sample, cache.n_ctx)
+        return graph.step_sample(tokens, slots, positions, sample, penalties, next_sample, cache.n_ctx,
+                                 next_penalties)
     if greedy:
         return graph.step_greedy(tokens, slots, positions, cache.n_ctx)
     return graph.replay(tokens, slots, positions)
@@ -139,27 +143,41 @@ class DecodeGraph:
         return out
 
     def step_sample(self, tokens, slots, positions, table: np.ndarray, penalties=None,
-                    next_table: np.ndarray | None = None, n_ctx: int = 0) -> np.ndarray:
+                    next_table: np.ndarray | None = None, n_ctx: int = 0, next_penalties=None) -> np.ndarray:
         """This step's tokens drawn on the device (ops.sample_into over the step's logits, soft-capped
         there first where the model caps them, then penalized if asked): only B int32 come back. With
-        `next_table` (no penalties), the step after it is queued behind it, as step_greedy does."""
+        `next_table` (and, when this step has penalties, `next_penalties`: the next window, its newest
+        ids pending), the step after it is queued behind it, as step_greedy does."""
         slots, positions = np.asarray(slots), np.asarray(positions)
         table = np.ascontiguousarray(table, np.float32)
         ahead, self.ahead = self.ahead, None
-        if (ahead is not None and penalties is None and ahead[4] is not None
-                and np.array_equal(ahead[4], table) and self._is_ahead(ahead, tokens, slots, positions)):
+        if (ahead is not None and ahead[4] is not None and np.array_equal(ahead[4], table)
+                and self._is_ahead(ahead, tokens, slots, positions)
+                and self._same_penalties(ahead[5], penalties, tokens)):
             turn = ahead[3]
             self.served_ahead += 1
         else:
             if ahead is not None:
                 self.ops.rt.event_synchronize(self.events[ahead[3]])
             turn = self._queue(slots, positions, tokens, table, penalties)
-        if next_table is not None and penalties is None and int(positions.max()) + 1 < n_ctx:
+        if next_table is not None and (penalties is None or next_penalties is not None) \
+                and int(positions.max()) + 1 < n_ctx:
             next_table = np.ascontiguousarray(next_table, np.float32)
-            queued = self._queue(slots, positions + 1, None, next_table)
-            self.ahead = (slots, positions + 1, self.ops.launches, queued, next_table)
+            queued = self._queue(slots, positions + 1, None, next_table, next_penalties, pending=True)
+            self.ahead = (slots, positions + 1, self.ops.launches, queued, next_table, next_penalties)
         self.ops.rt.event_synchronize(self.events[turn])
         return self.pinned_ids[turn].array.astype(np.int64)
+
+    @staticmethod
+    def _same_penalties(queued, penalties, tokens) -> bool:
+        """Did the queued step penalize exactly as `penalties` asks, its pending ids being `tokens`?"""
+        if queued is None or penalties is None:
+            return queued is None and penalties is None
+        (q_window, q_pen), (window, pen) = queued, penalties
+        if np.shape(q_window) != np.shape(window) or not np.array_equal(q_pen, pen):
+            return False
+        filled = np.where(q_window == WINDOW_PENDING, np.asarray(tokens).reshape(-1, 1), q_window)
+        return np.array_equal(filled, window)
 
     def step_greedy(self, tokens, slots, positions, n_ctx: int) -> np.ndarray:
         """This step's argmax ids (only B int32 come back), with the next step queued behind it. (The
@@ -175,7 +193,7 @@ class DecodeGraph:
             turn = self._queue(slots, positions, tokens)
         if int(positions.max()) + 1 < n_ctx:
             queued = self._queue(slots, positions + 1, None)
-            self.ahead = (slots, positions + 1, self.ops.launches, queued, None)
+            self.ahead = (slots, positions + 1, self.ops.launches, queued, None, None)
         self.ops.rt.event_synchronize(self.events[turn])
         return self.pinned_ids[turn].array.astype(np.int64)
 
@@ -188,10 +206,12 @@ class DecodeGraph:
         # its tokens are the argmax of the step before it, whose ids sit in the other pinned buffer
         return same and np.array_equal(self.pinned_ids[turn ^ 1].array, np.asarray(tokens))
 
-    def _queue(self, slots, positions, tokens, table: np.ndarray | None = None, penalties=None) -> int:
+    def _queue(self, slots, positions, tokens, table: np.ndarray | None = None, penalties=None,
+               pending: bool = False) -> int:
         """Queue one step: inputs up (tokens too unless they are the last step's ids, already in place on
         the device), replay, the argmax (or with a sampling `table` the device draw, after the soft-cap
-        and the penalties if any) into the token input, ids down, an event. -> its turn"""
+        and the penalties if any; with `pending`, their windows' pending ids are the step's input
+        tokens) into the token input, ids down, an event. -> its turn"""
         ops, turn = self.ops, self.turn
         self.turn ^= 1
         b = self.batch
@@ -211,8 +231,8 @@ class DecodeGraph:
             cap = self.model.args.final_softcap
             if cap:
                 logits = ops.softcap(logits, cap)
-            if penalties is not None:
-                ops.penalize(logits, penalties)  # in place: the next replay writes the logits anew
+            if penalties is not None:  # in place: the next replay writes the logits anew
+                ops.penalize(logits, penalties, self.tokens if pending else None)
             self.pinned_table[turn].array[:] = table
             ops.rt.copy_htod(self.tables[turn].ptr, self.pinned_table[turn].array, table.nbytes, ops.stream)
             ops.sample_into(logits, self.tables[turn], self.tokens)  # the token input is free until the next step

@@ -197,18 +197,21 @@ class Decoder:
         return self._decode(tokens, cache, slots, positions, greedy=True)
 
     def decode_sampled(self, tokens: np.ndarray, cache, slots: np.ndarray, positions: np.ndarray,
-                       table: np.ndarray, penalties=None, next_table: np.ndarray | None = None) -> np.ndarray:
+                       table: np.ndarray, penalties=None, next_table: np.ndarray | None = None,
+                       next_penalties=None) -> np.ndarray:
         """decode, then each row's token drawn on the backend's device (ops.samples_on_device) from
         table (B, 5): temperature, top_k, top_p, min_p and the row's uniform draw, the CPU sampler's
         chain (sampler.candidate_probs + its inverse CDF), after its penalties when `penalties` =
         (window (B, W) int32 recent ids, -1 padded; (B, 3) float64 repeat, frequency, presence) is
-        given. `next_table`, the same rows' table for the step after this one, lets a backend queue that
-        step before this one's ids are read (the GPU's captured steps). (B,) int64 token ids."""
+        given. `next_table`, the same rows' table for the step after this one (with penalties also
+        `next_penalties`, its windows' newest ids sampler.WINDOW_PENDING: this step's draws), lets a
+        backend queue that step before this one's ids are read (the GPU's captured steps). (B,) int64
+        token ids."""
         return self._decode(tokens, cache, slots, positions, greedy=False, sample=table, penalties=penalties,
-                            next_sample=next_table)
+                            next_sample=next_table, next_penalties=next_penalties)
 
     def _decode(self, tokens, cache, slots, positions, greedy: bool, sample=None, penalties=None,
-                next_sample=None) -> np.ndarray:
+                next_sample=None, next_penalties=None) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         slots = np.asarray(slots, dtype=np.int64).reshape(-1)
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
@@ -224,7 +227,7 @@ class Decoder:
         step = getattr(self.ops, "decode_step", None)
         if step is not None:
             return step(self, tokens, cache, slots, positions, greedy=greedy, sample=sample, penalties=penalties,
-                        next_sample=next_sample)
+                        next_sample=next_sample, next_penalties=next_penalties)
         if sample is not None:
             raise BadInputError(f"the {self.ops.name} backend does not sample on a device")
         logits = self.forward_decode(tokens, cache, slots, positions)

@@ -285,9 +285,11 @@ def test_prompt_chunk_graph_equals_op_by_op(case, op_by_op, graphed, monkeypatch
 
 def test_engine_samples_with_penalties_on_the_device(rt, tmp_path):
     """Through the engine (continuous batching, two requests at once: one sampled with repeat and
-    frequency penalties, one greedy with a presence penalty), the device path (penalize + draw on the
-    device, only ids back) gives the same tokens as the host path (logits down, the CPU sampler) with
-    the same seeds, and the device path really ran (its kernels were launched)."""
+    frequency penalties, one greedy with a presence penalty over the last 6 ids, ending early), the
+    device path (penalize + draw on the device, only ids back, each step queued ahead with its window's
+    newest id filled in on the device) gives the same tokens as the host path (logits down, the CPU
+    sampler) with the same seeds, and the device path really ran (its kernels were launched, steps
+    were served ahead)."""
     import asyncio
 
     from rocmforge_core.chat_template import ChatTemplate
@@ -300,10 +302,10 @@ def test_engine_samples_with_penalties_on_the_device(rt, tmp_path):
     requests = [Request(tokens=[256, 72, 105, 72], max_tokens=12, ignore_eos=True,
                         sampling=SamplingParams(temperature=0.9, top_k=30, top_p=0.95, repeat_penalty=1.4,
                                                 frequency_penalty=0.3, seed=11)),
-                Request(tokens=[256, 97, 98, 97, 98], max_tokens=12, ignore_eos=True,
+                Request(tokens=[256, 97, 98, 97, 98], max_tokens=7, ignore_eos=True,
                         sampling=SamplingParams(temperature=0.0, presence_penalty=2.5, repeat_last_n=6))]
 
-    def generate(on_device: bool) -> tuple[list[list[int]], list[str]]:
+    def generate(on_device: bool) -> tuple[list[list[int]], list[str], int]:
         ops = GpuOps(rt)
         ops.samples_on_device = on_device
         launched = []
@@ -315,14 +317,16 @@ def test_engine_samples_with_penalties_on_the_device(rt, tmp_path):
 
         async def go():
             async with engine:
-                return await asyncio.gather(*(collect(engine.submit(r)) for r in requests))
-        out = asyncio.run(asyncio.wait_for(go(), 300))
-        return [ids for _, ids, _ in out], launched
+                out = await asyncio.gather(*(collect(engine.submit(r)) for r in requests))
+                return out, sum(g.served_ahead for g in engine._cache.graphs.values() if g is not None)
+        out, served = asyncio.run(asyncio.wait_for(go(), 300))
+        return [ids for _, ids, _ in out], launched, served
 
-    device, device_kernels = generate(True)
-    host, host_kernels = generate(False)
-    assert device == host and all(len(ids) == 12 for ids in device)
+    device, device_kernels, served = generate(True)
+    host, host_kernels, _ = generate(False)
+    assert device == host and [len(ids) for ids in device] == [12, 7]
     assert "penalize_f32" in device_kernels and "sample_topk_f32" in device_kernels
+    assert "fill_window_i32" in device_kernels and served >= 5, served
     assert "penalize_f32" not in host_kernels
 
 

@@ -16,9 +16,9 @@ When the engine's next call is exactly that step, it only waits for it; anything
 batch, other tokens, any other launch on the stream) drops the speculation. Sampled steps run one
 ahead the same way when the caller gives the next step's sampling table (its uniform draws made in
 advance: the engine keeps a dropped step's draws for the real one) and, with penalties, the next
-step's history window with its newest id left pending (filled on the device from this step's draw). A dropped step wrote the
-keys and values of one position past each sequence's end, which no attention reads before the real
-step at that position writes them again.
+step's history window with its newest id left pending (filled on the device from this step's draw).
+A dropped step wrote the keys and values of one position past each sequence's end, which no
+attention reads before the real step at that position writes them again.
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ class DecodeGraph:
                        for t in range(2)]
         self.events = [ops.rt.event_create() for _ in range(2)]
         self.turn = 0
-        # (slots, positions, launch count, turn, sampling table or None for greedy) of the queued step
+        # (slots, positions, launch count, turn, sampling table or None for greedy, penalties or None)
+        # of the queued step
         self.ahead: tuple | None = None
         self.served_ahead = 0  # steps that were already queued when asked for
 

@@ -9,10 +9,15 @@ row is an integer dot product of 16-byte loads. Other weight types keep the floa
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from typing import Any, Sequence
 
 import numpy as np
+
+from rocmforge_core.gpu.runtime import cache_dir, kernel_source
 
 # GGUF type -> (values per block, bytes per block, first bulk byte, bulk bytes); as in mmvq.hip.
 SPLIT_TYPES = {
@@ -197,10 +202,6 @@ class TuningCache:
     for an 8B file on an H200). A file that cannot be read or written only costs a new timing."""
 
     def __init__(self, ops):
-        import hashlib
-
-        from rocmforge_core.gpu.runtime import cache_dir, kernel_source
-
         dev = ops.rt.device
         h = hashlib.sha256()
         for part in (ops.rt.name, dev.name, dev.arch, repr(VARIANTS), repr(COLUMN_BUCKETS), kernel_source("mmvq")):
@@ -210,8 +211,6 @@ class TuningCache:
         self.path = cache_dir() / "mvq-tuning.json"
 
     def _read(self) -> dict:
-        import json
-
         try:
             data = json.loads(self.path.read_text())
             return data if isinstance(data, dict) else {}
@@ -233,9 +232,6 @@ class TuningCache:
         return chosen
 
     def store(self, choices: dict) -> None:
-        import json
-        import os
-
         data = self._read()
         for (shape, count), chosen in choices.items():
             if set(chosen) == set(COLUMN_BUCKETS):

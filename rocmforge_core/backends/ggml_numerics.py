@@ -20,17 +20,16 @@ that first rounding lands exactly on a float32 tie (about one case in 2^29).
 The block loops of the matrix products (exact integer sums, then an FMA chain per SIMD lane) are
 compiled with numba (`_block_dot`, `_q6_k_lanes`, `_q4_k_acc`): the same arithmetic as the numpy
 formulation they replaced, several times faster (the llama.cpp-numerics tests' model runs took ~3.5
-minutes of CI's time before). Their output rows are spread over numba's threads: each row's
-arithmetic is the same on any thread, so the bits do not depend on the thread count.
+minutes of CI's time before). They run on one thread: spread over numba's OpenMP threads they
+were 1.5x faster on 2 idle cores, but a test fixture took 296 s instead of 29 s while another job
+shared the cores (a decode step is ~200 small products; each parallel region waits for its slowest
+thread).
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-
-# The threading layer that backends/cpu_kernels.py picks (and why), also when only this module runs.
-numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 F32, F64 = np.float32, np.float64
 # Largest temporary (elements) a matrix product builds at once; bigger products go in row slices.
@@ -131,7 +130,7 @@ class BlockMatrix:
         return np.ascontiguousarray(out.T)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _block_dot(ints, scales, q, d, acc):  # pragma: no cover - compiled
     """The lane sums and their FMA chain of BlockMatrix._matmul, compiled: for output o, activation
     row t and lane l (8 lanes of 4 elements per 32-block), acc[l, o, t] = FMA over blocks b of the
@@ -144,8 +143,8 @@ def _block_dot(ints, scales, q, d, acc):  # pragma: no cover - compiled
     matrix, one row: 37 -> 13 ms)."""
     n_out, n_in = ints.shape
     n_t, nb = q.shape[0], n_in // 32
-    for o in numba.prange(n_out):  # output rows are independent: threads change no bit
-        ls = np.empty(nb * 8, np.int32)
+    ls = np.empty(nb * 8, np.int32)
+    for o in range(n_out):
         for t in range(n_t):
             for j in range(nb * 8):  # exact: |sum| <= 4 * 128 * 127
                 k = j * 4
@@ -168,11 +167,11 @@ def _block_dot(ints, scales, q, d, acc):  # pragma: no cover - compiled
             acc[4, o, t], acc[5, o, t], acc[6, o, t], acc[7, o, t] = a4, a5, a6, a7
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _mins_fma(mins, s, out):  # pragma: no cover - compiled
     """out[o, t] = FMA chain over blocks b of mins[o, b] * s[t, b] (Q4_1's offsets), from 0."""
     n_out, nb = mins.shape
-    for o in numba.prange(n_out):
+    for o in range(n_out):
         for t in range(s.shape[0]):
             a = np.float32(0.0)
             for b in range(nb):
@@ -366,7 +365,7 @@ def quantize_q8_k(x: np.ndarray, positive_ties: bool = False) -> tuple[np.ndarra
     return q.reshape(x.shape), d
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _q6_k_lanes(codes, sub_scales, d, q, d8, bsum16, acc):  # pragma: no cover - compiled
     """ggml_vec_dot_q6_K_q8_K's lanes, compiled: for output o, activation row t and lane l,
     acc[l, o, t] = FMA over super-blocks b of the float32 product d8[t, b] * d[o, b] times the lane's
@@ -374,8 +373,8 @@ def _q6_k_lanes(codes, sub_scales, d, q, d8, bsum16, acc):  # pragma: no cover -
     times the scaled Q8_K sums of sub-blocks 2l and 2l+1), that sum rounded to float32 first."""
     n_out, n_in = codes.shape
     n_t, nb = q.shape[0], n_in // 256
-    for o in numba.prange(n_out):
-        a = np.empty(8, np.float32)
+    a = np.empty(8, np.float32)
+    for o in range(n_out):
         for t in range(n_t):
             a[:] = 0.0
             for b in range(nb):
@@ -394,14 +393,14 @@ def _q6_k_lanes(codes, sub_scales, d, q, d8, bsum16, acc):  # pragma: no cover -
                 acc[lane, o, t] = a[lane]
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _q4_k_acc(codes, sub_scales, sub_mins, d, dmin, q, d8, bsum, per_block, out):  # pragma: no cover - compiled
     """ggml_gemm/gemv_q4_K_8x8_q8_K's accumulation, compiled (see SuperBlockMatrix._q4_k_rows):
     out[t, o] = acc - accm, both FMA chains over the super-blocks' steps of exact integer sums
     rounded to float32."""
     n_out, n_in = codes.shape
     n_t, nb = q.shape[0], n_in // 256
-    for o in numba.prange(n_out):
+    for o in range(n_out):
         for t in range(n_t):
             acc = np.float32(0.0)
             accm = np.float32(0.0)

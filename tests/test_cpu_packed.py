@@ -73,7 +73,9 @@ def test_compiled_dequantizers_equal_the_numpy_decoders(qtype):
     raw = random_blocks(qtype, (n_out, n_in), rng)
     want = quants.dequantize(raw, qtype, (n_out, n_in))
     got = np.full((n_out, n_in), np.nan, np.float32)
-    getattr(cpu_kernels, "dequant_" + qtype.name.lower())(raw.reshape(n_out, -1, size), cpu_kernels.F16, got)
+    blocks = raw.reshape(n_out, -1, size)
+    blocks.flags.writeable = False  # as PackedPart holds them: the specialization the models compile
+    getattr(cpu_kernels, "dequant_" + qtype.name.lower())(blocks, cpu_kernels.F16, got)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * np.abs(want).max())
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import gguf
 from gguf import GGMLQuantizationType as QT
 
+from rocmforge_core import quants
 from rocmforge_core.backends import ggml_numerics
 from rocmforge_core.backends.cpu import CpuBackend, Linear, _halves
 from rocmforge_core.kv_cache import KVCache
@@ -55,10 +56,18 @@ class ActGroup:
 class LlamaLinear(Linear):
     """A dense layer plus how llama.cpp computes it: `groups` say how to round the activations for
     each block of output rows; `exact` holds, per part, output rows lo..hi and the kernel that
-    reproduces llama.cpp's result for them (empty when a part's type has none)."""
+    reproduces llama.cpp's result for them (empty when a part's type has none).
+
+    When every part has its kernel, no float32 copy is kept (`w` is None): the products never read
+    it, and the embedding dequantizes the rows it looks up from `tensors`, the GGUF tensors."""
 
     groups: tuple[ActGroup, ...] = ()
     exact: tuple[tuple[int, int, object], ...] = ()
+    tensors: tuple = ()
+
+    @property
+    def n_out(self) -> int:
+        return self.w.shape[0] if self.w is not None else self.exact[-1][1]
 
 
 class LlamaCppBackend(CpuBackend):
@@ -71,9 +80,26 @@ class LlamaCppBackend(CpuBackend):
     keeps_all_rows = True
 
     def linear(self, gguf_file, names: Sequence[str], bias_names: Sequence[str] | None = None) -> LlamaLinear:
-        base = super().linear(gguf_file, names, bias_names)
         tensors = [gguf_file.tensor(n) for n in names]
-        return LlamaLinear(base.w, base.bias, _act_groups(tensors), _exact_kernels(tensors))
+        exact = _exact_kernels(tensors)
+        if exact and all(kernel is not None for _, _, kernel in exact):
+            # no float32 copy (see LlamaLinear): Gemma-3-270M's would be 1 GB and ~5 s to dequantize
+            bias = None
+            if bias_names:
+                bias = np.concatenate([gguf_file.dequant(n).reshape(-1) for n in bias_names])
+                bias = np.ascontiguousarray(bias, dtype=np.float32)
+            return LlamaLinear(None, bias, exact=exact, tensors=tuple(tensors))
+        base = super().linear(gguf_file, names, bias_names)
+        return LlamaLinear(base.w, base.bias, _act_groups(tensors), exact)
+
+    def embedding(self, table: LlamaLinear, tokens: np.ndarray) -> np.ndarray:
+        if table.w is not None:
+            return super().embedding(table, tokens)
+        (t,) = table.tensors  # the table is one tensor; its rows decode as in the whole-table decode
+        block, size = quants.BLOCK_SIZES[t.qtype]
+        n_out, n_in = t.shape[0], t.shape[-1]
+        rows = np.asarray(t.data).reshape(n_out, n_in // block, size)[np.asarray(tokens)]
+        return quants.dequantize(rows, t.qtype, (len(rows), n_in))
 
     def _product(self, x: np.ndarray, lin: LlamaLinear) -> np.ndarray:
         if lin.exact:

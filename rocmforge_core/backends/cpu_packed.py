@@ -43,6 +43,15 @@ class PackedPart:
     lo: int
     hi: int
 
+    def __post_init__(self):
+        # Read-only, as a file's memory map is: numba compiles a kernel once per argument type and
+        # tells read-only arrays from writable ones, so blocks built in memory (tests, benchmarks)
+        # would compile every kernel of their type a second time (cold: ~4 s a type).
+        if self.blocks.flags.writeable:
+            blocks = self.blocks.view()
+            blocks.flags.writeable = False
+            object.__setattr__(self, "blocks", blocks)
+
     @property
     def n_in(self) -> int:
         return self.blocks.shape[1] * quants.BLOCK_SIZES[self.qtype][0]

@@ -22,7 +22,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from rocmforge_core.backends.cpu_kernels import (
-    _OPTS, I4, I15, MAX_PARTS, _f16, _k_scale_min, _part_row, _quantized,
+    _OPTS, MAX_PARTS, _f16, _part_row, _quantized,
 )
 
 _i8, _i16, _i32, _i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)

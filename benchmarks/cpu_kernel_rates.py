@@ -1,10 +1,13 @@
 """Decode-kernel rates of the packed CPU backend: one activation row times a random packed weight.
 
     python benchmarks/cpu_kernel_rates.py [--types Q4_K Q6_K] [--shape 4096 4096] [--threads 1 2] [--rows 1]
+                                          [--isa portable avx2]
 
 For each type and thread count, the best of `--rounds` medians of `--repeat` timed calls of
 cpu_kernels.matvec_<type> (after a warm-up call), as weight elements per second and packed bytes read
-per second; the best, because on a shared machine a slow round is someone else's work. The weight
+per second; the best, because on a shared machine a slow round is someone else's work. `--isa` names
+the kernel sets to time (cpu_kernels.kernel(type, isa); default: this host's, cpu_kernels.ISA), one after
+the other for each type and thread count, so that their rates come from the same minutes. The weight
 at the default shape (4,096 x 4,096, a Llama-3-8B projection) is 9-28 MB, about the last-level cache.
 """
 
@@ -26,7 +29,8 @@ from rocmforge_core import quants  # noqa: E402
 from rocmforge_core.backends import cpu_kernels as k  # noqa: E402
 
 
-def rate(qtype: QT, n_out: int, n_in: int, rows: int, threads: int, repeat: int, rounds: int) -> tuple[float, float]:
+def rate(qtype: QT, n_out: int, n_in: int, rows: int, threads: int, repeat: int, rounds: int,
+         isa: str) -> tuple[float, float]:
     rng = np.random.default_rng(0)
     block, size = quants.BLOCK_SIZES[qtype]
     w = random_blocks(qtype, (n_out, n_in), rng).reshape(n_out, n_in // block, size)
@@ -34,7 +38,7 @@ def rate(qtype: QT, n_out: int, n_in: int, rows: int, threads: int, repeat: int,
     out = np.empty((rows, n_out), np.float32)
     ws = (w, w[:0], w[:0])
     ends = np.array([n_out, n_out, n_out], np.int64)
-    fn = getattr(k, "matvec_" + qtype.name.lower())
+    fn = k.kernel(qtype.name, isa)
     k.set_threads(threads)
     fn(ws, ends, x, k.F16, out, 0)
     medians = []
@@ -57,13 +61,15 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--isa", nargs="+", default=[k.ISA], choices=["portable", "avx2"])
     args = ap.parse_args()
     n_out, n_in = args.shape
-    print(f"| type | threads | Gelem/s | GB/s packed |  ({n_out} x {n_in}, {args.rows} row(s))")
+    print(f"| type | threads | kernels | Gelem/s | GB/s packed |  ({n_out} x {n_in}, {args.rows} row(s))")
     for name in args.types:
         for t in args.threads:
-            g, b = rate(QT[name], n_out, n_in, args.rows, t, args.repeat, args.rounds)
-            print(f"| {name} | {t} | {g:.2f} | {b:.2f} |", flush=True)
+            for isa in args.isa:
+                g, b = rate(QT[name], n_out, n_in, args.rows, t, args.repeat, args.rounds, isa)
+                print(f"| {name} | {t} | {isa} | {g:.2f} | {b:.2f} |", flush=True)
     return 0
 
 

@@ -46,9 +46,17 @@ def width(qtype: QT) -> int:
     return 768 if quants.BLOCK_SIZES[qtype][0] == 256 else 352  # 3 super-blocks, 11 blocks
 
 
+@pytest.mark.parametrize("isa", ["host", "portable"])
 @pytest.mark.parametrize("rows", [1, 3, 13])
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
-def test_product_matches_the_float32_reference(qtype, rows):
+def test_product_matches_the_float32_reference(qtype, rows, isa, monkeypatch):
+    """The host's decode kernels (AVX2 ones where the CPU has AVX2) and the portable ones, forced."""
+    from rocmforge_core.backends import cpu_kernels
+
+    if isa == "portable":
+        monkeypatch.setattr(cpu_kernels, "ISA", "portable")
+    elif rows > cpu_packed.PACKED_MAX_ROWS:
+        pytest.skip("prompt-sized: dequantize + sgemm, no decode kernel (run once, as portable)")
     rng = np.random.default_rng([int(qtype), rows])
     n_in, n_out = width(qtype), 37
     parts = [(qtype, random_blocks(qtype, (n_out, n_in), rng), n_out)]

@@ -10,6 +10,10 @@ threads) and its rounding is 256 times finer. With int8 the greedy text of SmolL
 reference's at a 1.5 % logit gap. Output rows are spread over numba's threads (`set_threads`).
 Float weights (F32, F16, BF16) multiply float activations.
 
+These are the portable kernels. On a CPU with AVX2, `kernel()` hands out the ones of
+cpu_kernels_avx2.py instead where it has one (the same integer sums, built as explicit vector code);
+ROCMFORGE_CPU_KERNELS=portable keeps these.
+
 Two numba settings are deliberate. SLP vectorization (off by default in numba since a miscompile in
 its issue #8705) is switched on here: the block dots are straight-line code after unrolling, which
 only the SLP vectorizer turns into vector instructions (measured: 0.9 -> 2.7 Gelem/s on one core);
@@ -18,6 +22,8 @@ under __pycache__ (or NUMBA_CACHE_DIR), so only a first start compiles.
 """
 
 from __future__ import annotations
+
+import os
 
 import numba
 import numpy as np
@@ -44,6 +50,36 @@ def set_threads(n: int) -> None:
 
 def threads() -> int:
     return numba.get_num_threads()
+
+
+def _host_isa() -> str:
+    """"avx2" when the code numba generates may use AVX2 (the host has it and NUMBA_CPU_NAME, if set,
+    allows it) and ROCMFORGE_CPU_KERNELS does not say "portable"; else "portable"."""
+    if os.environ.get("ROCMFORGE_CPU_KERNELS", "").strip().lower() == "portable":
+        return "portable"
+    if numba.config.CPU_NAME and numba.config.CPU_NAME != "host":  # a cache built for another CPU
+        return "avx2" if "+avx2" in (numba.config.CPU_FEATURES or "") else "portable"
+    try:
+        from llvmlite import binding
+        return "avx2" if binding.get_host_cpu_features().get("avx2", False) else "portable"
+    except RuntimeError:  # no feature list on this host
+        return "portable"
+
+
+ISA = _host_isa()
+
+
+def kernel(qtype_name: str, isa: str | None = None):
+    """The decode kernel matvec_<type> for this host (or for `isa`): cpu_kernels_avx2's where the ISA
+    is "avx2" and it has one, else this module's portable one."""
+    name = "matvec_" + qtype_name.lower()
+    if (isa or ISA) == "avx2":
+        from rocmforge_core.backends import cpu_kernels_avx2
+
+        fn = getattr(cpu_kernels_avx2, name, None)
+        if fn is not None:
+            return fn
+    return globals()[name]
 
 
 # ---- activations ----------------------------------------------------------------------------------

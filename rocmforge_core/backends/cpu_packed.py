@@ -65,7 +65,7 @@ class PackedPart:
 class KernelCall:
     """Consecutive quantized parts of one type and width: one call of that type's threaded kernel."""
 
-    fn: Any          # cpu_kernels.matvec_<type>
+    fn: Any          # cpu_kernels.kernel(type): matvec_<type>, AVX2 or portable
     ws: tuple        # cpu_kernels.MAX_PARTS block arrays, empty ones where there are fewer parts
     ends: np.ndarray  # (MAX_PARTS,) int64: each part's last row + 1, counted from col0
     col0: int
@@ -214,7 +214,7 @@ class PackedCpuBackend(CpuBackend):
             ws = [p.blocks for p in g]
             ends = np.cumsum([p.hi - p.lo for p in g] + [0] * (self._k.MAX_PARTS - len(g)), dtype=np.int64)
             ws += [g[0].blocks[:0]] * (self._k.MAX_PARTS - len(g))  # same array type: a tuple numba can index
-            calls.append(KernelCall(getattr(self._k, "matvec_" + g[0].qtype.name.lower()), tuple(ws), ends, g[0].lo))
+            calls.append(KernelCall(self._k.kernel(g[0].qtype.name), tuple(ws), ends, g[0].lo))
         lin.calls = calls
         return calls
 
